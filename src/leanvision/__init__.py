@@ -1,0 +1,32 @@
+"""leanvision: train, compress, measure, explain and ship image classifiers.
+
+The public Python API; every CLI verb is a thin skin over one of these functions."""
+
+from ._version import __version__
+from .artifact import Artifact, load
+from .cv import cross_validate
+from .errors import ArtifactError, ConfigError, DatasetError, LeanvisionError, ModelError
+from .evaluate import evaluate
+from .info import info
+from .models import create_model, list_models
+from .predict import predict
+from .train import TrainConfig, train
+
+__all__ = [
+    "Artifact",
+    "ArtifactError",
+    "ConfigError",
+    "DatasetError",
+    "LeanvisionError",
+    "ModelError",
+    "TrainConfig",
+    "__version__",
+    "create_model",
+    "cross_validate",
+    "evaluate",
+    "info",
+    "list_models",
+    "load",
+    "predict",
+    "train",
+]

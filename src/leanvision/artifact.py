@@ -1,0 +1,181 @@
+"""Model artifacts: a folder with `model.safetensors` (weights, no pickle) and `model.json`
+(the card: architecture, classes, preprocessing, lineage, resolved config and metrics).
+
+Anything that can be given a model accepts such a folder (or its model.json)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._version import __version__
+from .errors import ArtifactError, ModelError
+from .io import write_atomic, write_json
+
+CARD_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    card: dict[str, Any]
+    model: torch.nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.card["num_classes"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.card["input"]["size"]
+        return int(h), int(w)
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self.card["input"]["mean"])
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.card["input"]["std"])
+
+
+def make_card(*, arch: str, arch_kwargs: dict, classes: list[str], input_size: tuple[int, int],
+              mean: list[float], std: list[float], stage: str, parent: str | None = None,
+              config: dict | None = None, metrics: dict | None = None,
+              interpolation: str = "bilinear") -> dict[str, Any]:
+    return {
+        "format": CARD_FORMAT,
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "input": {"size": list(input_size), "mean": list(mean), "std": list(std),
+                  "interpolation": interpolation, "resize": "shorter-side+center-crop"},
+        "stage": stage,
+        "parent": parent,
+        "config": config or {},
+        "metrics": metrics or {},
+        "leanvision": __version__,
+        "git": git_revision(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
+    # clone().contiguous(): safetensors refuses shared or strided storage.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+
+
+def save_artifact(folder: str | Path, model: torch.nn.Module, card: dict[str, Any]) -> Path:
+    """Write weights then card; the card is written last so a folder with a card is complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / WEIGHTS_FILE)
+    write_json(folder / CARD_FILE, card)
+    return folder
+
+
+def read_card(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    folder = _artifact_folder(path)
+    card_path = folder / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{card_path} is not valid JSON ({exc.msg}); re-create the artifact "
+                            "with `leanvision train`") from None
+    missing = [k for k in ("format", "arch", "classes", "input") if k not in card]
+    if missing:
+        raise ArtifactError(f"{card_path} lacks {', '.join(missing)}; it is not a leanvision "
+                            "model card")
+    if card["format"] > CARD_FORMAT:
+        raise ArtifactError(f"{card_path} has card format {card['format']}, newer than this "
+                            f"leanvision ({__version__}) reads; upgrade leanvision")
+    return folder, card
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
+    """Load an artifact folder into an eval-mode model, without unpickling anything."""
+    from .models import create_model  # models import nothing from here; keep start-up light
+
+    folder, card = read_card(path)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{folder} has a card but no {WEIGHTS_FILE}; the artifact is "
+                            "incomplete: re-run the stage that made it")
+    try:
+        model = create_model(card["arch"], num_classes=len(card["classes"]),
+                             **card.get("arch_kwargs", {}))
+    except ModelError as exc:
+        raise ArtifactError(f"{folder}: {exc}") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{weights} could not be read ({exc}); the file is damaged: re-run "
+                            "the stage that made it") from None
+    load_state_strict(model, state, source=str(weights))
+    model.eval().to(device)
+    return Artifact(path=folder, card=card, model=model)
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, refusing any missing, unexpected or mis-shaped tensor with one message."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or misshaped:
+        parts = []
+        if misshaped:
+            k = misshaped[0]
+            parts.append(f"{len(misshaped)} tensors differ in shape (first: {k} "
+                         f"{tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise ArtifactError(f"{source} does not fit the architecture in its card: "
+                            + "; ".join(parts)
+                            + ". The weights are for another architecture or class count.")
+    model.load_state_dict(state, strict=True)
+
+
+def _artifact_folder(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"artifact '{path}' does not exist; pass a folder written by "
+                            "`leanvision train` (it holds model.json and model.safetensors)")
+    if p.is_file():
+        if p.name in (CARD_FILE, WEIGHTS_FILE):
+            return p.parent
+        raise ArtifactError(f"'{path}' is a file; pass the artifact folder that holds "
+                            f"{CARD_FILE} and {WEIGHTS_FILE}")
+    if not (p / CARD_FILE).is_file():
+        raise ArtifactError(f"'{path}' has no {CARD_FILE}; it is not a leanvision artifact "
+                            "(train one with `leanvision train DATA --out DIR`)")
+    return p
+
+
+def git_revision() -> str | None:
+    """The git revision of the leanvision source tree, when it runs from a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

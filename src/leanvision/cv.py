@@ -1,0 +1,72 @@
+"""`leanvision.cross_validate`: stratified k-fold training, one artifact per fold, and the
+mean and spread of each validation metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .data import load_data, stratified_kfold
+from .data.partition import Partition, concat_records
+from .io import write_json
+from .train.api import _check_fresh, default_run_dir, train_on
+from .train.config import TrainConfig
+
+CV_METRICS = ("top1", "macro_f1", "ece", "loss")
+
+
+def cross_validate(data: str | Path = "builtin:digits", folds: int = 5,
+                   out: str | Path | None = None, *, console: Console | None = None,
+                   **settings: Any) -> dict[str, Any]:
+    """Train `folds` models, each validated on its own held-out fold; the test split (if any)
+    is left alone, as in training."""
+    console = console or Console(stderr=True)
+    cfg = TrainConfig.from_dict({"data": str(data), **settings})
+    source = load_data(cfg.data)
+    records = concat_records([r for r in (source.train, source.val) if r is not None])
+    splits = stratified_kfold(records, folds, cfg.seed, classes=source.classes)
+    out_dir = Path(out) if out is not None else _cv_dir(cfg)
+    _check_fresh(out_dir)
+    per_fold = []
+    for k, (train_idx, val_idx) in enumerate(splits):
+        console.rule(f"fold {k + 1} of {folds}")
+        parts = Partition(records.subset(train_idx), records.subset(val_idx), None,
+                          f"fold {k + 1} of {folds} (seed {cfg.seed})")
+        summary = train_on(source, cfg, out_dir / f"fold-{k + 1}", console=console, parts=parts,
+                           extra_card={"cv": {"fold": k + 1, "folds": folds, "seed": cfg.seed}})
+        val = summary["metrics"]["val"]
+        per_fold.append({"fold": k + 1, "artifact": summary["artifact"],
+                         **{m: val[m] for m in CV_METRICS}})
+    result = {
+        "data": cfg.data,
+        "folds": folds,
+        "per_fold": per_fold,
+        "mean": {m: float(np.mean([f[m] for f in per_fold])) for m in CV_METRICS},
+        "std": {m: float(np.std([f[m] for f in per_fold], ddof=1)) for m in CV_METRICS},
+        "out": str(out_dir),
+    }
+    write_json(out_dir / "cv.json", result)
+    _print(console, result)
+    return result
+
+
+def _cv_dir(cfg: TrainConfig) -> Path:
+    run = default_run_dir(cfg)
+    return Path("runs") / "cv" / run.name
+
+
+def _print(console: Console, result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['folds']}-fold cross-validation")
+    table.add_column("fold")
+    for m in CV_METRICS:
+        table.add_column(m, justify="right")
+    for f in result["per_fold"]:
+        table.add_row(str(f["fold"]), *(f"{f[m]:.4f}" for m in CV_METRICS))
+    table.add_row("mean ± sd", *(f"{result['mean'][m]:.4f} ± {result['std'][m]:.4f}"
+                                 for m in CV_METRICS))
+    console.print(table)
+    console.print(f"written: {result['out']}/cv.json and one artifact per fold")

@@ -1,0 +1,137 @@
+"""Evaluation: accuracy, per-class precision/recall/F1, confusion, calibration (torchmetrics),
+and the model's own cost (parameters, FLOPs, size on disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+from .artifact import WEIGHTS_FILE, Artifact, load
+from .data import ImageChecks, decode_images, load_data, normalize
+from .data.partition import select_split
+from .data.sources import ImageRecords
+from .errors import DatasetError
+from .hardware import choose_hardware
+
+CALIBRATION_BINS = 15
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: list[float],
+                   std: list[float], device: torch.device | str = "cpu",
+                   batch_size: int = 256) -> torch.Tensor:
+    """fp32 logits [N, C] for uint8 images [N, 3, H, W]; the reference path for every figure."""
+    model.eval()
+    device = torch.device(device)
+    model.to(device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device), mean, std)
+        out.append(model(x).float().cpu())
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
+                           classes: list[str]) -> dict[str, Any]:
+    num = len(classes)
+    probs = logits.softmax(1)
+    k = min(5, num)
+    per = {name: f(probs, labels, num_classes=num, average="none")
+           for name, f in (("precision", multiclass_precision), ("recall", multiclass_recall),
+                           ("f1", multiclass_f1_score))}
+    support = torch.bincount(labels, minlength=num)
+    return {
+        "n": int(len(labels)),
+        "top1": float(multiclass_accuracy(probs, labels, num_classes=num, average="micro")),
+        f"top{k}": float(multiclass_accuracy(probs, labels, num_classes=num, average="micro",
+                                             top_k=k)),
+        "loss": float(F.cross_entropy(logits, labels)),
+        "macro_f1": float(per["f1"].mean()),
+        "ece": float(multiclass_calibration_error(probs, labels, num_classes=num,
+                                                  n_bins=CALIBRATION_BINS)),
+        "per_class": {cls: {"precision": float(per["precision"][i]),
+                            "recall": float(per["recall"][i]),
+                            "f1": float(per["f1"][i]), "support": int(support[i])}
+                      for i, cls in enumerate(classes)},
+        "confusion": multiclass_confusion_matrix(probs, labels, num_classes=num).tolist(),
+    }
+
+
+def model_cost(model: torch.nn.Module, input_size: tuple[int, int],
+               folder: Path | None = None) -> dict[str, Any]:
+    from .models import count_flops, count_parameters
+
+    cost = {"params": count_parameters(model), "flops": count_flops(model, input_size)}
+    if folder is not None and (folder / WEIGHTS_FILE).is_file():
+        cost["size_bytes"] = (folder / WEIGHTS_FILE).stat().st_size
+    return cost
+
+
+def remap_labels(records: ImageRecords, data_classes: list[str],
+                 model_classes: list[str]) -> ImageRecords:
+    """Map the data's class indices onto the model's by name; the data may hold a subset."""
+    if data_classes == model_classes:
+        return records
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [c for c in data_classes if c not in index]
+    if unknown:
+        raise DatasetError(f"the data has classes the model does not know: "
+                           f"{', '.join(unknown[:5])}; the model's classes are "
+                           f"{', '.join(model_classes[:10])}"
+                           + (" ..." if len(model_classes) > 10 else ""))
+    lut = np.array([index[c] for c in data_classes], dtype=np.int64)
+    return ImageRecords(records.items, lut[records.labels], records.root)
+
+
+def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
+             split: str = "auto", batch_size: int = 256, skip_bad_images: bool = False,
+             device: str = "auto") -> dict[str, Any]:
+    """Score an artifact on DATA (default: the data it was trained on).
+
+    `split="auto"` scores test when there is one, else the validation hold-out the training run
+    used (recreated from the card's seed and fraction), else every image."""
+    art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    config = art.card.get("config", {})
+    data_spec = str(data) if data is not None else config.get("data")
+    if not data_spec:
+        raise DatasetError("the artifact's card does not name its training data; pass --data")
+    source = load_data(data_spec)
+    same_data = data is None or str(data) == config.get("data")
+    val_fraction = config.get("val_fraction", 0.1) if same_data else 0.0
+    split_name, records = select_split(source, split, val_fraction, config.get("seed", 0))
+    records = remap_labels(records, source.classes, art.classes)
+    return evaluate_records(art, records, split_name, data_spec, batch_size=batch_size,
+                            skip_bad_images=skip_bad_images, device=device)
+
+
+def evaluate_records(art: Artifact, records: ImageRecords, split_name: str, data_spec: str, *,
+                     batch_size: int = 256, skip_bad_images: bool = False,
+                     device: str = "auto", progress: bool = False) -> dict[str, Any]:
+    hw = choose_hardware(device, "fp32")
+    decoded = decode_images(records, art.input_size, ImageChecks(), skip_bad=skip_bad_images,
+                            progress=progress)
+    logits = predict_logits(art.model, decoded.images, art.mean, art.std, hw.device, batch_size)
+    metrics = classification_metrics(logits, decoded.labels, art.classes)
+    art.model.to("cpu")
+    return {
+        "artifact": str(art.path),
+        "data": data_spec,
+        "split": split_name,
+        "skipped_images": len(decoded.bad),
+        "metrics": metrics,
+        "cost": model_cost(art.model, art.input_size, art.path),
+    }

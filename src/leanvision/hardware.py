@@ -1,0 +1,85 @@
+"""Device, precision and memory layout chosen for the hardware at hand (and overridable)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: plain fp32
+    channels_last: bool
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def needs_grad_scaler(self) -> bool:
+        # bf16 has fp32's exponent range; only fp16 underflows without loss scaling.
+        return self.amp_dtype is torch.float16
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); emulated bf16 is
+    slower than fp32, so without it we stay in fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def choose_hardware(device: str = "auto", precision: str = "auto",
+                    channels_last: bool | None = None) -> Hardware:
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; "
+                          "use --device cpu")
+    else:
+        dev = torch.device(device)
+
+    if precision == "auto":
+        if dev.type == "cuda":
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            amp = torch.bfloat16 if cpu_has_bf16() else None
+    elif precision == "fp32":
+        amp = None
+    elif precision == "bf16":
+        amp = torch.bfloat16
+    elif precision == "fp16":
+        if dev.type != "cuda":
+            raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+        amp = torch.float16
+    else:
+        raise ConfigError(f"--precision {precision!r} is not one of auto, fp32, bf16, fp16")
+
+    # channels_last lets oneDNN and cuDNN pick their fastest convolution kernels.
+    layout = True if channels_last is None else channels_last
+    return Hardware(device=dev, amp_dtype=amp, channels_last=layout)
+
+
+def describe_machine() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_has_bf16(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

@@ -1,0 +1,46 @@
+"""`leanvision.predict`: top-k classes for image files, with the artifact's own preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifact import Artifact, load
+from .data import BadImageError, ImageChecks, load_rgb, to_tensor_resized
+from .errors import ConfigError
+from .evaluate import predict_logits
+from .hardware import choose_hardware
+
+
+def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k: int = 5,
+            device: str = "auto", batch_size: int = 64) -> list[dict[str, Any]]:
+    """One result per image, in order: {"image", "top": [{"class", "prob"}, ...]}, or
+    {"image", "error"} for a file that is not a usable image (the others still get answers)."""
+    if not images:
+        raise ConfigError("no images given; pass one or more image files")
+    if top_k < 1:
+        raise ConfigError(f"--top-k {top_k} must be at least 1")
+    art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    results: list[dict[str, Any]] = []
+    tensors, rows = [], []
+    for path in images:
+        results.append({"image": str(path)})
+        try:
+            tensors.append(to_tensor_resized(load_rgb(path, ImageChecks()), art.input_size))
+            rows.append(len(results) - 1)
+        except BadImageError as exc:
+            results[-1]["error"] = exc.reason
+    if not tensors:
+        return results
+    hw = choose_hardware(device, "fp32")
+    probs = predict_logits(art.model, torch.stack(tensors), art.mean, art.std, hw.device,
+                           batch_size).softmax(1)
+    art.model.to("cpu")
+    k = min(top_k, art.num_classes)
+    for row, index in enumerate(rows):
+        values, classes = probs[row].topk(k)
+        results[index]["top"] = [{"class": art.classes[int(c)], "prob": float(v)}
+                                 for v, c in zip(values, classes, strict=True)]
+    return results

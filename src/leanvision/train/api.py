@@ -1,0 +1,219 @@
+"""`leanvision.train`: data → decoded cache → model → fit → artifact with measured metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..artifact import Artifact, make_card, save_artifact
+from ..data import DataSource, ImageChecks, decode_images, load_data
+from ..data.partition import Partition, partition
+from ..errors import ConfigError
+from ..evaluate import evaluate_records, model_cost
+from ..hardware import choose_hardware, describe_machine
+from ..io import write_json
+from ..models import create_model, model_preprocessing
+from ..models.finetune import freeze_norm_stats, param_groups, plan_finetune, unfreeze_epoch
+from .checkpoint import CHECKPOINT_FILE, find_checkpoint, load_checkpoint
+from .config import TrainConfig
+from .loop import FitInputs, FitResult, fit
+from .recipe import data_stats, resolve_recipe
+from .report import diagnose_fit, print_config, print_summary
+
+# Clean (un-augmented) accuracy on at most this many training images measures the train/val gap.
+TRAIN_PROBE_IMAGES = 2000
+
+
+def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
+          resume: str | Path | None = None, console: Console | None = None,
+          **settings: Any) -> dict[str, Any]:
+    """Train a classifier on DATA and write an artifact folder; returns the run summary.
+
+    `settings` are TrainConfig fields (model, epochs, batch_size, lr, optimizer, ...); unset ones
+    come from the recipe for the data's size. With `resume`, the run continues exactly where its
+    last checkpoint stopped (only `epochs` may be raised)."""
+    console = console or Console(stderr=True)
+    state = None
+    if resume is not None:
+        ckpt_file = find_checkpoint(resume)
+        state = load_checkpoint(ckpt_file)
+        cfg = _resumed_config(state["config"], settings)
+        out_dir = ckpt_file.parent
+    else:
+        cfg = TrainConfig.from_dict({"data": str(data), **settings})
+        out_dir = Path(out) if out is not None else default_run_dir(cfg)
+        _check_fresh(out_dir)
+    source = load_data(cfg.data)
+    return train_on(source, cfg, out_dir, state=state, console=console)
+
+
+def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
+             state: dict | None = None, console: Console,
+             parts: Partition | None = None, extra_card: dict | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    parts = parts or partition(source, cfg.val_fraction, cfg.seed)
+    num_classes = len(source.classes)
+    notes: list[str] = []
+    if state is None:
+        cfg, notes = resolve_recipe(cfg, data_stats(parts.train, num_classes))
+    hw = choose_hardware(cfg.device, cfg.precision, cfg.channels_last)
+
+    # On resume the weights come from the checkpoint, so no pretrained file is read.
+    pretrained = cfg.pretrained if state is None else False
+    model = create_model(cfg.model, num_classes, pretrained=pretrained, drop_rate=cfg.dropout,
+                         img_size=cfg.img_size)
+    pre = model_preprocessing(model)
+    input_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(pre["input_size"])
+    counts = parts.train.class_counts(num_classes)
+    print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir)
+
+    checks = ImageChecks()
+    train_imgs = decode_images(parts.train, input_size, checks, skip_bad=cfg.skip_bad_images,
+                               cache_dir=cfg.cache_dir, progress=cfg.progress,
+                               workers=cfg.workers)
+    val_imgs = None
+    if parts.val is not None:
+        val_imgs = decode_images(parts.val, input_size, checks, skip_bad=cfg.skip_bad_images,
+                                 cache_dir=cfg.cache_dir, progress=cfg.progress,
+                                 workers=cfg.workers)
+    skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
+
+    strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
+                             images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
+                             freeze_stages=cfg.freeze_stages)
+    groups, on_epoch_start = _finetune_groups(model, strategy, cfg)
+    class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
+                                         "finetune": strategy, "machine": describe_machine()})
+    result = fit(FitInputs(model=model, num_classes=num_classes, param_groups=groups,
+                           train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
+                           class_weights=class_w, sample_weights=sample_w,
+                           on_epoch_start=on_epoch_start),
+                 cfg, hw, out_dir, resume=state, console=console)
+
+    model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    model.load_state_dict(result.best_state)
+    arch_kwargs = {"img_size": cfg.img_size} if cfg.img_size else {}
+    card = make_card(arch=cfg.model, arch_kwargs=arch_kwargs, classes=source.classes,
+                     input_size=input_size, mean=pre["mean"], std=pre["std"], stage="train",
+                     config=cfg.to_dict(), interpolation=pre.get("interpolation", "bilinear"))
+    card.update(extra_card or {})
+    save_artifact(out_dir, model, {**card, "metrics": {}})
+    art = Artifact(path=out_dir, card=card, model=model)
+    metrics = _final_metrics(art, parts, train_imgs, source, cfg, console)
+    card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
+    card["training"] = _training_record(result, strategy, skipped, hw, started, parts)
+    save_artifact(out_dir, model, card)
+    summary = {"artifact": str(out_dir), "model": cfg.model, "classes": len(source.classes),
+               "metrics": card["metrics"], "training": card["training"]}
+    print_summary(console, summary, out_dir)
+    return summary
+
+
+def _final_metrics(art: Artifact, parts: Partition, train_imgs, source: DataSource,
+                   cfg: TrainConfig, console: Console) -> dict[str, Any]:
+    """Measured through the same evaluate path as `leanvision eval`, in fp32."""
+    metrics: dict[str, Any] = {}
+    rng = np.random.default_rng(cfg.seed)
+    n_probe = min(TRAIN_PROBE_IMAGES, len(parts.train))
+    probe = parts.train.subset(np.sort(rng.choice(len(parts.train), n_probe, replace=False)))
+    evaluations = [("train", probe), ("val", parts.val), ("test", parts.test)]
+    for split, records in evaluations:
+        if records is None or not len(records):
+            continue
+        result = evaluate_records(art, records, split, cfg.data,
+                                  skip_bad_images=cfg.skip_bad_images, device=cfg.device)
+        keep = ("n", "top1", "top5", "loss", "macro_f1", "ece")
+        metrics[split] = {k: v for k, v in result["metrics"].items() if k in keep or
+                          k.startswith("top")}
+        if split != "train":
+            metrics[split]["per_class"] = result["metrics"]["per_class"]
+            metrics[split]["confusion"] = result["metrics"]["confusion"]
+    metrics["fit"] = diagnose_fit(metrics)
+    return metrics
+
+
+def _training_record(result: FitResult, strategy: str, skipped: list, hw, started: float,
+                     parts: Partition) -> dict[str, Any]:
+    last = result.history[-1] if result.history else {}
+    waits = [h["data_wait_fraction"] for h in result.history]
+    speeds = [h["images_per_second"] for h in result.history]
+    return {
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "weights": result.best_source,
+        "stopped": result.stopped,
+        "finetune": strategy,
+        "device": str(hw.device),
+        "precision": hw.precision,
+        "channels_last": hw.channels_last,
+        "val_origin": parts.val_origin,
+        "skipped_images": [f"{item}: {reason}" for item, reason in skipped],
+        "images_per_second": float(np.median(speeds)) if speeds else None,
+        "data_wait_fraction": float(np.mean(waits)) if waits else None,
+        "final_lr": last.get("lr"),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
+    """Param groups for the strategy and the per-epoch hook that keeps frozen parts frozen.
+
+    For probe-then-lower-lr the optimizer holds every parameter from the start (so its state
+    survives the switch); during the probe phase the backbone simply has requires_grad off."""
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "freeze_stages": cfg.freeze_stages}
+    switch = unfreeze_epoch(strategy, cfg.epochs)
+    phase_two = "lower-lr" if switch is not None else strategy
+    groups = param_groups(model, phase_two, **common)
+
+    def on_epoch_start(epoch: int) -> None:
+        if switch is not None:
+            param_groups(model, "probe" if epoch < switch else phase_two, **common)
+        # Frozen layers keep their pretrained batch-norm statistics too.
+        freeze_norm_stats(model)
+
+    return groups, on_epoch_start
+
+
+def _balance(mode: str, labels: torch.Tensor, num_classes: int):
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    if mode == "loss":
+        return counts.sum() / (num_classes * counts), None
+    if mode == "sampler":
+        return None, (1.0 / counts)[labels].double()
+    return None, None
+
+
+def _resumed_config(saved: dict, settings: dict) -> TrainConfig:
+    cfg = TrainConfig.from_dict(saved)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    extra = sorted(set(settings) - {"epochs", "progress"})
+    if extra:
+        raise ConfigError("--resume continues a run with its saved settings; only --epochs may "
+                          f"change (got {', '.join('--' + k.replace('_', '-') for k in extra)})")
+    if "epochs" in settings and settings["epochs"] < cfg.epochs:
+        raise ConfigError(f"--epochs {settings['epochs']} is fewer than the run's "
+                          f"{cfg.epochs}; resume can only extend training")
+    return replace(cfg, **settings)
+
+
+def _check_fresh(out_dir: Path) -> None:
+    if (out_dir / CHECKPOINT_FILE).exists() or (out_dir / "model.json").exists():
+        raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir} to "
+                          "continue it, or choose another --out")
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.replace("builtin:", "")).name)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "train" / f"{name}-{cfg.model or 'auto'}-{stamp}"

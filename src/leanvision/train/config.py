@@ -1,0 +1,141 @@
+"""The training configuration: one typed dataclass, grouped by concern, validated on creation.
+
+`None` means "let the recipe decide from the data" (see recipe.py); a value the user set is never
+rewritten. Unknown keys are refused with a close-match suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "onecycle", "plateau", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+BALANCE = ("none", "loss", "sampler")
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    data: str = "builtin:digits"
+    val_fraction: float = 0.1
+    img_size: int | None = None  # None: the model's own input size
+    skip_bad_images: bool = False
+    balance: str = "none"  # class imbalance: weighted loss or a balanced sampler
+    cache_dir: str | None = None
+    # --- model ---
+    model: str | None = None  # None: chosen from the image size and whether weights exist
+    pretrained: bool | str | None = None  # None: use local weights when the model has them
+    finetune: str = "auto"
+    freeze_stages: int = 2
+    dropout: float | None = None
+    # --- optimisation ---
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    l1: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float | None = None
+    step_size: int | None = None  # epochs between decays for schedule=step
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    grad_clip: float | None = None
+    ema: bool = True
+    ema_decay: float | None = None
+    early_stop: int | None = None  # patience in epochs; None: off
+    # --- augmentation ---
+    augment: str = "light"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    # --- hardware ---
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    workers: int | None = None
+    # --- bookkeeping ---
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("optimizer", self.optimizer, OPTIMIZERS, allow_none=True)
+        _one_of("schedule", self.schedule, SCHEDULES)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("device", self.device, DEVICES)
+        _one_of("balance", self.balance, BALANCE)
+        _range("val_fraction", self.val_fraction, 0.0, 0.9)
+        _range("epochs", self.epochs, 1, 100_000)
+        _range("batch_size", self.batch_size, 1, 1_000_000)
+        _range("lr", self.lr, 0.0, 100.0, low_open=True)
+        _range("img_size", self.img_size, 8, 4096)
+        _range("momentum", self.momentum, 0.0, 1.0)
+        _range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _range("l1", self.l1, 0.0, 1.0)
+        _range("label_smoothing", self.label_smoothing, 0.0, 0.9)
+        _range("dropout", self.dropout, 0.0, 0.99)
+        _range("mixup", self.mixup, 0.0, 10.0)
+        _range("cutmix", self.cutmix, 0.0, 10.0)
+        _range("grad_clip", self.grad_clip, 0.0, 1e6, low_open=True)
+        _range("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        _range("warmup_epochs", self.warmup_epochs, 0.0, 1000.0)
+        _range("early_stop", self.early_stop, 1, 100_000)
+        _range("freeze_stages", self.freeze_stages, 0, 100)
+        _range("gamma", self.gamma, 0.0, 1.0, low_open=True)
+        _range("step_size", self.step_size, 1, 100_000)
+        _range("workers", self.workers, 1, 256)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(f"unknown training setting '{key}'{suggestion}")
+        return cls(**values)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(
+            f"{_flag(name)} {value!r} is not supported{suggestion}; choose one of: "
+            + ", ".join(allowed)
+        )
+
+
+def _range(
+    name: str,
+    value: float | None,
+    low: float,
+    high: float,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    if value is None:
+        return
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ConfigError(
+            f"{_flag(name)} {value} is out of range; use a value in {left}{low}, {high}{right}"
+        )

@@ -1,0 +1,260 @@
+"""The fit loop: batches of decoded uint8 tensors in, augmented and normalised on the device,
+mixed precision, EMA, per-epoch validation, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from timm.utils import ModelEmaV3
+
+from ..artifact import save_weights
+from ..data import BatchAugment, DecodedImages, normalize
+from ..hardware import Hardware
+from ..io import append_jsonl
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .optim import LRController, build_optimizer
+
+METRICS_FILE = "metrics.jsonl"
+BEST_WEIGHTS = "best.safetensors"
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_source: str  # "model" or "ema"
+    best_val_top1: float | None
+    history: list[dict[str, Any]]
+    stopped: str | None = None  # why training ended early, if it did
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FitInputs:
+    """Everything fit() needs besides the config; built by train()."""
+
+    model: torch.nn.Module
+    num_classes: int
+    param_groups: list[dict]
+    train: DecodedImages
+    val: DecodedImages | None
+    mean: list[float]
+    std: list[float]
+    class_weights: torch.Tensor | None = None
+    sample_weights: torch.Tensor | None = None
+    # called at the start of every epoch (fine-tuning phases: probe, then unfreeze)
+    on_epoch_start: Callable[[int], None] | None = None
+
+
+def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None) -> torch.Tensor:
+    """The data order of one epoch, a pure function of (seed, epoch) so resume needs no state."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if sample_weights is not None:
+        return torch.multinomial(sample_weights, n, replacement=True, generator=g)
+    return torch.randperm(n, generator=g)
+
+
+def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
+        resume: dict[str, Any] | None = None, console: Console | None = None) -> FitResult:
+    console = console or Console(stderr=True)
+    model = inputs.model.to(hw.device)
+    if hw.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images, labels = inputs.train.images, inputs.train.labels
+    if hw.device.type == "cuda":  # keep the whole decoded set on the GPU: no loader at all
+        images, labels = images.to(hw.device), labels.to(hw.device)
+    n = len(labels)
+    batch = min(cfg.batch_size, n)
+    # Drop the ragged last batch: a batch of 1-3 images gives batch norm useless statistics.
+    steps_per_epoch = max(1, n // batch)
+
+    optimizer = build_optimizer(cfg.optimizer, inputs.param_groups, lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    lr_ctl = LRController(optimizer, cfg.schedule, epochs=cfg.epochs,
+                          steps_per_epoch=steps_per_epoch, warmup_epochs=cfg.warmup_epochs,
+                          step_size=cfg.step_size, gamma=cfg.gamma)
+    scaler = torch.amp.GradScaler(hw.device.type, enabled=hw.needs_grad_scaler())
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    augment = BatchAugment(cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                           num_classes=inputs.num_classes)
+    class_weights = inputs.class_weights.to(hw.device) if inputs.class_weights is not None else None
+    l1_params = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 else []
+
+    start_epoch, global_step = 0, 0
+    history: list[dict[str, Any]] = []
+    best = {"top1": -1.0, "epoch": -1, "source": "model"}
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        lr_ctl.load_state_dict(resume["lr"])
+        scaler.load_state_dict(resume["scaler"])
+        if ema is not None and resume.get("ema") is not None:
+            ema.module.load_state_dict(resume["ema"])
+        start_epoch, global_step = resume["epoch"] + 1, resume["global_step"]
+        history, best, bad_epochs = resume["history"], resume["best"], resume["bad_epochs"]
+        best_state = resume.get("best_state")
+        set_rng_state(resume["rng"])
+
+    stopped: str | None = None
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} steps"),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, disable=not cfg.progress,
+                        transient=False)
+    with progress:
+        task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch,
+                                 epoch=f"{start_epoch + 1}/{cfg.epochs}", status="")
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            if inputs.on_epoch_start is not None:
+                inputs.on_epoch_start(epoch)
+            order = epoch_order(n, cfg.seed, epoch, inputs.sample_weights)
+            t_epoch, data_time = time.perf_counter(), 0.0
+            loss_sum, correct, seen = 0.0, 0, 0
+            for step in range(steps_per_epoch):
+                t0 = time.perf_counter()
+                idx = order[step * batch:(step + 1) * batch].to(images.device)
+                x, y = augment(images[idx].to(hw.device, non_blocking=True),
+                               labels[idx].to(hw.device, non_blocking=True))
+                x = normalize(x, inputs.mean, inputs.std)
+                if hw.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                data_time += time.perf_counter() - t0
+                with hw.autocast():
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, weight=class_weights,
+                                       label_smoothing=cfg.label_smoothing)
+                if l1_params:
+                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
+                if not torch.isfinite(loss):
+                    stopped = (f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                               f"kept the last good weights. Lower --lr (now {cfg.lr:g}) or set "
+                               "--grad-clip")
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                lr_ctl.step_batch()
+                global_step += 1
+                if ema is not None:
+                    ema.update(model, step=global_step)
+                hard = y if y.ndim == 1 else y.argmax(1)
+                loss_sum += loss.item() * len(hard)
+                correct += (logits.argmax(1) == hard).sum().item()
+                seen += len(hard)
+                progress.update(task, advance=1,
+                                status=f"loss {loss_sum / seen:.3f}")
+            if stopped:
+                break
+            elapsed = time.perf_counter() - t_epoch
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum / max(1, seen),
+                "train_top1": correct / max(1, seen),
+                "epoch_seconds": elapsed,
+                "images_per_second": seen / max(elapsed, 1e-9),
+                "data_wait_fraction": data_time / max(elapsed, 1e-9),
+            }
+            candidates = {"model": model}
+            if ema is not None:
+                candidates["ema"] = ema.module
+            if inputs.val is not None:
+                for name, net in candidates.items():
+                    vloss, vtop1 = quick_validate(net, inputs.val, inputs.mean, inputs.std, hw)
+                    prefix = "val" if name == "model" else "ema_val"
+                    record[f"{prefix}_loss"], record[f"{prefix}_top1"] = vloss, vtop1
+                    if not math.isfinite(vloss):
+                        continue
+                    if vtop1 > best["top1"]:
+                        best = {"top1": vtop1, "epoch": epoch + 1, "source": name}
+                        best_state = _cpu_state(net)
+                        save_weights(net, out / BEST_WEIGHTS)
+                bad_epochs = 0 if best["epoch"] == epoch + 1 else bad_epochs + 1
+            else:  # no validation data: the latest (EMA) weights are the result
+                source = "ema" if ema is not None else "model"
+                best = {"top1": -1.0, "epoch": epoch + 1, "source": source}
+                best_state = _cpu_state(candidates[source])
+            lr_ctl.step_epoch(record.get("val_top1"))
+            history.append(record)
+            append_jsonl(out / "metrics.jsonl", record)
+            progress.update(task, epoch=f"{min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
+                            status=_epoch_status(record))
+            save_checkpoint(out, {
+                "epoch": epoch, "global_step": global_step, "config": cfg.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "lr": lr_ctl.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "rng": rng_state(), "history": history, "best": best,
+                "best_state": best_state, "bad_epochs": bad_epochs,
+            })
+            if cfg.early_stop and inputs.val is not None and bad_epochs >= cfg.early_stop:
+                stopped = (f"early stop: validation top-1 did not improve for {cfg.early_stop} "
+                           f"epochs (best {best['top1']:.4f} at epoch {best['epoch']})")
+                break
+
+    if best_state is None:
+        raise_diverged(stopped, cfg)
+    return FitResult(best_state=best_state, best_epoch=best["epoch"], best_source=best["source"],
+                     best_val_top1=best["top1"] if best["top1"] >= 0 else None,
+                     history=history, stopped=stopped)
+
+
+@torch.no_grad()
+def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float],
+                   std: list[float], hw: Hardware, batch: int = 256) -> tuple[float, float]:
+    """Loss and top-1 under the training precision: a fast signal for checkpoint choice. The
+    figures in the card come from evaluate(), in fp32, on the saved artifact."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(data.labels), batch):
+        x = data.images[start:start + batch].to(hw.device)
+        y = data.labels[start:start + batch].to(hw.device)
+        x = normalize(x, mean, std)
+        if hw.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with hw.autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = max(1, len(data.labels))
+    return loss_sum / n, correct / n
+
+
+def raise_diverged(stopped: str | None, cfg: TrainConfig) -> None:
+    from ..errors import LeanvisionError
+
+    raise LeanvisionError(
+        f"training produced no usable weights: {stopped or 'no epoch completed'}. "
+        f"Lower --lr (now {cfg.lr:g}) or set --grad-clip 1.0")
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _epoch_status(record: dict[str, Any]) -> str:
+    parts = [f"loss {record['train_loss']:.3f}"]
+    if "val_top1" in record:
+        parts.append(f"val {record['val_top1']:.3f}")
+    if "ema_val_top1" in record:
+        parts.append(f"ema {record['ema_val_top1']:.3f}")
+    return " ".join(parts)
