@@ -66,6 +66,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
         cfg, notes = resolve_recipe(cfg, data_stats(parts.train, num_classes))
     hw = choose_hardware(cfg.device, cfg.precision, cfg.channels_last)
 
+    # Seeded init and augmentation: two runs with the same config are the same run.
+    torch.manual_seed(cfg.seed)
     # On resume the weights come from the checkpoint, so no pretrained file is read.
     pretrained = cfg.pretrained if state is None else False
     model = create_model(cfg.model, num_classes, pretrained=pretrained, drop_rate=cfg.dropout,

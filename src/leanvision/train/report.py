@@ -67,13 +67,15 @@ def print_summary(console: Console, summary: dict[str, Any], out_dir: Path) -> N
     table = Table(title="training summary", show_header=True)
     table.add_column("split")
     table.add_column("top-1", justify="right")
-    table.add_column("top-5", justify="right")
+    topk = next((k for k in metrics.get("val", metrics.get("train", {}))
+                 if k.startswith("top") and k != "top1"), "top5")
+    table.add_column(topk, justify="right")
     table.add_column("loss", justify="right")
     table.add_column("ECE", justify="right")
     for split in ("train", "val", "test"):
         m = metrics.get(split)
         if m:
-            table.add_row(split, f"{m['top1']:.4f}", f"{m.get('top5', float('nan')):.4f}",
+            table.add_row(split, f"{m['top1']:.4f}", f"{m.get(topk, float('nan')):.4f}",
                           f"{m['loss']:.4f}", f"{m['ece']:.4f}")
     console.print(table)
     fit = metrics.get("fit", {})

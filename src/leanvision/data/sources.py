@@ -1,0 +1,329 @@
+"""What a DATA argument means: a built-in dataset, a folder of class folders, or a CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+VAL_NAMES = ("val", "valid", "validation")
+SPLIT_NAMES = ("train", *VAL_NAMES, "test")
+BUILTINS = ("builtin:digits", "builtin:cifar10")
+ACCEPTED_FORMS = (
+    "a folder of class folders (cat/, dog/, ...), a folder with train/ (and optional val/, "
+    "test/) each holding class folders, a CSV file with columns path,label[,split], or "
+    + " / ".join(BUILTINS))
+
+
+@dataclass
+class ImageRecords:
+    items: list[str | np.ndarray]  # file paths, or HxWx3 uint8 arrays for built-in data
+    labels: np.ndarray  # int64 [N]
+    root: str | None = None  # folder that describe() shows paths relative to
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(self.items) != len(self.labels):
+            raise ValueError(f"{len(self.items)} items but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageRecords:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return ImageRecords([self.items[i] for i in idx], self.labels[idx].copy(), self.root)
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return np.bincount(self.labels, minlength=num_classes).tolist()
+
+    def describe(self, i: int) -> str:
+        item = self.items[i]
+        if isinstance(item, np.ndarray):
+            return f"builtin[#{i}]"
+        if self.root is not None:
+            try:
+                return Path(item).relative_to(self.root).as_posix()
+            except ValueError:
+                pass
+        return str(item)
+
+
+@dataclass
+class DataSource:
+    spec: str
+    classes: list[str]
+    train: ImageRecords
+    val: ImageRecords | None = None
+    test: ImageRecords | None = None
+
+
+def load_data(spec: str | os.PathLike) -> DataSource:
+    text = os.fspath(spec)
+    if isinstance(text, str) and text.startswith("builtin:"):
+        if text == "builtin:digits":
+            return _load_digits()
+        if text == "builtin:cifar10":
+            return _load_cifar10()
+        raise DatasetError(f"unknown built-in dataset {text!r}; the built-ins are "
+                           f"{', '.join(BUILTINS)}")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DatasetError(f"data path {text!r} does not exist; pass {ACCEPTED_FORMS}")
+    if path.is_dir():
+        return _load_folder(path, text)
+    if path.suffix.lower() == ".csv":
+        return _load_csv(path, text)
+    raise DatasetError(f"data path {text!r} is a file but not a .csv; pass {ACCEPTED_FORMS}")
+
+
+def sort_classes(names: set[str] | list[str]) -> list[str]:
+    # Numeric class names sort as numbers so "10" follows "9", not "1".
+    names = list(set(names))
+    if names and all(n.isdigit() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
+
+
+# ---- built-in datasets ------------------------------------------------------------------------
+
+
+def _load_digits() -> DataSource:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16 (counts of set bits in 4x4 blocks); 16 must map to 255 exactly.
+    gray = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # [N, 8, 8]
+    rgb = np.repeat(gray[..., None], 3, axis=3)
+    items: list[str | np.ndarray] = list(rgb)
+    labels = digits.target.astype(np.int64)
+    return DataSource("builtin:digits", [str(i) for i in range(10)], ImageRecords(items, labels))
+
+
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+_CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                  "ship", "truck"]
+
+
+def cifar10_root() -> Path:
+    return Path.home() / ".cache" / "leanvision" / "cifar10"
+
+
+def _load_cifar10() -> DataSource:
+    # The binary release is read with numpy; the "python" release torchvision.datasets.CIFAR10
+    # reads is a set of pickles, and this project never unpickles.
+    root = cifar10_root()
+    folder = root / "cifar-10-batches-bin"
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    if not all((folder / n).is_file() for n in names):
+        _download_cifar10(root)
+    train = [_read_cifar_batch(folder / n) for n in names[:5]]
+    test_x, test_y = _read_cifar_batch(folder / names[5])
+    train_x = np.concatenate([x for x, _ in train])
+    train_y = np.concatenate([y for _, y in train])
+    return DataSource("builtin:cifar10", list(_CIFAR_CLASSES),
+                      ImageRecords(list(train_x), train_y), test=ImageRecords(list(test_x), test_y))
+
+
+def _download_cifar10(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(_CIFAR_URL, download_root=str(root), md5=_CIFAR_MD5)
+    except (OSError, RuntimeError, ValueError, tarfile.TarError) as exc:
+        raise DatasetError(
+            f"builtin:cifar10 needs internet to download CIFAR-10 once into {root} "
+            f"({type(exc).__name__}: {exc}). Connect and retry, or pass a local folder of "
+            "class folders (e.g. cifar10/train/airplane/*.png) instead.") from None
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    record = 1 + 3 * 32 * 32  # one label byte, then the R, G and B planes
+    if raw.size % record:
+        raise DatasetError(f"{path} is not a complete CIFAR-10 batch; delete {path.parent} "
+                           "and run again to download it afresh")
+    raw = raw.reshape(-1, record)
+    images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
+    return np.ascontiguousarray(images), raw[:, 0].astype(np.int64)
+
+
+# ---- folders ----------------------------------------------------------------------------------
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(os.path.join(dirpath, name))
+    return sorted(files)
+
+
+def _load_folder(path: Path, spec: str) -> DataSource:
+    subdirs = _visible_dirs(path)
+    by_lower = {d.name.lower(): d for d in subdirs}
+    if "train" in by_lower:
+        others = [d.name for d in subdirs if d.name.lower() not in SPLIT_NAMES]
+        if others:
+            raise DatasetError(
+                f"{spec} mixes a train/ split folder with other folders ({', '.join(others)}); "
+                "put class folders either all inside train/ (and val/, test/) or all directly "
+                f"in {spec}")
+        vals = [by_lower[n] for n in VAL_NAMES if n in by_lower]
+        if len(vals) > 1:
+            raise DatasetError(f"{spec} has more than one validation folder "
+                               f"({', '.join(d.name for d in vals)}); keep one")
+        train_classes = _class_folders(by_lower["train"], f"{spec}/train")
+        classes = sort_classes(list(train_classes))
+        train = _folder_records(train_classes, classes, path)
+        val = _split_records(vals[0], classes, path, spec) if vals else None
+        test = _split_records(by_lower["test"], classes, path, spec) if "test" in by_lower else None
+        return DataSource(spec, classes, train, val, test)
+    if subdirs and all(d.name.lower() in SPLIT_NAMES for d in subdirs):
+        raise DatasetError(f"{spec} has split folders ({', '.join(d.name for d in subdirs)}) "
+                           "but no train/; add a train/ folder with class folders")
+    class_dirs = _class_folders(path, spec)
+    classes = sort_classes(list(class_dirs))
+    return DataSource(spec, classes, _folder_records(class_dirs, classes, path))
+
+
+def _class_folders(folder: Path, shown: str) -> dict[str, list[str]]:
+    dirs = _visible_dirs(folder)
+    if not dirs:
+        loose = _image_files(folder)
+        hint = f" (found {len(loose)} loose images)" if loose else ""
+        raise DatasetError(
+            f"{shown} has no class folders{hint}; put each class's images in its own "
+            f"sub-folder, e.g. {shown}/cat/*.jpg and {shown}/dog/*.jpg")
+    found = {}
+    for d in dirs:
+        files = _image_files(d)
+        if not files:
+            raise DatasetError(
+                f"class folder {shown}/{d.name} holds no images (looked for "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder")
+        found[d.name] = files
+    _need_two_classes(list(found), shown)
+    return found
+
+
+def _need_two_classes(names: list[str], shown: str) -> None:
+    if len(names) < 2:
+        listed = ", ".join(repr(n) for n in sort_classes(names))
+        raise DatasetError(f"a classifier needs at least 2 classes; found {len(names)}: "
+                           f"{listed} in {shown}")
+
+
+def _folder_records(found: dict[str, list[str]], classes: list[str], root: Path) -> ImageRecords:
+    index = {name: i for i, name in enumerate(classes)}
+    items: list[str | np.ndarray] = []
+    labels: list[int] = []
+    for name in classes:
+        if name in found:
+            items.extend(found[name])
+            labels.extend([index[name]] * len(found[name]))
+    return ImageRecords(items, np.asarray(labels, dtype=np.int64), str(root))
+
+
+def _split_records(folder: Path, classes: list[str], root: Path, spec: str) -> ImageRecords:
+    shown = f"{spec}/{folder.name}"
+    dirs = _visible_dirs(folder)
+    if not dirs:
+        raise DatasetError(f"{shown} has no class folders; put images in {shown}/<class>/ "
+                           "using the class names of train/")
+    found = {}
+    for d in dirs:
+        if d.name not in classes:
+            raise DatasetError(f"{shown} has class {d.name!r}, which train/ does not have; "
+                               "add it to train/ or remove it")
+        files = _image_files(d)
+        if not files:
+            raise DatasetError(f"class folder {shown}/{d.name} holds no images; add images "
+                               "or remove the folder")
+        found[d.name] = files
+    return _folder_records(found, classes, root)
+
+
+# ---- CSV --------------------------------------------------------------------------------------
+
+_PATH_COLUMNS = ("path", "image", "filename")
+_LABEL_COLUMNS = ("label", "class", "target")
+
+
+def _load_csv(path: Path, spec: str) -> DataSource:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{spec} is not a UTF-8 text CSV; save it as UTF-8 CSV") from None
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise DatasetError(f"{spec} is empty; it needs a header row (path,label[,split]) and "
+                           "one row per image")
+    header = [h.strip().lower() for h in rows[0]]
+    path_col = _column(header, _PATH_COLUMNS)
+    label_col = _column(header, _LABEL_COLUMNS)
+    if path_col is None or label_col is None:
+        missing = "path" if path_col is None else "label"
+        raise DatasetError(
+            f"{spec} has no {missing!r} column (header: {','.join(rows[0])}); the header needs "
+            "path (or image, filename) and label (or class, target), and optionally split")
+    split_col = _column(header, ("split",))
+    body = rows[1:]
+    if not body:
+        raise DatasetError(f"{spec} has a header but no rows; add one row per image")
+
+    base = path.absolute().parent
+    per_split: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    for line, row in enumerate(body, start=2):
+        cells = row + [""] * (len(header) - len(row))
+        file, label = cells[path_col].strip(), cells[label_col].strip()
+        if not file or not label:
+            raise DatasetError(f"{spec} line {line} has an empty path or label; fill it in or "
+                               "delete the line")
+        split = cells[split_col].strip().lower() if split_col is not None else ""
+        split = "train" if split == "" else ("val" if split in VAL_NAMES else split)
+        if split not in per_split:
+            raise DatasetError(f"{spec} line {line} has split {cells[split_col].strip()!r}; "
+                               "use train, val or test (or leave it empty for train)")
+        per_split[split].append((str(base / Path(file).expanduser()), label))
+
+    if not per_split["train"]:
+        raise DatasetError(f"{spec} has no training rows; mark some rows split=train "
+                           "(or leave split empty)")
+    classes = sort_classes({label for _, label in per_split["train"]})
+    _need_two_classes(classes, spec)
+    index = {name: i for i, name in enumerate(classes)}
+    records = {}
+    for split, pairs in per_split.items():
+        for _, label in pairs:
+            if label not in index:
+                raise DatasetError(f"{spec} has {split} label {label!r}, which no train row has; "
+                                   "add training images of it or drop those rows")
+        if pairs or split == "train":
+            records[split] = ImageRecords([p for p, _ in pairs],
+                                          np.asarray([index[lb] for _, lb in pairs], np.int64),
+                                          str(base))
+    return DataSource(spec, classes, records["train"], records.get("val"), records.get("test"))
+
+
+def _column(header: list[str], names: Sequence[str]) -> int | None:
+    for name in names:
+        if name in header:
+            return header.index(name)
+    return None
