@@ -1,4 +1,4 @@
-"""The CLI: every verb's --json summary, fresh-process parity, and one clear message on bad input."""
+"""The CLI: every verb's --json summary, fresh-process parity, one clear message on bad input."""
 
 from __future__ import annotations
 
