@@ -102,6 +102,9 @@ def test_cv(tmp_path):
     assert saved["per_fold"] == result["per_fold"]
     card = json.loads((tmp_path / "cv" / "fold-2" / "model.json").read_text())
     assert card["cv"] == {"fold": 2, "folds": 3, "seed": 0}
+    again = run_json("eval", str(tmp_path / "cv" / "fold-2"))
+    assert again["split"] == "val" and again["metrics"]["n"] == card["metrics"]["val"]["n"]
+    assert again["metrics"]["top1"] == card["metrics"]["val"]["top1"]
 
 
 def test_cv_with_too_many_folds(tmp_path):

@@ -75,6 +75,7 @@ def train_cmd(
                                      "from the image size."),
     pretrained: str | None = typer.Option(None, help="auto, yes, no, or a weights file."),
     finetune: str = typer.Option("auto", help="auto, full, probe, freeze, lower-lr."),
+    freeze_stages: int = typer.Option(2, help="Stages kept frozen by --finetune freeze."),
     epochs: int | None = typer.Option(None, help="Default: from the data's size."),
     batch_size: int | None = typer.Option(None, help="Default: from the data's size."),
     lr: float | None = typer.Option(None, help="Default: the optimizer's usual rate."),
@@ -109,7 +110,8 @@ def train_cmd(
         settings = {"epochs": epochs}
     else:
         settings = dict(
-            model=model, pretrained=_pretrained(pretrained), finetune=finetune, epochs=epochs,
+            model=model, pretrained=_pretrained(pretrained), finetune=finetune,
+            freeze_stages=freeze_stages, epochs=epochs,
             batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
             weight_decay=weight_decay, l1=l1, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, dropout=dropout, grad_clip=grad_clip, ema=ema,

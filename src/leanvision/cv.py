@@ -10,8 +10,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .data import load_data, stratified_kfold
-from .data.partition import Partition, concat_records
+from .data import load_data
+from .data.partition import cv_partitions
 from .io import write_json
 from .train.api import _check_fresh, default_run_dir, train_on
 from .train.config import TrainConfig
@@ -27,15 +27,12 @@ def cross_validate(data: str | Path = "builtin:digits", folds: int = 5,
     console = console or Console(stderr=True)
     cfg = TrainConfig.from_dict({"data": str(data), **settings})
     source = load_data(cfg.data)
-    records = concat_records([r for r in (source.train, source.val) if r is not None])
-    splits = stratified_kfold(records, folds, cfg.seed, classes=source.classes)
+    parts_per_fold = cv_partitions(source, folds, cfg.seed)
     out_dir = Path(out) if out is not None else _cv_dir(cfg)
     _check_fresh(out_dir)
     per_fold = []
-    for k, (train_idx, val_idx) in enumerate(splits):
+    for k, parts in enumerate(parts_per_fold):
         console.rule(f"fold {k + 1} of {folds}")
-        parts = Partition(records.subset(train_idx), records.subset(val_idx), None,
-                          f"fold {k + 1} of {folds} (seed {cfg.seed})")
         summary = train_on(source, cfg, out_dir / f"fold-{k + 1}", console=console, parts=parts,
                            extra_card={"cv": {"fold": k + 1, "folds": folds, "seed": cfg.seed}})
         val = summary["metrics"]["val"]

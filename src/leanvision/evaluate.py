@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import (
 
 from .artifact import WEIGHTS_FILE, Artifact, load
 from .data import ImageChecks, decode_images, load_data, normalize
-from .data.partition import select_split
+from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
 from .errors import DatasetError
 from .hardware import choose_hardware
@@ -112,7 +112,13 @@ def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
     source = load_data(data_spec)
     same_data = data is None or str(data) == config.get("data")
     val_fraction = config.get("val_fraction", 0.1) if same_data else 0.0
-    split_name, records = select_split(source, split, val_fraction, config.get("seed", 0))
+    fold = art.card.get("cv")
+    if fold and same_data and split in ("auto", "val"):
+        # A cross-validation fold's model is scored on its own held-out fold, as in training.
+        parts = cv_partitions(source, fold["folds"], fold["seed"])[fold["fold"] - 1]
+        split_name, records = "val", parts.val
+    else:
+        split_name, records = select_split(source, split, val_fraction, config.get("seed", 0))
     records = remap_labels(records, source.classes, art.classes)
     return evaluate_records(art, records, split_name, data_spec, batch_size=batch_size,
                             skip_bad_images=skip_bad_images, device=device)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .sources import DataSource, ImageRecords
-from .splits import stratified_holdout
+from .splits import stratified_holdout, stratified_kfold
 
 SPLITS = ("auto", "train", "val", "test", "all")
 
@@ -61,3 +61,12 @@ def concat_records(parts: list[ImageRecords]) -> ImageRecords:
     items = [item for p in parts for item in p.items]
     labels = np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, dtype=np.int64)
     return ImageRecords(items, labels, parts[0].root if parts else None)
+
+
+def cv_partitions(source: DataSource, folds: int, seed: int) -> list[Partition]:
+    """One Partition per stratified fold over train+val; the test split stays untouched."""
+    records = concat_records([r for r in (source.train, source.val) if r is not None])
+    splits = stratified_kfold(records, folds, seed, classes=source.classes)
+    return [Partition(records.subset(tr), records.subset(va), None,
+                      f"fold {k + 1} of {folds} (seed {seed})")
+            for k, (tr, va) in enumerate(splits)]
