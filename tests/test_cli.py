@@ -75,12 +75,15 @@ def test_predict_top_k_and_bad_file(trained, tmp_path):
     assert second["error"] == "not an image"
 
 
-def test_predict_agrees_with_eval_preprocessing(trained):
-    data, out = trained
-    files = [str(p) for p in sorted((data / "blue").glob("*.png"))[:4]]
-    result = run_json("predict", str(out), *files, "--top-k", "1")
-    probs = [r["top"][0]["prob"] for r in result["results"]]
-    assert all(0.0 < p <= 1.0 for p in probs)
+def test_predict_agrees_with_eval(trained, tmp_path):
+    _, out = trained
+    data = make_image_folder(tmp_path / "fresh", per_class=4, seed=7)
+    files = sorted(data.glob("*/*.png"))
+    result = run_json("predict", str(out), *map(str, files), "--top-k", "1")
+    hits = sum(r["top"][0]["class"] == Path(r["image"]).parent.name for r in result["results"])
+    evaluated = run_json("eval", str(out), "--data", str(data), "--split", "all")
+    assert evaluated["metrics"]["top1"] == pytest.approx(hits / len(files))
+    assert all(0.0 < r["top"][0]["prob"] <= 1.0 for r in result["results"])
 
 
 def test_info(trained):

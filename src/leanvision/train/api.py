@@ -14,9 +14,9 @@ import torch
 from rich.console import Console
 
 from ..artifact import Artifact, make_card, save_artifact
-from ..data import DataSource, ImageChecks, decode_images, load_data
-from ..data.partition import Partition, partition
-from ..errors import ConfigError
+from ..data import DataSource, DecodedImages, ImageChecks, decode_images, load_data
+from ..data.partition import Partition, concat_records, partition
+from ..errors import ConfigError, DatasetError
 from ..evaluate import evaluate_records, model_cost
 from ..hardware import choose_hardware, describe_machine
 from ..io import write_json
@@ -77,15 +77,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     counts = parts.train.class_counts(num_classes)
     print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir)
 
-    checks = ImageChecks()
-    train_imgs = decode_images(parts.train, input_size, checks, skip_bad=cfg.skip_bad_images,
-                               cache_dir=cfg.cache_dir, progress=cfg.progress,
-                               workers=cfg.workers)
-    val_imgs = None
-    if parts.val is not None:
-        val_imgs = decode_images(parts.val, input_size, checks, skip_bad=cfg.skip_bad_images,
-                                 cache_dir=cfg.cache_dir, progress=cfg.progress,
-                                 workers=cfg.workers)
+    train_imgs, val_imgs = _decode(parts, input_size, cfg)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
 
     strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
@@ -120,6 +112,29 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
                "metrics": card["metrics"], "training": card["training"]}
     print_summary(console, summary, out_dir)
     return summary
+
+
+def _decode(parts: Partition, input_size: tuple[int, int],
+            cfg: TrainConfig) -> tuple[DecodedImages, DecodedImages | None]:
+    """One decode of train+val: a single scan (so one message lists every bad file) and one
+    cache entry. Train comes first, so both halves are views, not copies, of the decoded set."""
+    records = parts.train if parts.val is None else concat_records([parts.train, parts.val])
+    decoded = decode_images(records, input_size, ImageChecks(), skip_bad=cfg.skip_bad_images,
+                            cache_dir=cfg.cache_dir, progress=cfg.progress, workers=cfg.workers)
+    n_train = int(np.searchsorted(decoded.kept, len(parts.train)))
+    if n_train == 0:
+        raise DatasetError("none of the training images could be decoded; check the files")
+    # Every skipped file is reported once, with train's images.
+    train = DecodedImages(decoded.images[:n_train], decoded.labels[:n_train],
+                          decoded.kept[:n_train], decoded.bad)
+    if parts.val is None:
+        return train, None
+    val = DecodedImages(decoded.images[n_train:], decoded.labels[n_train:],
+                        decoded.kept[n_train:] - len(parts.train), [])
+    if len(val) == 0:
+        raise DatasetError("every validation image was unreadable; fix the images or pass "
+                           "--val-fraction 0")
+    return train, val
 
 
 def _final_metrics(art: Artifact, parts: Partition, train_imgs, source: DataSource,
