@@ -50,15 +50,20 @@ def test_training_learns_separable_classes(tmp_path):
     assert summary["metrics"]["fit"]["verdict"] in ("good fit", "overfitting", "underfitting")
 
 
-def test_resume_after_kill_gives_identical_weights(tiny_folder, tmp_path, monkeypatch):
-    settings = dict(FAST, epochs=4, augment="strong", mixup=0.2)
+@pytest.mark.parametrize("settings,kill_after", [
+    (dict(FAST, epochs=4, augment="strong", mixup=0.2), 1),
+    # the fast recipe: lookahead (active from epoch 4), triangle schedule, whitening, TTA
+    (dict(FAST, model="airnet_s", recipe="fast", epochs=6), 3),
+], ids=["standard", "fast"])
+def test_resume_after_kill_gives_identical_weights(tiny_folder, tmp_path, monkeypatch,
+                                                   settings, kill_after):
     lv.train(tiny_folder, tmp_path / "straight", **settings)
 
     real_save = loop_module.save_checkpoint
 
     def save_then_die(folder, state):
         real_save(folder, state)
-        if state["epoch"] == 1:  # 0-based: the process "dies" right after epoch 2 of 4
+        if state["epoch"] == kill_after:  # 0-based: the process "dies" right after it
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
@@ -70,7 +75,7 @@ def test_resume_after_kill_gives_identical_weights(tiny_folder, tmp_path, monkey
 
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "killed")
-    assert a["epoch"] == b["epoch"] == 3
+    assert a["epoch"] == b["epoch"] == settings["epochs"] - 1
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
     wa = load_file(tmp_path / "straight" / "model.safetensors")

@@ -11,6 +11,8 @@ from .info import info
 from .models import create_model, list_models
 from .predict import predict
 from .train import TrainConfig, train
+from .train.compare import compare
+from .train.lr_find import lr_find
 
 __all__ = [
     "Artifact",
@@ -21,12 +23,14 @@ __all__ = [
     "ModelError",
     "TrainConfig",
     "__version__",
+    "compare",
     "create_model",
     "cross_validate",
     "evaluate",
     "info",
     "list_models",
     "load",
+    "lr_find",
     "predict",
     "train",
 ]

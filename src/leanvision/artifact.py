@@ -52,11 +52,16 @@ class Artifact:
     def std(self) -> list[float]:
         return list(self.card["input"]["std"])
 
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation the model was validated with (part of its inference)."""
+        return self.card.get("inference", {}).get("tta", "none")
+
 
 def make_card(*, arch: str, arch_kwargs: dict, classes: list[str], input_size: tuple[int, int],
               mean: list[float], std: list[float], stage: str, parent: str | None = None,
               config: dict | None = None, metrics: dict | None = None,
-              interpolation: str = "bilinear") -> dict[str, Any]:
+              interpolation: str = "bilinear", tta: str = "none") -> dict[str, Any]:
     return {
         "format": CARD_FORMAT,
         "arch": arch,
@@ -65,6 +70,7 @@ def make_card(*, arch: str, arch_kwargs: dict, classes: list[str], input_size: t
         "classes": list(classes),
         "input": {"size": list(input_size), "mean": list(mean), "std": list(std),
                   "interpolation": interpolation, "resize": "shorter-side+center-crop"},
+        "inference": {"tta": tta},
         "stage": stage,
         "parent": parent,
         "config": config or {},

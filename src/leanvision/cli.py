@@ -81,18 +81,29 @@ def train_cmd(
     lr: float | None = typer.Option(None, help="Default: the optimizer's usual rate."),
     optimizer: str | None = typer.Option(None, help="sgd, momentum, nesterov, adagrad, "
                                          "rmsprop, adadelta, adam, adamw."),
-    schedule: str = typer.Option("cosine", help="cosine, step, onecycle, plateau, constant."),
+    recipe: str = typer.Option("auto", help="auto, standard, or fast (airbench-style, for "
+                               "CIFAR-sized data)."),
+    schedule: str | None = typer.Option(None, help="cosine, step, onecycle, triangle, plateau, "
+                                        "constant."),
+    momentum: float | None = typer.Option(None),
     weight_decay: float | None = typer.Option(None),
     l1: float = typer.Option(0.0, help="L1 penalty on weights."),
     warmup_epochs: float | None = typer.Option(None),
-    label_smoothing: float = typer.Option(0.1),
+    label_smoothing: float | None = typer.Option(None),
+    norm_lr_scale: float | None = typer.Option(None, help="LR multiplier for biases and norms."),
     dropout: float | None = typer.Option(None, help="Dropout before the classifier."),
     grad_clip: float | None = typer.Option(None, help="Clip the gradient norm to this."),
-    ema: bool = typer.Option(True, help="Keep an exponential moving average of the weights."),
+    ema: bool | None = typer.Option(None, help="Keep an exponential moving average of the "
+                                    "weights."),
+    lookahead: bool | None = typer.Option(None, help="Average weights every 5 steps and copy "
+                                          "back (airbench)."),
     early_stop: int | None = typer.Option(None, help="Stop after N epochs without val gain."),
     augment: str = typer.Option("light", help="none, light (crop+flip), strong."),
     mixup: float = typer.Option(0.0, help="MixUp alpha (0: off)."),
     cutmix: float = typer.Option(0.0, help="CutMix alpha (0: off)."),
+    translate: int | None = typer.Option(None, help="Random shift in pixels (default 1/8)."),
+    tta: str | None = typer.Option(None, help="Test-time augmentation: none, flip, "
+                                   "flip-translate."),
     img_size: int | None = typer.Option(None, help="Input size; default: the model's."),
     val_fraction: float = typer.Option(0.1, help="Hold-out for data without a val split."),
     balance: str = typer.Option("none", help="none, loss (class weights) or sampler."),
@@ -112,10 +123,12 @@ def train_cmd(
         settings = dict(
             model=model, pretrained=_pretrained(pretrained), finetune=finetune,
             freeze_stages=freeze_stages, epochs=epochs,
-            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-            weight_decay=weight_decay, l1=l1, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, dropout=dropout, grad_clip=grad_clip, ema=ema,
-            early_stop=early_stop, augment=augment, mixup=mixup, cutmix=cutmix,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, recipe=recipe,
+            schedule=schedule, momentum=momentum, weight_decay=weight_decay, l1=l1,
+            warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+            norm_lr_scale=norm_lr_scale, dropout=dropout, grad_clip=grad_clip, ema=ema,
+            lookahead=lookahead, early_stop=early_stop, augment=augment, mixup=mixup,
+            cutmix=cutmix, translate=translate, tta=tta,
             img_size=img_size, val_fraction=val_fraction, balance=balance,
             skip_bad_images=skip_bad_images, device=device, precision=precision, seed=seed)
     settings["progress"] = sys.stderr.isatty()
@@ -256,6 +269,58 @@ def models_cmd(
 
     run_verb(lambda: list_models(pattern), as_json,
              lambda names: out_console.print("\n".join(names)))
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    data: str = typer.Argument("builtin:digits", help="Folder, CSV file or builtin:digits."),
+    out: Path | None = OUT_OPT,
+    model: str | None = typer.Option(None, help="Model name; default from the image size."),
+    optimizer: str | None = typer.Option(None, help="sgd, momentum, nesterov, adagrad, "
+                                         "rmsprop, adadelta, adam, adamw."),
+    batch_size: int | None = typer.Option(None, help="Default: from the data's size."),
+    start_lr: float = typer.Option(1e-7, help="Rate of the first step."),
+    end_lr: float = typer.Option(10.0, help="Rate of the last step."),
+    steps: int = typer.Option(100, help="Mini-batches in the sweep (it stops early on blow-up)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Learning-rate range test: suggest a learning rate for training on DATA."""
+    from .train.lr_find import lr_find
+
+    run_verb(lambda: lr_find(data, out, model=model, optimizer=optimizer, batch_size=batch_size,
+                             start_lr=start_lr, end_lr=end_lr, steps=steps, device=device,
+                             seed=seed, progress=sys.stderr.isatty(), console=err_console),
+             as_json, lambda r: out_console.print(
+                 f"suggested lr {r['suggested_lr']:.3g} for {r['optimizer']} "
+                 f"(min-loss lr / 10: {r['min_loss_lr']:.3g}); plot {r['plot']}"))
+
+
+@app.command("compare")
+def compare_cmd(
+    data: str = typer.Argument("builtin:digits", help="Folder, CSV file or builtin:digits."),
+    optimizers: str = typer.Option("sgd,momentum,adagrad,rmsprop,adadelta,adam,adamw",
+                                   help="Comma-separated optimizer names."),
+    epochs: int | None = typer.Option(None, help="Default: from the data's size."),
+    model: str | None = typer.Option(None, help="Model name; default from the image size."),
+    batch_size: int | None = typer.Option(None, help="Default: from the data's size."),
+    find_steps: int = typer.Option(100, help="Steps of each learning-rate range test."),
+    val_fraction: float = typer.Option(0.1, help="Hold-out for data without a val split."),
+    out: Path | None = OUT_OPT,
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train once per optimizer, each at its lr-find rate; rank by validation top-1."""
+    from .train.compare import compare
+
+    run_verb(lambda: compare(data, optimizers, out, epochs=epochs, model=model,
+                             batch_size=batch_size, find_steps=find_steps,
+                             val_fraction=val_fraction, device=device, seed=seed,
+                             progress=sys.stderr.isatty(), console=err_console),
+             as_json, lambda r: out_console.print(
+                 f"best: {r['best']} ({' > '.join(r['ranking'])}); {r['json']}"))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
 from .errors import DatasetError
 from .hardware import choose_hardware
+from .tta import tta_logits
 
 CALIBRATION_BINS = 15
 
@@ -31,7 +32,7 @@ CALIBRATION_BINS = 15
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: list[float],
                    std: list[float], device: torch.device | str = "cpu",
-                   batch_size: int = 256) -> torch.Tensor:
+                   batch_size: int = 256, tta: str | None = None) -> torch.Tensor:
     """fp32 logits [N, C] for uint8 images [N, 3, H, W]; the reference path for every figure."""
     model.eval()
     device = torch.device(device)
@@ -39,7 +40,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: list[floa
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device), mean, std)
-        out.append(model(x).float().cpu())
+        out.append(tta_logits(model, x, tta).cpu())
     if not out:
         return torch.zeros(0, 0)
     return torch.cat(out)
@@ -130,7 +131,8 @@ def evaluate_records(art: Artifact, records: ImageRecords, split_name: str, data
     hw = choose_hardware(device, "fp32")
     decoded = decode_images(records, art.input_size, ImageChecks(), skip_bad=skip_bad_images,
                             progress=progress)
-    logits = predict_logits(art.model, decoded.images, art.mean, art.std, hw.device, batch_size)
+    logits = predict_logits(art.model, decoded.images, art.mean, art.std, hw.device, batch_size,
+                            tta=art.tta)
     metrics = classification_metrics(logits, decoded.labels, art.classes)
     art.model.to("cpu")
     return {

@@ -36,7 +36,7 @@ def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k:
         return results
     hw = choose_hardware(device, "fp32")
     probs = predict_logits(art.model, torch.stack(tensors), art.mean, art.std, hw.device,
-                           batch_size).softmax(1)
+                           batch_size, tta=art.tta).softmax(1)
     art.model.to("cpu")
     k = min(top_k, art.num_classes)
     for row, index in enumerate(rows):

@@ -19,7 +19,7 @@ AUGMENT_PRESETS = ("none", "light", "strong")
 
 class BatchAugment:
     def __init__(self, preset: str = "light", *, mixup: float = 0.0, cutmix: float = 0.0,
-                 num_classes: int) -> None:
+                 num_classes: int, translate: int | None = None) -> None:
         if preset not in AUGMENT_PRESETS:
             raise ConfigError(f"--augment {preset!r} is not a preset; choose one of "
                               f"{', '.join(AUGMENT_PRESETS)}")
@@ -27,7 +27,9 @@ class BatchAugment:
             raise ConfigError("--mixup and --cutmix are Beta alphas and must be >= 0 (0 = off)")
         if num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
-        self.preset, self.num_classes = preset, num_classes
+        if translate is not None and translate < 0:
+            raise ConfigError(f"--translate {translate} must be >= 0 pixels")
+        self.preset, self.num_classes, self.translate = preset, num_classes, translate
         self.mixup, self.cutmix = float(mixup), float(cutmix)
         self._trivial = v2.TrivialAugmentWide() if preset == "strong" else None
         self._erase = v2.RandomErasing(p=0.25) if preset == "strong" else None
@@ -50,7 +52,7 @@ class BatchAugment:
             raise ValueError(f"expected uint8 [B, 3, H, W] images, got {images.dtype} "
                              f"{tuple(images.shape)}")
         if self.preset != "none":
-            images = random_shift_flip(images)
+            images = random_shift_flip(images, self.translate)
         if self.preset == "strong":
             images = torch.stack([self._erase(self._trivial(img)) for img in images])
         if self._mix is not None:
@@ -61,11 +63,12 @@ class BatchAugment:
         return images, labels
 
 
-def random_shift_flip(images: torch.Tensor) -> torch.Tensor:
-    """Per sample: translate by up to 1/8 of the side with reflected borders (the same as
-    reflect-pad by H/8 then random crop) and flip horizontally half the time, as one gather."""
+def random_shift_flip(images: torch.Tensor, translate: int | None = None) -> torch.Tensor:
+    """Per sample: translate by up to `translate` pixels (default 1/8 of the side) with
+    reflected borders (the same as reflect-pad then random crop) and flip horizontally half
+    the time, as one gather."""
     b, _, h, w = images.shape
-    pad_h, pad_w = h // 8, w // 8
+    pad_h, pad_w = (h // 8, w // 8) if translate is None else (translate, translate)
     # Drawn on the CPU generator whatever the device, so the CPU RNG state alone replays them.
     dy = torch.randint(-pad_h, pad_h + 1, (b,))
     dx = torch.randint(-pad_w, pad_w + 1, (b,))

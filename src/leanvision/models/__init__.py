@@ -1,7 +1,7 @@
 """Models: one factory over timm's registry (plus our small nets), local pretrained weights,
 fine-tuning strategies and size/cost statistics. Knows nothing of data, training or the CLI."""
 
-from leanvision.models import small_resnets  # noqa: F401  (registers resnet8/20/56/9 in timm)
+from leanvision.models import fast_nets, small_resnets  # noqa: F401  (register our nets in timm)
 from leanvision.models.finetune import (
     FINETUNE_STRATEGIES,
     FinetunePlan,

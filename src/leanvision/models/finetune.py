@@ -11,6 +11,7 @@ probe-then-lower-lr   (what "auto" picks for small data) probe first, then `unfr
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from timm.models import group_parameters
@@ -75,8 +76,12 @@ def param_groups(
     weight_decay: float,
     backbone_lr_scale: float = 0.1,
     freeze_stages: int = 2,
+    keep_frozen: Collection[str] = (),
 ) -> list[dict]:
     """Set `requires_grad` for `strategy` and return optimizer param groups.
+
+    `keep_frozen` names parameters the architecture itself holds fixed (e.g. a whitening
+    layer or a batch norm's unit scale); no strategy makes them trainable.
 
     Each group has "params", "lr", "weight_decay" and a "name"; biases and norm weights (1-D
     parameters) get no weight decay, since decaying them only shrinks scales that BN/LN re-learn,
@@ -99,6 +104,7 @@ def param_groups(
         frozen = {n for n, p in named if id(p) not in head_ids}
     elif strategy == "freeze":
         frozen = _first_stage_params(model, freeze_stages, head_ids)
+    frozen |= set(keep_frozen)
     for n, p in named:
         p.requires_grad_(n not in frozen)
 

@@ -100,7 +100,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     arch_kwargs = {"img_size": cfg.img_size} if cfg.img_size else {}
     card = make_card(arch=cfg.model, arch_kwargs=arch_kwargs, classes=source.classes,
                      input_size=input_size, mean=pre["mean"], std=pre["std"], stage="train",
-                     config=cfg.to_dict(), interpolation=pre.get("interpolation", "bilinear"))
+                     config=cfg.to_dict(), interpolation=pre.get("interpolation", "bilinear"),
+                     tta=cfg.tta)
     card.update(extra_card or {})
     save_artifact(out_dir, model, {**card, "metrics": {}})
     art = Artifact(path=out_dir, card=card, model=model)
@@ -188,10 +189,16 @@ def _finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
 
     For probe-then-lower-lr the optimizer holds every parameter from the start (so its state
     survives the switch); during the probe phase the backbone simply has requires_grad off."""
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "freeze_stages": cfg.freeze_stages}
+    # Parameters the architecture itself holds fixed stay fixed under every strategy.
+    built_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+              "freeze_stages": cfg.freeze_stages, "keep_frozen": built_frozen}
     switch = unfreeze_epoch(strategy, cfg.epochs)
     phase_two = "lower-lr" if switch is not None else strategy
     groups = param_groups(model, phase_two, **common)
+    for group in groups:
+        if group["name"].endswith("_no_decay"):  # biases and norm parameters
+            group["lr"] *= cfg.norm_lr_scale
 
     def on_epoch_start(epoch: int) -> None:
         if switch is not None:

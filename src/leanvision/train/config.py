@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..tta import TTA_MODES
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "onecycle", "plateau", "constant")
+SCHEDULES = ("cosine", "step", "onecycle", "triangle", "plateau", "constant")
+RECIPES = ("auto", "standard", "fast")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 BALANCE = ("none", "loss", "sampler")
@@ -28,6 +30,8 @@ class TrainConfig:
     skip_bad_images: bool = False
     balance: str = "none"  # class imbalance: weighted loss or a balanced sampler
     cache_dir: str | None = None
+    # --- recipe: which defaults fill the unset (None) settings ---
+    recipe: str = "auto"  # auto: "fast" for small images with enough data, else "standard"
     # --- model ---
     model: str | None = None  # None: chosen from the image size and whether weights exist
     pretrained: bool | str | None = None  # None: use local weights when the model has them
@@ -39,22 +43,27 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
-    momentum: float = 0.9
+    momentum: float | None = None
     weight_decay: float | None = None
     l1: float = 0.0
-    schedule: str = "cosine"
+    schedule: str | None = None
     warmup_epochs: float | None = None
     step_size: int | None = None  # epochs between decays for schedule=step
     gamma: float = 0.1
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None
     grad_clip: float | None = None
-    ema: bool = True
+    norm_lr_scale: float | None = None  # lr multiplier for biases and norm parameters
+    ema: bool | None = None
     ema_decay: float | None = None
+    lookahead: bool | None = None  # EMA copied back into the weights (airbench's lookahead)
     early_stop: int | None = None  # patience in epochs; None: off
     # --- augmentation ---
     augment: str = "light"
+    translate: int | None = None  # random shift in pixels; None: 1/8 of the side
     mixup: float = 0.0
     cutmix: float = 0.0
+    # --- inference ---
+    tta: str | None = None  # test-time augmentation, saved in the card for eval and predict
     # --- hardware ---
     device: str = "auto"
     precision: str = "auto"
@@ -66,7 +75,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _one_of("optimizer", self.optimizer, OPTIMIZERS, allow_none=True)
-        _one_of("schedule", self.schedule, SCHEDULES)
+        _one_of("schedule", self.schedule, SCHEDULES, allow_none=True)
+        _one_of("recipe", self.recipe, RECIPES)
+        _one_of("tta", self.tta, TTA_MODES, allow_none=True)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("device", self.device, DEVICES)
         _one_of("balance", self.balance, BALANCE)
@@ -76,6 +87,8 @@ class TrainConfig:
         _range("lr", self.lr, 0.0, 100.0, low_open=True)
         _range("img_size", self.img_size, 8, 4096)
         _range("momentum", self.momentum, 0.0, 1.0)
+        _range("translate", self.translate, 0, 64)
+        _range("norm_lr_scale", self.norm_lr_scale, 0.0, 1e4, low_open=True)
         _range("weight_decay", self.weight_decay, 0.0, 1.0)
         _range("l1", self.l1, 0.0, 1.0)
         _range("label_smoothing", self.label_smoothing, 0.0, 0.9)

@@ -20,12 +20,15 @@ from ..artifact import save_weights
 from ..data import BatchAugment, DecodedImages, normalize
 from ..hardware import Hardware
 from ..io import append_jsonl
+from ..tta import tta_logits
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .lookahead import Lookahead
 from .optim import LRController, build_optimizer
 
 METRICS_FILE = "metrics.jsonl"
 BEST_WEIGHTS = "best.safetensors"
+DATA_INIT_IMAGES = 5000
 
 
 @dataclass
@@ -85,8 +88,9 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                           step_size=cfg.step_size, gamma=cfg.gamma)
     scaler = torch.amp.GradScaler(hw.device.type, enabled=hw.needs_grad_scaler())
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    lookahead = Lookahead(cfg.epochs * steps_per_epoch) if cfg.lookahead else None
     augment = BatchAugment(cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                           num_classes=inputs.num_classes)
+                           num_classes=inputs.num_classes, translate=cfg.translate)
     class_weights = inputs.class_weights.to(hw.device) if inputs.class_weights is not None else None
     l1_params = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 else []
 
@@ -102,10 +106,16 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
         scaler.load_state_dict(resume["scaler"])
         if ema is not None and resume.get("ema") is not None:
             ema.module.load_state_dict(resume["ema"])
+        if lookahead is not None:
+            lookahead.load_state_dict(resume["lookahead"])
         start_epoch, global_step = resume["epoch"] + 1, resume["global_step"]
         history, best, bad_epochs = resume["history"], resume["best"], resume["bad_epochs"]
         best_state = resume.get("best_state")
         set_rng_state(resume["rng"])
+    elif hasattr(model, "init_from_data"):
+        # Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step.
+        sample = normalize(images[:DATA_INIT_IMAGES].to(hw.device), inputs.mean, inputs.std)
+        model.init_from_data(sample)
 
     stopped: str | None = None
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
@@ -118,6 +128,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                                  epoch=f"{start_epoch + 1}/{cfg.epochs}", status="")
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
+            if hasattr(model, "epoch_start"):
+                model.epoch_start(epoch)
             if inputs.on_epoch_start is not None:
                 inputs.on_epoch_start(epoch)
             order = epoch_order(n, cfg.seed, epoch, inputs.sample_weights)
@@ -154,6 +166,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 global_step += 1
                 if ema is not None:
                     ema.update(model, step=global_step)
+                if lookahead is not None:
+                    lookahead.step(model, epoch, global_step)
                 hard = y if y.ndim == 1 else y.argmax(1)
                 loss_sum += loss.item() * len(hard)
                 correct += (logits.argmax(1) == hard).sum().item()
@@ -162,6 +176,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                                 status=f"loss {loss_sum / seen:.3f}")
             if stopped:
                 break
+            if lookahead is not None:
+                lookahead.sync(model)
             elapsed = time.perf_counter() - t_epoch
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -177,7 +193,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 candidates["ema"] = ema.module
             if inputs.val is not None:
                 for name, net in candidates.items():
-                    vloss, vtop1 = quick_validate(net, inputs.val, inputs.mean, inputs.std, hw)
+                    vloss, vtop1 = quick_validate(net, inputs.val, inputs.mean, inputs.std, hw,
+                                                  tta=cfg.tta)
                     prefix = "val" if name == "model" else "ema_val"
                     record[f"{prefix}_loss"], record[f"{prefix}_top1"] = vloss, vtop1
                     if not math.isfinite(vloss):
@@ -201,6 +218,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "lr": lr_ctl.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema.module.state_dict() if ema is not None else None,
+                "lookahead": lookahead.state_dict() if lookahead is not None else None,
                 "rng": rng_state(), "history": history, "best": best,
                 "best_state": best_state, "bad_epochs": bad_epochs,
             })
@@ -218,7 +236,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
 
 @torch.no_grad()
 def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float],
-                   std: list[float], hw: Hardware, batch: int = 256) -> tuple[float, float]:
+                   std: list[float], hw: Hardware, batch: int = 500,
+                   tta: str | None = None) -> tuple[float, float]:
     """Loss and top-1 under the training precision: a fast signal for checkpoint choice. The
     figures in the card come from evaluate(), in fp32, on the saved artifact."""
     was_training = model.training
@@ -231,8 +250,8 @@ def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float
         if hw.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with hw.autocast():
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            logits = tta_logits(model, x, tta)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)
     n = max(1, len(data.labels))

@@ -64,6 +64,13 @@ class LRController:
         self.steps = 0
         self.plateau: lr_scheduler.ReduceLROnPlateau | None = None
         self.per_step: lr_scheduler.LRScheduler | None = None
+        if schedule == "triangle":
+            # airbench's schedule: linear from 0.2x up to the peak at 23%, then down to 0.07x.
+            self.per_step = lr_scheduler.OneCycleLR(
+                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+                pct_start=0.23, anneal_strategy="linear", div_factor=5.0,
+                final_div_factor=0.2 / 0.07, cycle_momentum=False)
+            return
         if schedule == "onecycle":
             max_lrs = [g["lr"] for g in optimizer.param_groups]
             cycle = "momentum" in optimizer.defaults or "betas" in optimizer.defaults

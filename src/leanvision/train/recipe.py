@@ -18,6 +18,9 @@ from .optim import default_lr, default_weight_decay
 
 SMALL_IMAGE_SIDE = 64  # at or below this, a small CNN at 32 px beats a big net's 224 px on CPU
 SMALL_DEFAULT_MODEL = "resnet20"
+FAST_MODEL = "airnet_s"
+FAST_NETS = ("airnet_s", "airnet_m")
+FAST_MIN_IMAGES = 5000  # below this, epochs of a few large batches teach too little
 LARGE_DEFAULT_MODEL = "efficientnet_lite0"
 
 
@@ -57,27 +60,41 @@ def has_local_weights(model: str) -> bool:
     return False
 
 
+def choose_recipe(cfg: TrainConfig, stats: DataStats) -> str:
+    if cfg.recipe != "auto":
+        return cfg.recipe
+    fast_ok = (stats.median_side <= SMALL_IMAGE_SIDE and stats.n_train >= FAST_MIN_IMAGES
+               and (cfg.model is None or cfg.model in FAST_NETS) and not cfg.pretrained)
+    return "fast" if fast_ok else "standard"
+
+
 def resolve_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, list[str]]:
-    notes: list[str] = []
-    chosen: dict = {}
+    recipe = choose_recipe(cfg, stats)
+    notes = [f"recipe = {recipe}" + (" (chosen from the data)" if cfg.recipe == "auto" else "")]
+    chosen: dict = {"recipe": recipe}
 
     def pick(name: str, value, why: str) -> None:
         if getattr(cfg, name) is None:
             chosen[name] = value
             notes.append(f"{name} = {value}: {why}")
 
+    if recipe == "fast":
+        _fast(cfg, stats, pick)
+    else:
+        _standard(cfg, stats, pick, chosen)
+    return replace(cfg, **chosen), notes
+
+
+def _standard(cfg: TrainConfig, stats: DataStats, pick, chosen: dict) -> None:
     small = stats.median_side <= SMALL_IMAGE_SIDE
     model = cfg.model or (SMALL_DEFAULT_MODEL if small else LARGE_DEFAULT_MODEL)
     pick("model", model, f"images are about {stats.median_side} px"
          + (", a small residual CNN at 32 px trains fast on CPU" if small
             else ", a mobile ImageNet net fine-tunes well"))
-    if cfg.pretrained is None:
-        local = has_local_weights(model)
-        chosen["pretrained"] = local
-        notes.append(f"pretrained = {local}: " + ("local ImageNet weights found" if local
-                                                  else "no local weights for this model"))
-    pretrained = chosen.get("pretrained", cfg.pretrained)
-    finetuning = bool(pretrained)
+    local = has_local_weights(model)
+    pick("pretrained", local, "local ImageNet weights found" if local
+         else "no local weights for this model")
+    finetuning = bool(chosen.get("pretrained", cfg.pretrained))
 
     batch = 2 ** int(np.clip(round(math.log2(max(1, stats.n_train) / 10)), 4, 7))
     pick("batch_size", batch, f"{stats.n_train} training images")
@@ -98,9 +115,45 @@ def resolve_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, lis
     optimizer = chosen.get("optimizer", cfg.optimizer)
     pick("lr", default_lr(optimizer, batch), f"the usual rate for {optimizer} at batch {batch}")
     pick("weight_decay", default_weight_decay(optimizer), f"the usual decay for {optimizer}")
+    pick("momentum", 0.9, "the usual momentum")
+    pick("schedule", "cosine", "cosine decay needs no tuning")
     pick("warmup_epochs", 1.0 if epochs >= 10 else 0.0, "a short warmup steadies early steps")
-
+    pick("label_smoothing", 0.1, "mild smoothing regularises the head")
+    pick("norm_lr_scale", 1.0, "one rate for every parameter")
+    pick("ema", True, "an average of recent weights generalises better than the last")
+    pick("lookahead", False, "the EMA is kept beside the weights instead")
+    pick("tta", "none", "plain inference")
     steps = max(1, stats.n_train // batch) * epochs
     # Average over roughly the last tenth of training, within [0.9, 0.9999].
     pick("ema_decay", float(np.clip(1 - 10 / steps, 0.9, 0.9999)), f"{steps} optimizer steps")
-    return replace(cfg, **chosen), notes
+
+
+# The fast recipe: airbench's schedule and settings (Jordan 2024), expressed for a mean-reduced
+# loss. airbench's lr is 11.5 per 1024 examples with its step-size correction 1 + 1/(1 - m);
+# its weight decay per step works out to 0.0153 / 11.5 of the weights, whatever the batch.
+FAST_MOMENTUM = 0.85
+FAST_LR_PER_1024 = 11.5 / (1 + 1 / (1 - FAST_MOMENTUM))
+FAST_WEIGHT_DECAY = 0.0153 / 11.5
+FAST_EPOCHS = 10
+
+
+def _fast(cfg: TrainConfig, stats: DataStats, pick) -> None:
+    pick("model", FAST_MODEL, "the airbench network, whitened first layer, fast on CPU")
+    pick("pretrained", False, "trained from scratch in minutes")
+    batch = int(min(1024, 2 ** int(np.log2(max(16, stats.n_train // 16)))))
+    pick("batch_size", batch, "large batches keep 2 cores busy; at least 16 steps per epoch")
+    batch = cfg.batch_size or batch
+    pick("epochs", FAST_EPOCHS, "the fast recipe's budget")
+    pick("optimizer", "nesterov", "airbench's SGD with Nesterov momentum")
+    pick("momentum", FAST_MOMENTUM, "airbench's momentum")
+    pick("lr", round(FAST_LR_PER_1024 * batch / 1024, 6), f"airbench's rate at batch {batch}")
+    pick("weight_decay", FAST_WEIGHT_DECAY, "airbench's decay for a mean-reduced loss")
+    pick("norm_lr_scale", 64.0, "batch-norm shifts learn 64x faster (airbench's bias scaler)")
+    pick("schedule", "triangle", "linear warmup to 23% then linear decay to 7%")
+    pick("warmup_epochs", 0.0, "the triangle schedule warms up by itself")
+    pick("label_smoothing", 0.2, "airbench's smoothing")
+    pick("ema", False, "lookahead averages the weights instead")
+    pick("ema_decay", 0.0, "unused without EMA")
+    pick("lookahead", True, "average the weights every 5 steps from epoch 3 and copy back")
+    pick("translate", 2, "2-pixel shifts with flips, as airbench")
+    pick("tta", "flip-translate", "flip and 1-pixel shifts at inference, +0.5 points")
