@@ -57,6 +57,9 @@ class FitInputs:
     sample_weights: torch.Tensor | None = None
     # called at the start of every epoch (fine-tuning phases: probe, then unfreeze)
     on_epoch_start: Callable[[int], None] | None = None
+    # called after every epoch with (epoch, model); a dict it returns is logged with the epoch
+    # but never used for a decision (benchmarks use it to trace test accuracy over time)
+    on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None
 
 
 def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None) -> torch.Tensor:
@@ -114,7 +117,11 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
         set_rng_state(resume["rng"])
     elif hasattr(model, "init_from_data"):
         # Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step.
-        sample = normalize(images[:DATA_INIT_IMAGES].to(hw.device), inputs.mean, inputs.std)
+        # A seeded random sample: decoded sets are ordered by class, so the first images would
+        # describe one class only.
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+        sample = images[pick[:DATA_INIT_IMAGES].to(images.device)].to(hw.device)
+        sample = normalize(sample, inputs.mean, inputs.std)
         model.init_from_data(sample)
 
     stopped: str | None = None
@@ -181,7 +188,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
             elapsed = time.perf_counter() - t_epoch
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": _base_lr(optimizer),
                 "train_loss": loss_sum / max(1, seen),
                 "train_top1": correct / max(1, seen),
                 "epoch_seconds": elapsed,
@@ -208,6 +215,9 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 source = "ema" if ema is not None else "model"
                 best = {"top1": -1.0, "epoch": epoch + 1, "source": source}
                 best_state = _cpu_state(candidates[source])
+            if inputs.on_epoch_end is not None:
+                record.update(inputs.on_epoch_end(epoch, model) or {})
+                model.train()
             lr_ctl.step_epoch(record.get("val_top1"))
             history.append(record)
             append_jsonl(out / "metrics.jsonl", record)
@@ -264,6 +274,12 @@ def raise_diverged(stopped: str | None, cfg: TrainConfig) -> None:
     raise LeanvisionError(
         f"training produced no usable weights: {stopped or 'no epoch completed'}. "
         f"Lower --lr (now {cfg.lr:g}) or set --grad-clip 1.0")
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The rate of the largest parameter group (not a bias group with its own multiplier)."""
+    group = max(optimizer.param_groups, key=lambda g: sum(p.numel() for p in g["params"]))
+    return group["lr"]
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
