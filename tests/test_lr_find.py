@@ -76,6 +76,11 @@ def test_suggest_lr_finds_the_steepest_descent_before_the_minimum():
     rising = suggest_lr([1e-3, 1e-2, 1e-1], [1.0, 1.5, 3.0])
     assert rising["suggested_lr"] == pytest.approx(1e-4)
     assert suggest_lr([1e-3, 1e-2], [float("nan"), float("inf")]) is None
+    # A lucky first batch must not pass for the minimum: the real descent comes later.
+    lucky = suggest_lr(list(np.logspace(-7, 0, 8)), [1.0, 2.0, 2.0, 1.9, 1.5, 1.2, 1.1, 3.0],
+                       skip_start=1)
+    assert lucky["lr_at_min_loss"] == pytest.approx(1e-1)
+    assert lucky["suggested_lr"] == pytest.approx(1e-4)  # where the largest drop starts
 
 
 @pytest.mark.parametrize("kwargs, flag", [(dict(start_lr=0.0), "--start-lr"),

@@ -138,6 +138,7 @@ def _pct(value: float | None) -> str:
 def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -147,6 +148,8 @@ def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
         label = f"{run['optimizer']} (lr {run['lr']:.2g})"
         acc_ax.plot(epochs, [_best_of(h) for h in run["history"]], marker="o", label=label)
         loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], marker="o", label=label)
+    for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_title("validation top-1 (model or EMA)")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("top-1")

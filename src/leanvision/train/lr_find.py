@@ -117,16 +117,18 @@ def lr_find_on(source: DataSource, parts: Partition, cfg: TrainConfig,
 
 
 def suggest_lr(lrs: list[float], losses: list[float], skip_start: int = 1) -> dict | None:
-    """Steepest descent of loss over log(lr), searched between the first `skip_start` noisy
-    points and the minimum (past the minimum the loss only rises). None without finite points."""
+    """Steepest descent of loss over log(lr), searched between the first `skip_start` points
+    and the minimum (past the minimum the loss only rises). The first points are skipped for
+    the minimum too: the smoothed loss there is one or two noisy batches. None without finite
+    points."""
     lr_arr, loss_arr = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     finite = np.isfinite(loss_arr)
     if not finite.any():
         return None
     lr_arr, loss_arr = lr_arr[finite], loss_arr[finite]
-    best = int(np.argmin(loss_arr))
+    start = max(0, min(skip_start, len(loss_arr) - 3))
+    best = start + int(np.argmin(loss_arr[start:]))
     lr_at_min = float(lr_arr[best])
-    start = min(skip_start, max(0, best - 2))
     if best - start >= 2:
         slopes = np.diff(loss_arr[start:best + 1]) / np.diff(np.log(lr_arr[start:best + 1]))
         steep = start + int(np.argmin(slopes))
@@ -150,8 +152,10 @@ def _sweep(net: torch.nn.Module, train_imgs, pre: dict, cfg: TrainConfig, hw, nu
     images, labels = train_imgs.images, train_imgs.labels
     # The same model hooks as fit(): data-dependent init (AirNet's whitening) and epoch start.
     if hasattr(net, "init_from_data"):
-        net.init_from_data(normalize(images[:DATA_INIT_IMAGES].to(hw.device), pre["mean"],
-                                     pre["std"]))
+        # fit()'s seeded sample: decoded sets are ordered by class.
+        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
+        sample = images[pick[:DATA_INIT_IMAGES]].to(hw.device)
+        net.init_from_data(normalize(sample, pre["mean"], pre["std"]))
     net.train()
     if hasattr(net, "epoch_start"):
         net.epoch_start(0)
