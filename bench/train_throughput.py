@@ -79,7 +79,9 @@ def main() -> None:
               "model": args.model, "augment": "random crop 32 pad 4 + horizontal flip",
               "baseline_workers": workers, "warmup_batches_per_epoch": WARMUP_BATCHES,
               "torch_threads": torch.get_num_threads()}
-    write_result("train_throughput", result_record("train_throughput", figures, config))
+    # One file per model, so the resnet20 and airnet_s comparisons sit side by side.
+    name = f"train_throughput-{args.model}"
+    write_result(name, result_record(name, figures, config))
     print_table(f"training throughput: {args.model}, {n_images} CIFAR-10 images, batch "
                 f"{args.batch_size}, {args.epochs} epochs",
                 ["", "images/s (steady)", "end-to-end s", "precision", "last train loss"],

@@ -98,7 +98,8 @@ def test_tta_modes_average_views():
 def test_fast_recipe_is_chosen_for_cifar_sized_data_only():
     cifar = DataStats(n_train=45_000, num_classes=10, median_side=32)
     cfg, notes = resolve_recipe(TrainConfig(), cifar)
-    assert cfg.recipe == "fast" and cfg.model == "airnet_s" and cfg.batch_size == 1024
+    assert cfg.recipe == "fast" and cfg.model == "airnet_m" and cfg.batch_size == 1024
+    assert cfg.epochs == 15  # 624 steps at 43 steps per epoch, rounded up
     assert cfg.schedule == "triangle" and cfg.lookahead and not cfg.ema
     assert cfg.tta == "flip-translate" and cfg.label_smoothing == 0.2
     assert cfg.lr == pytest.approx(1.5)
@@ -107,6 +108,8 @@ def test_fast_recipe_is_chosen_for_cifar_sized_data_only():
     assert resolve_recipe(TrainConfig(), digits)[0].recipe == "standard"
     chosen, _ = resolve_recipe(TrainConfig(model="resnet20"), cifar)
     assert chosen.recipe == "standard"
+    own_optimizer, _ = resolve_recipe(TrainConfig(optimizer="adam"), cifar)
+    assert own_optimizer.recipe == "standard" and own_optimizer.momentum == 0.9
     forced, _ = resolve_recipe(TrainConfig(recipe="fast", batch_size=256), digits)
     assert forced.batch_size == 256 and forced.lr == pytest.approx(1.5 / 4)
 
@@ -114,8 +117,8 @@ def test_fast_recipe_is_chosen_for_cifar_sized_data_only():
 def test_fast_recipe_trains_and_eval_reproduces_tta(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=16)
     out = tmp_path / "run"
-    summary = lv.train(data, out, recipe="fast", epochs=4, batch_size=16, progress=False,
-                       val_fraction=0.25)
+    summary = lv.train(data, out, recipe="fast", model="airnet_s", epochs=4, batch_size=16,
+                       progress=False, val_fraction=0.25)
     card = json.loads((out / "model.json").read_text())
     assert card["arch"] == "airnet_s" and card["inference"]["tta"] == "flip-translate"
     assert card["config"]["lookahead"] is True

@@ -9,8 +9,8 @@ What makes it fast to train: the first layer whitens 2x2 patches (so the rest se
 inputs from step one), convolutions start as identity maps (dirac), batch norms have a frozen
 unit scale and a fast-moving running average, and there are no residual branches to pay for.
 
-- airnet_s: widths 64/128/128 (airbench93's net, ~1/4 of the FLOPs)
-- airnet_m: widths 64/256/256 (airbench94's net)
+- airnet_s: widths 64/128/128 (airbench93's net, less than half the FLOPs)
+- airnet_m: widths 64/256/256 (airbench94's net; the fast recipe's default)
 
 Two hooks let the training loop use the data without knowing the net:
 `init_from_data(images)` sets the whitening filters before the first step, and
@@ -142,7 +142,7 @@ class AirNet(nn.Module):
 
 @_register
 def airnet_s(pretrained: bool = False, **kwargs) -> AirNet:
-    """airbench93's net: widths 64/128/128 (~0.6M params), the fast CPU recipe's default."""
+    """airbench93's net: widths 64/128/128 (~0.6M params)."""
     return build_model_with_cfg(AirNet, "airnet_s", pretrained, widths=(64, 128, 128),
                                 **kwargs)
 
