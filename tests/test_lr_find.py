@@ -40,7 +40,7 @@ def test_lr_find_writes_json_and_png_and_suggests_a_rate_in_range(data, tmp_path
 
     assert 1e-5 <= result["suggested_lr"] <= 1.0
     assert result["min_loss_lr"] == pytest.approx(result["lr_at_min_loss"] / 10)
-    assert result["optimizer"] == "nesterov" and result["model"] == "resnet8"
+    assert result["optimizer"] == "adamw" and result["model"] == "resnet8"  # the recipe default
     assert result["json"] == str(out / "lr_find.json")
     assert (out / "lr_find.png").read_bytes()[:8] == PNG_SIGNATURE
     assert not list(out.glob(".*.tmp")), "temporary files left behind"

@@ -17,7 +17,7 @@ def test_small_images_get_a_small_cnn_from_scratch():
     cfg, notes = resolve_recipe(TrainConfig(), DataStats(n_train=1617, num_classes=10,
                                                           median_side=8))
     assert cfg.model == "resnet20" and cfg.pretrained is False
-    assert cfg.optimizer == "nesterov" and cfg.batch_size == 128 and cfg.lr == 0.1
+    assert cfg.optimizer == "adamw" and cfg.batch_size == 128 and cfg.lr == 5e-3
     assert 15 <= cfg.epochs <= 100
     assert any(n.startswith("model = resnet20") for n in notes)
 

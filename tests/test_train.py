@@ -28,7 +28,7 @@ def test_train_writes_a_complete_artifact(tiny_folder, tmp_path):
     assert card["classes"] == ["blue", "green", "red"]
     assert card["stage"] == "train" and card["parent"] is None
     assert card["input"]["size"] == [32, 32]
-    assert card["config"]["epochs"] == 2 and card["config"]["optimizer"] == "nesterov"
+    assert card["config"]["epochs"] == 2 and card["config"]["optimizer"] == "adamw"
     metrics = card["metrics"]
     assert set(metrics) >= {"train", "val", "params", "flops", "size_bytes", "fit"}
     assert metrics["val"]["n"] == 9  # 25% of 12 per class, stratified
