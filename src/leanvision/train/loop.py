@@ -162,13 +162,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                                f"kept the last good weights. Lower --lr (now {cfg.lr:g}) or set "
                                "--grad-clip")
                     break
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                optimizer_step(model, optimizer, scaler, loss, cfg.grad_clip)
                 lr_ctl.step_batch()
                 global_step += 1
                 if ema is not None:
@@ -242,6 +236,19 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     return FitResult(best_state=best_state, best_epoch=best["epoch"], best_source=best["source"],
                      best_val_top1=best["top1"] if best["top1"] >= 0 else None,
                      history=history, stopped=stopped)
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, loss: torch.Tensor,
+                   grad_clip: float | None) -> None:
+    """Backward and one update, with loss scaling (fp16) and optional gradient-norm clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.no_grad()

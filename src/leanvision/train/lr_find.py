@@ -25,7 +25,7 @@ from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
 from .api import _balance, _decode, _finetune_groups, default_run_dir
 from .config import TrainConfig
-from .loop import DATA_INIT_IMAGES, epoch_order
+from .loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
 from .optim import build_optimizer
 from .recipe import data_stats, resolve_recipe
 from .report import print_outputs
@@ -216,13 +216,7 @@ def _sweep(net: torch.nn.Module, train_imgs, pre: dict, cfg: TrainConfig, hw, nu
             lrs.append(lr)
             losses.append(smoothed)
             raw.append(value)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            optimizer_step(net, opt, scaler, loss, cfg.grad_clip)
             progress.update(task, advance=1, status=f"lr {lr:.2g} loss {smoothed:.3f}")
     return RangeTest(lrs, losses, raw, stopped, time.perf_counter() - started)
 
