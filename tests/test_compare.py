@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from leanvision.cli import app
 from leanvision.errors import ConfigError
-from leanvision.train.compare import compare
+from leanvision.training.compare import compare
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,10 +11,10 @@ from conftest import make_image_folder
 
 import leanvision as lv
 from leanvision.models.finetune import param_groups
-from leanvision.train.config import TrainConfig
-from leanvision.train.lookahead import Lookahead
-from leanvision.train.optim import LRController
-from leanvision.train.recipe import DataStats, resolve_recipe
+from leanvision.training.config import TrainConfig
+from leanvision.training.lookahead import Lookahead
+from leanvision.training.optim import LRController
+from leanvision.training.recipe import DataStats, resolve_recipe
 from leanvision.tta import tta_logits
 
 
@@ -131,7 +131,7 @@ def test_fast_recipe_trains_and_eval_reproduces_tta(tmp_path):
 
 
 def test_norm_lr_scale_applies_to_norm_layers_only():
-    from leanvision.train.api import _scale_norm_lr
+    from leanvision.training.api import _scale_norm_lr
 
     model = lv.create_model("airnet_s", 10)
     groups = _scale_norm_lr(model, param_groups(model, "full", lr=1.0, weight_decay=0.0), 64.0)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from leanvision.cli import app
 from leanvision.errors import ConfigError
-from leanvision.train.lr_find import lr_find, suggest_lr
+from leanvision.training.lr_find import lr_find, suggest_lr
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = dict(model="resnet8", batch_size=8, progress=False)

@@ -9,8 +9,8 @@ from conftest import FAST, make_image_folder
 from safetensors.torch import load_file
 
 import leanvision as lv
-from leanvision.train.config import TrainConfig
-from leanvision.train.recipe import DataStats, resolve_recipe
+from leanvision.training.config import TrainConfig
+from leanvision.training.recipe import DataStats, resolve_recipe
 
 
 def test_small_images_get_a_small_cnn_from_scratch():

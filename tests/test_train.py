@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import leanvision as lv
 from leanvision.errors import ConfigError, LeanvisionError
-from leanvision.train import loop as loop_module
-from leanvision.train.checkpoint import load_checkpoint
+from leanvision.training import loop as loop_module
+from leanvision.training.checkpoint import load_checkpoint
 
 
 def test_train_writes_a_complete_artifact(tiny_folder, tmp_path):

@@ -10,9 +10,9 @@ from .evaluate import evaluate
 from .info import info
 from .models import create_model, list_models
 from .predict import predict
-from .train import TrainConfig, train
-from .train.compare import compare
-from .train.lr_find import lr_find
+from .training import TrainConfig, train
+from .training.compare import compare
+from .training.lr_find import lr_find
 
 __all__ = [
     "Artifact",

@@ -115,7 +115,7 @@ def train_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a classifier on DATA and write an artifact folder."""
-    from .train import train
+    from .training import train
 
     if resume is not None:
         settings = {"epochs": epochs}
@@ -287,7 +287,7 @@ def lr_find_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Learning-rate range test: suggest a learning rate for training on DATA."""
-    from .train.lr_find import lr_find
+    from .training.lr_find import lr_find
 
     run_verb(lambda: lr_find(data, out, model=model, optimizer=optimizer, batch_size=batch_size,
                              start_lr=start_lr, end_lr=end_lr, steps=steps, device=device,
@@ -313,7 +313,7 @@ def compare_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train once per optimizer, each at its lr-find rate; rank by validation top-1."""
-    from .train.compare import compare
+    from .training.compare import compare
 
     run_verb(lambda: compare(data, optimizers, out, epochs=epochs, model=model,
                              batch_size=batch_size, find_steps=find_steps,

@@ -13,8 +13,8 @@ from rich.table import Table
 from .data import load_data
 from .data.partition import cv_partitions
 from .io import write_json
-from .train.api import _check_fresh, default_run_dir, train_on
-from .train.config import TrainConfig
+from .training.api import _check_fresh, default_run_dir, train_on
+from .training.config import TrainConfig
 
 CV_METRICS = ("top1", "macro_f1", "ece", "loss")
 

@@ -1,4 +1,4 @@
-"""`leanvision.train`: data → decoded cache → model → fit → artifact with measured metrics."""
+"""`leanvision.train` (the function): data → decoded cache → model → fit → artifact with metrics."""
 
 from __future__ import annotations
 
