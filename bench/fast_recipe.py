@@ -50,7 +50,8 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="fast-recipe-"))
     summary = leanvision.train(root, out / "run", recipe="fast", model=args.model,
-                               epochs=args.epochs, val_fraction=0.0, device=args.device,
+                               epochs=args.epochs, batch_size=args.batch_size,
+                               val_fraction=0.0, device=args.device,
                                progress=False, on_epoch_end=None if args.no_curve else trace)
     wall = time.perf_counter() - started
     net = wall - overhead["seconds"]
@@ -73,7 +74,8 @@ def main() -> None:
         "flops": summary["metrics"]["flops"],
         "load_average": os.getloadavg()[0],
     }
-    config = {"model": args.model, "epochs": args.epochs, "device": str(hw.device),
+    config = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+              "device": str(hw.device),
               "resolved": leanvision.info(out / "run")["config"]}
     name = "fast_recipe" if hw.device.type == "cpu" else f"fast_recipe-{hw.device.type}"
     write_result(name, result_record(name, figures, config))
@@ -108,8 +110,9 @@ def test_accuracy(model: torch.nn.Module, records, hw) -> float:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="airnet_s")
+    parser.add_argument("--model", default=None, help="default: the recipe's")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--target", type=float, default=TARGET_TOP1)
     parser.add_argument("--budget-minutes", type=float, default=BUDGET_SECONDS / 60)

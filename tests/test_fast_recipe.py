@@ -98,11 +98,11 @@ def test_tta_modes_average_views():
 def test_fast_recipe_is_chosen_for_cifar_sized_data_only():
     cifar = DataStats(n_train=45_000, num_classes=10, median_side=32)
     cfg, notes = resolve_recipe(TrainConfig(), cifar)
-    assert cfg.recipe == "fast" and cfg.model == "airnet_m" and cfg.batch_size == 1024
-    assert cfg.epochs == 15  # 624 steps at 43 steps per epoch, rounded up
+    assert cfg.recipe == "fast" and cfg.model == "airnet_m" and cfg.batch_size == 512
+    assert cfg.epochs == 15  # 1261 steps at 87 steps per epoch, rounded up
     assert cfg.schedule == "triangle" and cfg.lookahead and not cfg.ema
     assert cfg.tta == "flip-translate" and cfg.label_smoothing == 0.2
-    assert cfg.lr == pytest.approx(1.5)
+    assert cfg.lr == pytest.approx(0.75)  # airbench's 1.5 per 1024 examples, at batch 512
     assert notes[0] == "recipe = fast (chosen from the data)"
     digits = DataStats(n_train=1617, num_classes=10, median_side=8)
     assert resolve_recipe(TrainConfig(), digits)[0].recipe == "standard"

@@ -84,6 +84,14 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     # Drop the ragged last batch: a batch of 1-3 images gives batch norm useless statistics.
     steps_per_epoch = max(1, n // batch)
 
+    if resume is None and hasattr(model, "init_from_data"):
+        # Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step
+        # and before the EMA copies the weights. A seeded random sample: decoded sets are
+        # ordered by class, so the first images would describe one class only.
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+        sample = images[pick[:DATA_INIT_IMAGES].to(images.device)].to(hw.device)
+        model.init_from_data(normalize(sample, inputs.mean, inputs.std))
+
     optimizer = build_optimizer(cfg.optimizer, inputs.param_groups, lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     lr_ctl = LRController(optimizer, cfg.schedule, epochs=cfg.epochs,
@@ -115,14 +123,6 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
         history, best, bad_epochs = resume["history"], resume["best"], resume["bad_epochs"]
         best_state = resume.get("best_state")
         set_rng_state(resume["rng"])
-    elif hasattr(model, "init_from_data"):
-        # Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step.
-        # A seeded random sample: decoded sets are ordered by class, so the first images would
-        # describe one class only.
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
-        sample = images[pick[:DATA_INIT_IMAGES].to(images.device)].to(hw.device)
-        sample = normalize(sample, inputs.mean, inputs.std)
-        model.init_from_data(sample)
 
     stopped: str | None = None
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
