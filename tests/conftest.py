@@ -30,5 +30,20 @@ def tiny_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny batches gain nothing from threads, and on a shared 2-core machine a second OpenMP
+    thread can stall for whole time slices; use with pytest.mark.usefixtures("one_thread")."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # The fastest settings that still exercise the whole loop (small net, few steps).
 FAST = dict(model="resnet8", epochs=2, batch_size=8, progress=False, val_fraction=0.25)

@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import make_image_folder
+from conftest import PNG_SIGNATURE, make_image_folder
 from typer.testing import CliRunner
 
 from leanvision.cli import app
 from leanvision.errors import ConfigError
 from leanvision.training.compare import compare
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny batches gain nothing from threads; on a shared 2-core machine a second OpenMP thread
-    # can stall for whole time slices.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_compare_trains_each_optimizer_at_its_found_rate_and_ranks(tmp_path):

@@ -7,26 +7,17 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_image_folder
+from conftest import PNG_SIGNATURE, make_image_folder
 from typer.testing import CliRunner
 
 from leanvision.cli import app
 from leanvision.errors import ConfigError
 from leanvision.training.lr_find import lr_find, suggest_lr
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = dict(model="resnet8", batch_size=8, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Batches of 8 tiny images gain nothing from threads, and on a shared 2-core machine a
-    # second OpenMP thread can stall for whole time slices.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
