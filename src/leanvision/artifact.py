@@ -61,7 +61,10 @@ class Artifact:
 def make_card(*, arch: str, arch_kwargs: dict, classes: list[str], input_size: tuple[int, int],
               mean: list[float], std: list[float], stage: str, parent: str | None = None,
               config: dict | None = None, metrics: dict | None = None,
-              interpolation: str = "bilinear", tta: str = "none") -> dict[str, Any]:
+              interpolation: str = "bilinear", tta: str = "none",
+              transforms: list[dict] | None = None) -> dict[str, Any]:
+    """The card of an artifact. `transforms` (structural edits such as pruning) are redone, in
+    order, on the freshly created architecture before the weights are loaded."""
     return {
         "format": CARD_FORMAT,
         "arch": arch,
@@ -71,6 +74,7 @@ def make_card(*, arch: str, arch_kwargs: dict, classes: list[str], input_size: t
         "input": {"size": list(input_size), "mean": list(mean), "std": list(std),
                   "interpolation": interpolation, "resize": "shorter-side+center-crop"},
         "inference": {"tta": tta},
+        "transforms": list(transforms or []),
         "stage": stage,
         "parent": parent,
         "config": config or {},
@@ -133,6 +137,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{weights} could not be read ({exc}); the file is damaged: re-run "
                             "the stage that made it") from None
+    transforms = card.get("transforms", [])
+    if transforms:
+        from .models.surgery import apply_transforms
+
+        apply_transforms(model, transforms, state)
     load_state_strict(model, state, source=str(weights))
     model.eval().to(device)
     return Artifact(path=folder, card=card, model=model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,34 @@ from .report import diagnose_fit, print_config, print_summary
 
 # Clean (un-augmented) accuracy on at most this many training images measures the train/val gap.
 TRAIN_PROBE_IMAGES = 2000
+
+
+@dataclass
+class StartModel:
+    """A trained network a stage continues from (a pruned model, a student artifact), with the
+    card facts that must travel with it into the new artifact."""
+
+    model: torch.nn.Module
+    arch: str
+    input_size: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+    arch_kwargs: dict = field(default_factory=dict)
+    transforms: list[dict] = field(default_factory=list)
+    interpolation: str = "bilinear"
+    tta: str = "none"
+
+    @classmethod
+    def from_artifact(cls, art: Artifact, model: torch.nn.Module | None = None,
+                      transforms: list[dict] | None = None) -> StartModel:
+        """`model`/`transforms`: the artifact's network after a further edit (e.g. pruning)."""
+        return cls(model=model if model is not None else art.model, arch=art.card["arch"],
+                   input_size=art.input_size, mean=art.mean, std=art.std,
+                   arch_kwargs=dict(art.card.get("arch_kwargs", {})),
+                   transforms=list(transforms if transforms is not None
+                                   else art.card.get("transforms", [])),
+                   interpolation=art.card["input"].get("interpolation", "bilinear"),
+                   tta=art.tta)
 
 
 def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
@@ -61,7 +89,14 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
 def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
              state: dict | None = None, console: Console,
              parts: Partition | None = None, extra_card: dict | None = None,
-             on_epoch_end: Callable | None = None) -> dict[str, Any]:
+             on_epoch_end: Callable | None = None, start: StartModel | None = None,
+             stage: str = "train", parent: str | None = None,
+             criterion: Callable | None = None) -> dict[str, Any]:
+    """Fit a model on `source` and write an artifact to `out_dir`.
+
+    Stages pass `start` (continue from a trained, possibly pruned, network instead of creating
+    `cfg.model`), their `stage` name and `parent` artifact for the card's lineage, and a
+    `criterion(logits, targets, inputs, indices)` in place of cross-entropy."""
     started = time.perf_counter()
     parts = parts or partition(source, cfg.val_fraction, cfg.seed)
     num_classes = len(source.classes)
@@ -72,12 +107,21 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
 
     # Seeded init and augmentation: two runs with the same config are the same run.
     torch.manual_seed(cfg.seed)
-    # On resume the weights come from the checkpoint, so no pretrained file is read.
-    pretrained = cfg.pretrained if state is None else False
-    model = create_model(cfg.model, num_classes, pretrained=pretrained, drop_rate=cfg.dropout,
-                         img_size=cfg.img_size)
-    pre = model_preprocessing(model)
-    input_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(pre["input_size"])
+    if start is None:
+        # On resume the weights come from the checkpoint, so no pretrained file is read.
+        pretrained = cfg.pretrained if state is None else False
+        model = create_model(cfg.model, num_classes, pretrained=pretrained,
+                             drop_rate=cfg.dropout, img_size=cfg.img_size)
+        pre = model_preprocessing(model)
+        input_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(pre["input_size"])
+        start = StartModel(model=model, arch=cfg.model, input_size=input_size,
+                           mean=pre["mean"], std=pre["std"],
+                           arch_kwargs={"img_size": cfg.img_size} if cfg.img_size else {},
+                           interpolation=pre.get("interpolation", "bilinear"), tta=cfg.tta)
+        fresh = True
+    else:
+        model, input_size, fresh = start.model, tuple(start.input_size), False
+        pre = {"mean": start.mean, "std": start.std, "interpolation": start.interpolation}
     counts = parts.train.class_counts(num_classes)
     print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir)
 
@@ -96,16 +140,16 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     result = fit(FitInputs(model=model, num_classes=num_classes, param_groups=groups,
                            train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
                            class_weights=class_w, sample_weights=sample_w,
-                           on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end),
+                           on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
+                           criterion=criterion, init_from_data=fresh),
                  cfg, hw, out_dir, resume=state, console=console)
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     model.load_state_dict(result.best_state)
-    arch_kwargs = {"img_size": cfg.img_size} if cfg.img_size else {}
-    card = make_card(arch=cfg.model, arch_kwargs=arch_kwargs, classes=source.classes,
-                     input_size=input_size, mean=pre["mean"], std=pre["std"], stage="train",
-                     config=cfg.to_dict(), interpolation=pre.get("interpolation", "bilinear"),
-                     tta=cfg.tta)
+    card = make_card(arch=start.arch, arch_kwargs=start.arch_kwargs, classes=source.classes,
+                     input_size=input_size, mean=pre["mean"], std=pre["std"], stage=stage,
+                     parent=parent, config=cfg.to_dict(), interpolation=pre["interpolation"],
+                     tta=cfg.tta, transforms=start.transforms)
     card.update(extra_card or {})
     save_artifact(out_dir, model, {**card, "metrics": {}})
     art = Artifact(path=out_dir, card=card, model=model)
@@ -113,8 +157,9 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
     card["training"] = _training_record(result, strategy, skipped, hw, started, parts)
     save_artifact(out_dir, model, card)
-    summary = {"artifact": str(out_dir), "model": cfg.model, "classes": len(source.classes),
-               "metrics": card["metrics"], "training": card["training"]}
+    summary = {"artifact": str(out_dir), "model": start.arch, "stage": stage,
+               "classes": len(source.classes), "metrics": card["metrics"],
+               "training": card["training"]}
     print_summary(console, summary, out_dir)
     return summary
 

@@ -60,6 +60,14 @@ class FitInputs:
     # called after every epoch with (epoch, model); a dict it returns is logged with the epoch
     # but never used for a decision (benchmarks use it to trace test accuracy over time)
     on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None
+    # criterion(logits, targets, inputs, indices) -> loss replaces the cross-entropy: the
+    # distillation stage uses it (inputs are the augmented, normalised batch; indices point
+    # into `train`, so per-image caches such as teacher logits can be looked up)
+    criterion: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                        torch.Tensor] | None = None
+    # False when the model arrives trained (a stage fine-tuning its parent): a data-dependent
+    # initialisation would overwrite learned weights
+    init_from_data: bool = True
 
 
 def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None) -> torch.Tensor:
@@ -84,7 +92,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     # Drop the ragged last batch: a batch of 1-3 images gives batch norm useless statistics.
     steps_per_epoch = max(1, n // batch)
 
-    if resume is None and hasattr(model, "init_from_data"):
+    if resume is None and inputs.init_from_data and hasattr(model, "init_from_data"):
         # Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step
         # and before the EMA copies the weights. A seeded random sample: decoded sets are
         # ordered by class, so the first images would describe one class only.
@@ -153,8 +161,11 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 data_time += time.perf_counter() - t0
                 with hw.autocast():
                     logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=class_weights,
-                                       label_smoothing=cfg.label_smoothing)
+                if inputs.criterion is not None:
+                    loss = inputs.criterion(logits.float(), y, x, idx)
+                else:
+                    loss = F.cross_entropy(logits.float(), y, weight=class_weights,
+                                           label_smoothing=cfg.label_smoothing)
                 if l1_params:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                 if not torch.isfinite(loss):
