@@ -4,6 +4,7 @@ The public Python API; every CLI verb is a thin skin over one of these functions
 
 from ._version import __version__
 from .artifact import Artifact, load
+from .compress import distill, prune, quantize
 from .cv import cross_validate
 from .errors import ArtifactError, ConfigError, DatasetError, LeanvisionError, ModelError
 from .evaluate import evaluate
@@ -26,11 +27,14 @@ __all__ = [
     "compare",
     "create_model",
     "cross_validate",
+    "distill",
     "evaluate",
     "info",
     "list_models",
     "load",
     "lr_find",
     "predict",
+    "prune",
+    "quantize",
     "train",
 ]

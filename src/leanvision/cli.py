@@ -325,3 +325,7 @@ def compare_cmd(
 
 def main() -> None:
     app()
+
+
+# The stage verbs live in their own module, registered on `app` at import (it needs app above).
+from . import cli_compress  # noqa: E402, F401

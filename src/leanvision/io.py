@@ -20,10 +20,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600), and writers such as safetensors re-create it;
+        # give the result the mode an ordinary open() would.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -91,12 +91,15 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
              parts: Partition | None = None, extra_card: dict | None = None,
              on_epoch_end: Callable | None = None, start: StartModel | None = None,
              stage: str = "train", parent: str | None = None,
-             criterion: Callable | None = None) -> dict[str, Any]:
+             criterion: Callable | None = None,
+             epoch_hook: Callable[[int, torch.nn.Module], None] | None = None) -> dict[str, Any]:
     """Fit a model on `source` and write an artifact to `out_dir`.
 
     Stages pass `start` (continue from a trained, possibly pruned, network instead of creating
     `cfg.model`), their `stage` name and `parent` artifact for the card's lineage, and a
-    `criterion(logits, targets, inputs, indices)` in place of cross-entropy."""
+    `criterion(logits, targets, inputs, indices)` in place of cross-entropy, and an
+    `epoch_hook(epoch, model)` that may edit the model at the start of every epoch (soft filter
+    pruning zeroes filters there)."""
     started = time.perf_counter()
     parts = parts or partition(source, cfg.val_fraction, cfg.seed)
     num_classes = len(source.classes)
@@ -125,13 +128,15 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     counts = parts.train.class_counts(num_classes)
     print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir)
 
-    train_imgs, val_imgs = _decode(parts, input_size, cfg)
+    train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
 
     strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
                              images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
                              freeze_stages=cfg.freeze_stages)
     groups, on_epoch_start = _finetune_groups(model, strategy, cfg)
+    if epoch_hook is not None:
+        on_epoch_start = _chain_epoch_start(on_epoch_start, epoch_hook, model)
     class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +169,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     return summary
 
 
-def _decode(parts: Partition, input_size: tuple[int, int],
+def decode_partition(parts: Partition, input_size: tuple[int, int],
             cfg: TrainConfig) -> tuple[DecodedImages, DecodedImages | None]:
     """One decode of train+val: a single scan (so one message lists every bad file) and one
     cache entry. Train comes first, so both halves are views, not copies, of the decoded set."""
@@ -253,6 +258,14 @@ def _finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
         freeze_norm_stats(model)
 
     return groups, on_epoch_start
+
+
+def _chain_epoch_start(first: Callable[[int], None], hook: Callable, model: torch.nn.Module):
+    def on_epoch_start(epoch: int) -> None:
+        first(epoch)
+        hook(epoch, model)
+
+    return on_epoch_start
 
 
 def _scale_norm_lr(model: torch.nn.Module, groups: list[dict], scale: float) -> list[dict]:

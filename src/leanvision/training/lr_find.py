@@ -23,7 +23,7 @@ from ..hardware import choose_hardware, describe_machine
 from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
-from .api import _balance, _decode, _finetune_groups, default_run_dir
+from .api import _balance, _finetune_groups, decode_partition, default_run_dir
 from .config import TrainConfig
 from .loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
 from .optim import build_optimizer
@@ -77,7 +77,7 @@ def lr_find_on(source: DataSource, parts: Partition, cfg: TrainConfig,
     pre = model_preprocessing(net)
     input_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(pre["input_size"])
     # The same decode as training (train+val in one scan), so a following train hits the cache.
-    train_imgs, _ = _decode(parts, input_size, cfg)
+    train_imgs, _ = decode_partition(parts, input_size, cfg)
     console.print(f"[bold]leanvision lr-find[/bold] {cfg.data}: {cfg.model} at "
                   f"{input_size[0]}x{input_size[1]}, {cfg.optimizer}, batch {cfg.batch_size}, "
                   f"lr {start_lr:g} → {end_lr:g} over {steps} steps; {hw.device} {hw.precision}")

@@ -1,0 +1,127 @@
+"""CLI skins of the compression stages (prune, distill, quantize); registered on cli.app."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .cli import JSON_OPT, OUT_OPT, app, err_console, out_console, run_verb
+
+DATA_OPT = typer.Option(None, "--data", help="Data to fine-tune on (default: the data named "
+                        "in the artifact's card).")
+
+
+def finetune_settings(**values: Any) -> dict[str, Any]:
+    """The training settings a stage passes through to its fine-tuning (unset ones dropped, so
+    the stage's and the recipe's defaults apply)."""
+    settings = {k: v for k, v in values.items() if v is not None}
+    settings["progress"] = sys.stderr.isatty()
+    return settings
+
+
+@app.command("prune")
+def prune_cmd(
+    artifact: Path = typer.Argument(..., help="Artifact folder to prune."),
+    data: str | None = DATA_OPT,
+    out: Path | None = OUT_OPT,
+    ratio: float = typer.Option(0.5, help="Fraction removed: of the FLOPs, params, channels, "
+                                "or (unstructured) of the weights."),
+    target: str | None = typer.Option(None, help="flops, params or channels (default: flops; "
+                                      "channels for soft, params for unstructured)."),
+    method: str = typer.Option("structured", help="structured, unstructured or soft."),
+    importance: str = typer.Option("l2", help="l1, l2, bn (batch-norm scale) or taylor."),
+    scope: str = typer.Option("global", help="global (rank channels across layers) or layer."),
+    steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning after each."),
+    finetune_epochs: int = typer.Option(5, help="Fine-tuning epochs per step (0: none)."),
+    max_layer_ratio: float = typer.Option(0.9, help="No layer loses more than this share."),
+    round_to: int | None = typer.Option(None, help="Keep channel counts multiples of this."),
+    check: bool = typer.Option(True, help="Check forward, ONNX export and a fresh reload."),
+    batch_size: int | None = typer.Option(None, help="Fine-tuning batch size."),
+    lr: float | None = typer.Option(None, help="Fine-tuning rate (default 1e-3 AdamW)."),
+    optimizer: str | None = typer.Option(None, help="Fine-tuning optimizer."),
+    augment: str | None = typer.Option(None, help="none, light, strong."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Remove channels (or weights) from ARTIFACT, fine-tune, and write a smaller artifact."""
+    from .compress import prune
+
+    settings = finetune_settings(batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                 augment=augment, device=device, precision=precision)
+    run_verb(lambda: prune(artifact, data, out, ratio=ratio, target=target, method=method,
+                           importance=importance, scope=scope, steps=steps,
+                           finetune_epochs=finetune_epochs, max_layer_ratio=max_layer_ratio,
+                           round_to=round_to, check=check, console=err_console, **settings),
+             as_json, lambda r: out_console.print(
+                 f"artifact: {r['artifact']} ({r['pruning']['flops_fraction']:.0%} of the FLOPs, "
+                 f"{r['pruning']['params_fraction']:.0%} of the parameters)"))
+
+
+@app.command("distill")
+def distill_cmd(
+    data: str = typer.Argument(..., help="Folder, CSV file or builtin:digits to train on."),
+    teacher: Path = typer.Option(..., help="Trained artifact whose logits teach the student."),
+    student: str = typer.Option(..., help="Model name (leanvision models) or an artifact "
+                                "folder, e.g. a pruned model."),
+    out: Path | None = OUT_OPT,
+    loss: str = typer.Option("kd", help="kd (Hinton) or dkd (decoupled KD)."),
+    temperature: float = typer.Option(4.0, help="Softening temperature of both logits."),
+    alpha: float = typer.Option(0.9, help="KD: weight of the teacher's soft targets."),
+    dkd_alpha: float = typer.Option(1.0, help="DKD: weight of target-class KD."),
+    dkd_beta: float = typer.Option(8.0, help="DKD: weight of non-target-class KD."),
+    dkd_warmup_epochs: float | None = typer.Option(None, help="DKD: epochs to ramp it in."),
+    cache_teacher: str = typer.Option("auto", help="auto, always or never: cache the "
+                                      "teacher's logits (only without augmentation)."),
+    epochs: int | None = typer.Option(None, help="Default: from the data's size."),
+    batch_size: int | None = typer.Option(None, help="Default: from the data's size."),
+    lr: float | None = typer.Option(None, help="Default: the recipe's rate."),
+    optimizer: str | None = typer.Option(None, help="Default: the recipe's optimizer."),
+    augment: str | None = typer.Option(None, help="none, light, strong."),
+    val_fraction: float | None = typer.Option(None, help="Hold-out for data without a val "
+                                              "split."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    seed: int | None = typer.Option(None),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train STUDENT on DATA with TEACHER's predictions as soft targets."""
+    from .compress import distill
+
+    settings = finetune_settings(epochs=epochs, batch_size=batch_size, lr=lr,
+                                 optimizer=optimizer, augment=augment,
+                                 val_fraction=val_fraction, device=device, precision=precision,
+                                 seed=seed)
+    run_verb(lambda: distill(data, teacher, student, out, loss=loss, temperature=temperature,
+                             alpha=alpha, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta,
+                             dkd_warmup_epochs=dkd_warmup_epochs, cache_teacher=cache_teacher,
+                             console=err_console, **settings),
+             as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))
+
+
+@app.command("quantize")
+def quantize_cmd(
+    artifact: Path = typer.Argument(..., help="Artifact folder to quantize."),
+    data: str | None = DATA_OPT,
+    out: Path | None = OUT_OPT,
+    method: str = typer.Option("qat", help="qat (quantization-aware training)."),
+    epochs: int | None = typer.Option(None, help="QAT fine-tuning epochs (default 2)."),
+    lr: float | None = typer.Option(None, help="QAT rate (default: the parent's / 20)."),
+    calibration_images: int = typer.Option(512, help="Training images that calibrate the "
+                                           "activation ranges."),
+    calibrate: str = typer.Option("minmax", help="minmax, entropy or percentile."),
+    batch_size: int | None = typer.Option(None, help="Fine-tuning batch size."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Quantize ARTIFACT to INT8 (ONNX QDQ: uint8 activations, int8 per-channel weights)."""
+    from .compress import quantize
+
+    settings = finetune_settings(batch_size=batch_size, device=device)
+    run_verb(lambda: quantize(artifact, data, out, method=method, epochs=epochs, lr=lr,
+                              calibration_images=calibration_images, calibrate=calibrate,
+                              console=err_console, **settings),
+             as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))

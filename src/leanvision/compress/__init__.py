@@ -1,0 +1,8 @@
+"""Compression stages: each reads a model artifact and writes a smaller or better one (prune,
+distill, quantize), with its lineage in the card."""
+
+from .distill import DistillConfig, distill
+from .prune import PruneConfig, prune
+from .qat import QATConfig, quantize
+
+__all__ = ["DistillConfig", "PruneConfig", "QATConfig", "distill", "prune", "quantize"]

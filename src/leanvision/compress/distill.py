@@ -1,0 +1,310 @@
+"""`leanvision.distill`: train a student on DATA against a teacher artifact's logits.
+
+The student trains through the ordinary fit loop (train_on) with a criterion that asks the
+teacher about the very batch the student sees. When augmentation leaves the pixels unchanged the
+teacher's answers never change either, so they are computed once for the whole training set."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from ..artifact import Artifact, load
+from ..data import DataSource, load_data, normalize
+from ..data.partition import partition
+from ..errors import ConfigError
+from ..hardware import Hardware, choose_hardware
+from ..models import model_preprocessing
+from ..training.api import StartModel, decode_partition, train_on
+from ..training.checkpoint import CHECKPOINT_FILE
+from ..training.config import TrainConfig
+from ..training.losses import dkd_loss, kd_loss
+from ..training.recipe import data_stats, resolve_recipe
+
+DISTILL_LOSSES = ("kd", "dkd")
+CACHE_MODES = ("auto", "always", "never")
+TEACHER_BATCH = 256
+# The paper's code warms DKD up over 20 epochs of 240; short runs get a quarter of their length.
+DKD_WARMUP_MAX_EPOCHS = 20
+
+
+@dataclass
+class DistillConfig:
+    loss: str = "kd"
+    temperature: float = 4.0
+    alpha: float = 0.9  # KD: weight of the teacher's soft targets against the labels
+    dkd_alpha: float = 1.0  # DKD: weight of the target-class term (TCKD)
+    dkd_beta: float = 8.0  # DKD: weight of the non-target-class term (NCKD)
+    dkd_warmup_epochs: float | None = None  # None: min(20, epochs // 4)
+    cache_teacher: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.loss not in DISTILL_LOSSES:
+            raise ConfigError(f"--loss {self.loss!r} is not a distillation loss; choose one of "
+                              + ", ".join(DISTILL_LOSSES))
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0 (got {self.temperature}); 4 is usual")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha must be in [0, 1] (got {self.alpha}): 1 learns from the "
+                              "teacher only, 0 from the labels only")
+        for flag, value in (("--dkd-alpha", self.dkd_alpha), ("--dkd-beta", self.dkd_beta)):
+            if not value >= 0:
+                raise ConfigError(f"{flag} must be >= 0 (got {value})")
+        if self.dkd_warmup_epochs is not None and not self.dkd_warmup_epochs >= 0:
+            raise ConfigError(f"--dkd-warmup-epochs must be >= 0 (got {self.dkd_warmup_epochs})")
+        if self.cache_teacher not in CACHE_MODES:
+            raise ConfigError(f"--cache-teacher {self.cache_teacher!r} is not supported; choose "
+                              "one of " + ", ".join(CACHE_MODES))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a network expects of its input tensor."""
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, art: Artifact) -> Preprocess:
+        return cls(tuple(art.input_size), tuple(art.mean), tuple(art.std))
+
+
+def teacher_input(x: torch.Tensor, student: Preprocess, teacher: Preprocess) -> torch.Tensor:
+    """The student's normalised batch [B, 3, h, w] as the teacher expects it [B, 3, H, W]."""
+    if student == teacher:
+        return x
+    view = (1, -1, 1, 1)
+    pixels = (x.float() * torch.tensor(student.std, device=x.device).view(view)
+              + torch.tensor(student.mean, device=x.device).view(view))
+    if student.size != teacher.size:
+        # antialias: a plain bilinear downscale aliases the high frequencies the teacher uses.
+        pixels = F.interpolate(pixels, size=teacher.size, mode="bilinear", antialias=True,
+                               align_corners=False)
+    return ((pixels - torch.tensor(teacher.mean, device=x.device).view(view))
+            / torch.tensor(teacher.std, device=x.device).view(view))
+
+
+@torch.no_grad()
+def run_teacher(teacher: torch.nn.Module, x: torch.Tensor, student: Preprocess,
+                teacher_pre: Preprocess, hw: Hardware) -> torch.Tensor:
+    with hw.autocast():
+        return teacher(teacher_input(x, student, teacher_pre)).float()
+
+
+@torch.no_grad()
+def cache_teacher_logits(teacher: torch.nn.Module, images: torch.Tensor, student: Preprocess,
+                         teacher_pre: Preprocess, hw: Hardware,
+                         batch: int = TEACHER_BATCH) -> torch.Tensor:
+    """Teacher logits [N, C] for decoded uint8 images [N, 3, h, w], on hw.device."""
+    chunks = []
+    for start in range(0, len(images), batch):
+        x = normalize(images[start:start + batch].to(hw.device), student.mean, student.std)
+        chunks.append(run_teacher(teacher, x, student, teacher_pre, hw))
+    return torch.cat(chunks)
+
+
+class DistillCriterion:
+    """`criterion(logits, targets, inputs, indices)` for train_on: the student's loss against
+    the teacher's logits for the same images (looked up by index when cached)."""
+
+    def __init__(self, teacher: torch.nn.Module, cfg: DistillConfig, *, student: Preprocess,
+                 teacher_pre: Preprocess, hw: Hardware, label_smoothing: float = 0.0,
+                 warmup_steps: int = 0, cache: torch.Tensor | None = None) -> None:
+        self.teacher, self.cfg, self.hw = teacher, cfg, hw
+        self.student, self.teacher_pre = student, teacher_pre
+        self.label_smoothing, self.warmup_steps, self.cache = label_smoothing, warmup_steps, cache
+        self.steps = 0
+        self.teacher_batches = 0  # forward passes of the teacher during training
+
+    def teacher_logits(self, inputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[indices.to(self.cache.device)].to(inputs.device)
+        self.teacher_batches += 1
+        return run_teacher(self.teacher, inputs, self.student, self.teacher_pre, self.hw)
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor,
+                 indices: torch.Tensor) -> torch.Tensor:
+        teacher_logits = self.teacher_logits(inputs, indices)
+        self.steps += 1
+        if self.cfg.loss == "kd":
+            return kd_loss(logits, teacher_logits, targets, self.cfg.temperature,
+                           self.cfg.alpha, label_smoothing=self.label_smoothing)
+        warmup = min(1.0, self.steps / self.warmup_steps) if self.warmup_steps else 1.0
+        return dkd_loss(logits, teacher_logits, targets, self.cfg.dkd_alpha, self.cfg.dkd_beta,
+                        self.cfg.temperature, warmup=warmup)
+
+
+def distill(data: str | Path, teacher: str | Path, student: str | Path,
+            out: str | Path | None = None, *, loss: str = "kd", temperature: float = 4.0,
+            alpha: float = 0.9, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
+            dkd_warmup_epochs: float | None = None, cache_teacher: str = "auto",
+            console: Console | None = None, **train_settings: Any) -> dict[str, Any]:
+    """Train STUDENT (a model name, or an artifact folder such as a pruned model) on DATA with
+    TEACHER's logits as soft targets; writes a "distill" artifact and returns train's summary
+    plus a "distill" block. `train_settings` are TrainConfig fields (epochs, lr, augment, ...).
+    Every check (classes, names, flags) runs before anything is written."""
+    console = console or Console(stderr=True)
+    dcfg = DistillConfig(loss=loss, temperature=temperature, alpha=alpha, dkd_alpha=dkd_alpha,
+                         dkd_beta=dkd_beta, dkd_warmup_epochs=dkd_warmup_epochs,
+                         cache_teacher=cache_teacher)
+    for key, flag in (("data", "DATA"), ("model", "--student")):
+        if key in train_settings:
+            raise ConfigError(f"distill takes its {key} as {flag}; drop the '{key}' setting")
+    teacher_art = load(teacher)
+    student_art = load(student) if _is_artifact_path(student) else None
+    if student_art is not None:
+        _check_artifact_size(student_art, train_settings.get("img_size"))
+        arch = student_art.card["arch"]
+    else:
+        arch = str(student)
+        model_preprocessing(arch)  # an unknown name raises here, with close matches
+    cfg = TrainConfig.from_dict({"data": str(data), "model": arch, **train_settings})
+    source = load_data(cfg.data)
+    _check_classes("teacher", teacher_art, source)
+    if student_art is not None:
+        _check_classes("student", student_art, source)
+    use_cache = _cache_decision(dcfg.cache_teacher, cfg)
+    out_dir = Path(out) if out is not None else default_distill_dir(cfg.data, student)
+    _check_fresh(out_dir)
+
+    parts = partition(source, cfg.val_fraction, cfg.seed)
+    # The recipe resolves the same way again inside train_on; here it only tells the criterion
+    # the epochs, batch size and smoothing the run will use.
+    resolved, _ = resolve_recipe(cfg, data_stats(parts.train, len(source.classes)))
+    hw = choose_hardware(resolved.device, resolved.precision, resolved.channels_last)
+    student_pre = (Preprocess.of(student_art) if student_art is not None
+                   else _named_preprocess(arch, cfg.img_size))
+    teacher_pre = Preprocess.of(teacher_art)
+    teacher_net = teacher_art.model.to(hw.device).eval().requires_grad_(False)
+
+    cache, n_train, cache_seconds, teacher_train_top1 = None, len(parts.train), None, None
+    if use_cache:
+        started = time.perf_counter()
+        train_imgs, _ = decode_partition(parts, student_pre.size, resolved)
+        cache = cache_teacher_logits(teacher_net, train_imgs.images, student_pre, teacher_pre, hw)
+        cache_seconds = round(time.perf_counter() - started, 2)
+        n_train = len(train_imgs)
+        hits = cache.argmax(1).cpu() == train_imgs.labels
+        teacher_train_top1 = float(hits.float().mean())
+    steps_per_epoch = max(1, n_train // min(resolved.batch_size, n_train))
+    warmup_epochs = (dcfg.dkd_warmup_epochs if dcfg.dkd_warmup_epochs is not None
+                     else min(DKD_WARMUP_MAX_EPOCHS, resolved.epochs // 4))
+    criterion = DistillCriterion(teacher_net, dcfg, student=student_pre, teacher_pre=teacher_pre,
+                                 hw=hw, label_smoothing=resolved.label_smoothing or 0.0,
+                                 warmup_steps=round(warmup_epochs * steps_per_epoch),
+                                 cache=cache)
+
+    block = _card_block(dcfg, teacher_art, student, use_cache, warmup_epochs)
+    console.print(f"teacher {teacher_art.path}: " + (
+        f"logits cached for {n_train} training images in {cache_seconds}s" if use_cache
+        else "run on every batch (augmentation changes the pixels each epoch)"))
+    summary = train_on(source, cfg, out_dir, console=console, parts=parts,
+                       extra_card={"distill": block}, start=_start(student_art),
+                       stage="distill", parent=str((student_art or teacher_art).path),
+                       criterion=criterion)
+    summary["distill"] = {**block, "teacher_input_adapted": student_pre != teacher_pre,
+                          "teacher_cache_seconds": cache_seconds,
+                          "teacher_train_top1": teacher_train_top1,
+                          "teacher_batches": criterion.teacher_batches}
+    return summary
+
+
+def _card_block(dcfg: DistillConfig, teacher: Artifact, student: str | Path, cached: bool,
+                warmup_epochs: float) -> dict[str, Any]:
+    block: dict[str, Any] = {"teacher": str(teacher.path), "student": str(student),
+                             "loss": dcfg.loss, "temperature": dcfg.temperature,
+                             "alpha": dcfg.alpha}
+    if dcfg.loss == "dkd":
+        block.update(dkd_alpha=dcfg.dkd_alpha, dkd_beta=dcfg.dkd_beta,
+                     dkd_warmup_epochs=warmup_epochs)
+    metrics = teacher.card.get("metrics", {})
+    top1 = next((metrics[s]["top1"] for s in ("val", "test")
+                 if isinstance(metrics.get(s), dict) and "top1" in metrics[s]), None)
+    block.update(teacher_cached=cached, teacher_top1=top1)
+    return block
+
+
+def _start(student_art: Artifact | None) -> StartModel | None:
+    # A registry name leaves the model to train_on, so it is built (and initialised from the
+    # data, for nets that do so) exactly as `train` builds it.
+    return StartModel.from_artifact(student_art) if student_art is not None else None
+
+
+def _named_preprocess(arch: str, img_size: int | None) -> Preprocess:
+    pre = model_preprocessing(arch)
+    size = (img_size, img_size) if img_size else tuple(pre["input_size"])
+    return Preprocess(size, tuple(pre["mean"]), tuple(pre["std"]))
+
+
+def _is_artifact_path(student: str | Path) -> bool:
+    # Registry names never contain a path separator; a mistyped folder then gets the artifact
+    # error ("does not exist") rather than an "unknown model" one.
+    text = str(student)
+    return isinstance(student, Path) or Path(text).exists() or "/" in text or "\\" in text
+
+
+def _check_artifact_size(art: Artifact, img_size: int | None) -> None:
+    if img_size is not None and (img_size, img_size) != art.input_size:
+        h, w = art.input_size
+        raise ConfigError(f"the student artifact {art.path} is trained at {h}x{w}; drop "
+                          f"--img-size {img_size} or pass a model name as --student")
+
+
+def _check_classes(role: str, art: Artifact, source: DataSource) -> None:
+    have, want = art.classes, list(source.classes)
+    if have == want:
+        return
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in want]
+    if not missing and not extra:
+        detail = (f"the same classes in another order ({role}: {_names(have)}; data: "
+                  f"{_names(want)})")
+    else:
+        parts = []
+        if missing:
+            parts.append(f"data classes the {role} lacks: {_names(missing)}")
+        if extra:
+            parts.append(f"{role} classes the data lacks: {_names(extra)}")
+        detail = "; ".join(parts)
+    raise ConfigError(f"the {role} {art.path} knows other classes than {source.spec}: {detail}. "
+                      f"Pass --{role} an artifact trained on this data (`leanvision train "
+                      f"{source.spec}`), or distill on the data the {role} was trained on")
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    text = ", ".join(repr(n) for n in names[:shown])
+    return f"[{text}{f', +{len(names) - shown} more' if len(names) > shown else ''}]"
+
+
+def _cache_decision(mode: str, cfg: TrainConfig) -> bool:
+    # Only then are an image's pixels, hence the teacher's logits, the same every epoch.
+    # (augment="none" ignores --translate, so it needs no test of its own.)
+    identity = cfg.augment == "none" and not cfg.mixup and not cfg.cutmix
+    if mode == "always" and not identity:
+        changes = [f"--augment {cfg.augment}"] if cfg.augment != "none" else []
+        changes += [f"--{k} {getattr(cfg, k)}" for k in ("mixup", "cutmix") if getattr(cfg, k)]
+        raise ConfigError("--cache-teacher always needs the same pixels every epoch, but "
+                          f"{' and '.join(changes)} change them; pass --augment none without "
+                          "--mixup/--cutmix, or --cache-teacher auto")
+    return identity and mode != "never"
+
+
+def _check_fresh(out_dir: Path) -> None:
+    if (out_dir / "model.json").exists() or (out_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"{out_dir} already holds a run; choose another --out")
+
+
+def default_distill_dir(data: str, student: str | Path) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(data.replace("builtin:", "")).name)
+    student_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(student)).name)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "distill" / f"{name}-{student_name}-{stamp}"

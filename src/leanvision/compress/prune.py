@@ -1,0 +1,329 @@
+"""`leanvision.prune`: artifact in, smaller artifact out.
+
+Structured pruning removes channels through Torch-Pruning's dependency graph, so the network is
+really smaller and faster, in steps: prune a step, fine-tune, record the accuracy, repeat to the
+target. Unstructured pruning zeroes single weights (masks held during fine-tuning, then made
+permanent); soft filter pruning zeroes whole filters every epoch, lets them regrow, and removes
+them at the end. The card records the new channel counts, so the artifact reloads without pickle."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from ..artifact import Artifact, load, make_card, save_artifact
+from ..data import ImageChecks, decode_images, load_data, normalize
+from ..data.partition import Partition, partition
+from ..errors import ConfigError
+from ..evaluate import evaluate_records, model_cost
+from ..models import create_model
+from ..models.surgery import apply_transforms, structure_diff
+from ..training.api import StartModel, train_on
+from ..training.config import TrainConfig
+from . import pruning
+from .checks import check_forward, check_pruned
+from .report import print_prune_plan, print_prune_summary
+
+METHODS = ("structured", "unstructured", "soft")
+TARGETS = ("flops", "params", "channels")
+SCOPES = ("global", "layer")
+TAYLOR_IMAGES = 256
+
+
+@dataclass
+class PruneConfig:
+    """What to remove and how to recover. `ratio` is the fraction removed: with target "flops",
+    0.5 leaves at most half the FLOPs; with "channels", half of each layer's (or, globally, of
+    all) channels; for unstructured pruning it is the share of weights set to zero."""
+
+    ratio: float = 0.5
+    target: str | None = None  # None: flops (structured), channels (soft), params (unstructured)
+    method: str = "structured"
+    importance: str = "l2"
+    scope: str = "global"
+    steps: int = 1
+    finetune_epochs: int = 5  # per step; 0 prunes without any fine-tuning
+    max_layer_ratio: float = 0.9  # no layer loses more than this share of its channels
+    round_to: int | None = None  # keep channel counts multiples of this (vector units like 8)
+    check: bool = True  # forward, ONNX export and fresh-process reload after pruning
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"--ratio must be between 0 and 1 (the fraction removed), got "
+                              f"{self.ratio}")
+        _choice("--method", self.method, METHODS)
+        _choice("--importance", self.importance, ("l1", "l2", "bn", "taylor"))
+        _choice("--scope", self.scope, SCOPES)
+        if self.target is None:
+            self.target = {"structured": "flops", "soft": "channels",
+                           "unstructured": "params"}[self.method]
+        _choice("--target", self.target, TARGETS)
+        if self.method == "unstructured" and self.target != "params":
+            raise ConfigError("unstructured pruning zeroes single weights, which removes no dense "
+                              "FLOPs or channels; use --target params (the share of weights "
+                              "zeroed), or --method structured")
+        if self.method == "soft" and self.target != "channels":
+            raise ConfigError("soft filter pruning removes a fixed share of channels; use "
+                              "--target channels")
+        if self.method == "soft" and self.finetune_epochs < 1:
+            raise ConfigError("soft filter pruning happens during fine-tuning; set "
+                              "--finetune-epochs to 1 or more")
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"--finetune-epochs must be 0 or more, got {self.finetune_epochs}")
+        if not 0.0 < self.max_layer_ratio < 1.0:
+            raise ConfigError("--max-layer-ratio must be between 0 and 1: pruning every channel "
+                              f"of a layer would cut the network in two (got "
+                              f"{self.max_layer_ratio})")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"--round-to must be a positive channel count, got {self.round_to}")
+
+    def goal(self, step: int) -> float:
+        """The fraction of the target kept after `step` of `steps` (linear in what is removed)."""
+        return 1.0 - self.ratio * step / self.steps
+
+
+def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path | None = None, *,
+          ratio: float = 0.5, target: str | None = None, method: str = "structured",
+          importance: str = "l2", scope: str = "global", steps: int = 1,
+          finetune_epochs: int = 5, max_layer_ratio: float = 0.9, round_to: int | None = None,
+          check: bool = True, console: Console | None = None, **train_settings: Any
+          ) -> dict[str, Any]:
+    """Prune ARTIFACT and fine-tune it on DATA (default: the data it was trained on); returns
+    a summary with the cost before and after and the accuracy after every step."""
+    console = console or Console(stderr=True)
+    cfg = PruneConfig(ratio=ratio, target=target, method=method, importance=importance,
+                      scope=scope, steps=steps, finetune_epochs=finetune_epochs,
+                      max_layer_ratio=max_layer_ratio, round_to=round_to, check=check)
+    started = time.perf_counter()
+    art = load(artifact)
+    if any(t.get("kind") == "fold_bn" for t in art.card.get("transforms", [])):
+        raise ConfigError(f"{art.path} is quantization-ready (batch norm folded); prune the model "
+                          "before quantizing it, e.g. its parent artifact")
+    if cfg.method != "unstructured":
+        pruning.refuse_attention(art.model, art.card["arch"])
+    data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
+    if not data_spec:
+        raise ConfigError("the artifact's card does not say which data it was trained on; "
+                          "pass the data to fine-tune on (leanvision prune ARTIFACT --data DIR)")
+    train_cfg = _finetune_config(art, data_spec, cfg, train_settings)
+    out_dir = Path(out) if out is not None else _default_out(art)
+    _check_fresh(out_dir)
+    source = load_data(data_spec)
+    if list(source.classes) != art.classes:
+        raise ConfigError(f"the data's classes ({_short(source.classes)}) differ from the "
+                          f"artifact's ({_short(art.classes)}); prune with the data the model "
+                          "was trained on")
+    parts = partition(source, train_cfg.val_fraction, train_cfg.seed)
+
+    model = art.model.float().eval()
+    h, w = art.input_size
+    example = torch.randn(1, 3, h, w)
+    base = pruning.measure(model, example)
+    print_prune_plan(console, art, cfg, base, out_dir)
+    gradients = _taylor_gradients(parts, art) if cfg.importance == "taylor" else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruning.layers_to_keep(model)
+    skipped = sorted({str(c.message) for c in caught if "pruning skips" in str(c.message)})
+    for message in skipped:
+        console.print(f"[yellow]warning:[/] {message}")
+
+    history: list[dict[str, Any]] = []
+    if cfg.method == "soft":
+        summary = _soft(art, model, example, cfg, source, parts, train_cfg, out_dir, console,
+                        history)
+    else:
+        summary = _stepwise(art, model, example, base, cfg, source, parts, train_cfg, out_dir,
+                            console, history, gradients)
+    final = load(out_dir)
+    result = pruning.measure(final.model, example)
+    checks = check_pruned(final, out_dir, example) if cfg.check else {}
+    record = {"config": asdict(cfg), "base": asdict(base), "result": asdict(result),
+              "flops_fraction": result.flops / base.flops,
+              "params_fraction": result.params / base.params,
+              "sparsity": pruning.sparsity_of(final.model), "steps": history,
+              "skipped_layers": skipped, "checks": checks,
+              "seconds": round(time.perf_counter() - started, 2)}
+    final.card["pruning"] = record
+    save_artifact(out_dir, final.model, final.card)
+    summary = {**summary, "pruning": record}
+    print_prune_summary(console, summary, out_dir)
+    return summary
+
+
+def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base, cfg: PruneConfig,
+              source, parts: Partition, train_cfg: TrainConfig, out_dir: Path, console: Console,
+              history: list, gradients) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    parent = str(art.path)
+    for step in range(1, cfg.steps + 1):
+        goal = cfg.goal(step)
+        release = None
+        if cfg.method == "structured":
+            cost = pruning.prune_to(model, example, base, target=cfg.target, goal=goal,
+                                    importance=cfg.importance, global_scope=cfg.scope == "global",
+                                    max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
+                                    gradients=gradients)
+            check_forward(model, example, art.num_classes)
+        else:
+            masks = pruning.magnitude_masks(model, 1.0 - goal, cfg.scope == "global")
+            release = pruning.hold_masks(model, masks)
+            cost = pruning.measure(model, example)
+        transforms = _transforms(art, model)
+        step_dir = out_dir if step == cfg.steps else out_dir / "steps" / f"step-{step}"
+        start = StartModel.from_artifact(art, model=model, transforms=transforms)
+        entry = {"step": step, "goal": goal, "flops": cost.flops, "params": cost.params,
+                 "sparsity": pruning.sparsity_of(model),
+                 "val_top1_pruned": _val_top1(start, art, parts, source)}
+        if cfg.finetune_epochs:
+            summary = train_on(source, train_cfg, step_dir, console=console, parts=parts,
+                               start=start, stage="prune", parent=parent)
+        else:
+            summary = _save_untrained(start, art, source, parts, step_dir, train_cfg, parent)
+        if release is not None:
+            release()
+        entry["val_top1_finetuned"] = summary["metrics"].get("val", {}).get("top1")
+        entry["artifact"] = str(step_dir)
+        history.append(entry)
+        console.print(_step_line(entry, base, cfg))
+        parent = str(step_dir)
+    return summary
+
+
+def _soft(art: Artifact, model: torch.nn.Module, example: torch.Tensor, cfg: PruneConfig,
+          source, parts: Partition, train_cfg: TrainConfig, out_dir: Path, console: Console,
+          history: list) -> dict[str, Any]:
+    def zero(epoch: int, net: torch.nn.Module) -> None:
+        pruning.zero_weakest_filters(net, example.to(next(net.parameters()).device), cfg.ratio,
+                                     cfg.importance, cfg.scope == "global", cfg.max_layer_ratio)
+
+    soft_dir = out_dir / "steps" / "soft-finetune"
+    start = StartModel.from_artifact(art, model=model)
+    summary = train_on(source, train_cfg, soft_dir, console=console, parts=parts, start=start,
+                       stage="prune", parent=str(art.path), epoch_hook=zero)
+    model = model.cpu().float().eval()
+    zero(cfg.finetune_epochs, model)
+    base = pruning.measure(model, example)
+    # The zeroed groups have the smallest norms, so a magnitude step removes exactly them.
+    pruning.prune_to(model, example, base, target="channels", goal=1.0 - cfg.ratio,
+                     importance="l2", global_scope=cfg.scope == "global",
+                     max_layer_ratio=cfg.max_layer_ratio)
+    start = StartModel.from_artifact(art, model=model, transforms=_transforms(art, model))
+    summary = _save_untrained(start, art, source, parts, out_dir, train_cfg, str(soft_dir))
+    history.append({"step": 1, "goal": 1.0 - cfg.ratio, "artifact": str(out_dir),
+                    "val_top1_soft": summary["metrics"].get("val", {}).get("top1"),
+                    "val_top1_finetuned": summary["metrics"].get("val", {}).get("top1")})
+    return summary
+
+
+def _transforms(art: Artifact, model: torch.nn.Module) -> list[dict]:
+    """The parent's transforms with one `structure` entry describing the pruned widths."""
+    reference = create_model(art.card["arch"], num_classes=art.num_classes,
+                             **art.card.get("arch_kwargs", {}))
+    others = [t for t in art.card.get("transforms", []) if t.get("kind") != "structure"]
+    apply_transforms(reference, others)
+    modules = structure_diff(reference, model)
+    return others + ([{"kind": "structure", "modules": modules}] if modules else [])
+
+
+def _save_untrained(start: StartModel, art: Artifact, source, parts: Partition, folder: Path,
+                    train_cfg: TrainConfig, parent: str) -> dict[str, Any]:
+    """An artifact for a model that was edited but not fine-tuned, measured like train's."""
+    card = make_card(arch=start.arch, arch_kwargs=start.arch_kwargs, classes=art.classes,
+                     input_size=start.input_size, mean=start.mean, std=start.std, stage="prune",
+                     parent=parent, config=train_cfg.to_dict(), interpolation=start.interpolation,
+                     tta=start.tta, transforms=start.transforms)
+    model = start.model.cpu().float().eval()
+    save_artifact(folder, model, card)
+    new = Artifact(path=folder, card=card, model=model)
+    metrics: dict[str, Any] = {}
+    for split, records in (("val", parts.val), ("test", parts.test)):
+        if records is not None and len(records):
+            result = evaluate_records(new, records, split, str(train_cfg.data),
+                                      skip_bad_images=train_cfg.skip_bad_images)
+            metrics[split] = {k: result["metrics"][k] for k in ("n", "top1", "loss")}
+    card["metrics"] = {**metrics, **model_cost(model, start.input_size, folder)}
+    save_artifact(folder, model, card)
+    return {"artifact": str(folder), "model": start.arch, "stage": "prune",
+            "classes": len(art.classes), "metrics": card["metrics"]}
+
+
+def _val_top1(start: StartModel, art: Artifact, parts: Partition, source) -> float | None:
+    if parts.val is None or not len(parts.val):
+        return None
+    probe = Artifact(path=art.path, card={**art.card, "transforms": start.transforms},
+                     model=start.model.cpu().float().eval())
+    result = evaluate_records(probe, parts.val, "val", "", skip_bad_images=True)
+    return result["metrics"]["top1"]
+
+
+def _taylor_gradients(parts: Partition, art: Artifact):
+    """Taylor importance needs |w * dL/dw|: gradients of the loss on a fixed batch of training
+    images, recomputed before every pruning step (the weights change)."""
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(parts.train), generator=g)[:TAYLOR_IMAGES].sort().values
+    decoded = decode_images(parts.train.subset(pick.numpy()), art.input_size, ImageChecks(),
+                            skip_bad=True)
+    x = normalize(decoded.images, art.mean, art.std)
+    y = decoded.labels
+
+    def gradients(model: torch.nn.Module) -> None:
+        F.cross_entropy(model(x), y).backward()
+
+    return gradients
+
+
+def _finetune_config(art: Artifact, data_spec: str, cfg: PruneConfig,
+                     settings: dict[str, Any]) -> TrainConfig:
+    parent = art.card.get("config", {})
+    # The parent's split seed and hold-out share: its validation images stay unseen.
+    base = {"data": data_spec, "model": art.card["arch"],
+            "seed": parent.get("seed", 0), "val_fraction": parent.get("val_fraction", 0.1),
+            "epochs": max(1, cfg.finetune_epochs), "warmup_epochs": 0.0}
+    if "optimizer" not in settings and "lr" not in settings:
+        # A trained network needs a gentle rate; 1e-3 AdamW recovers pruned CNNs within epochs.
+        base.update({"optimizer": "adamw", "lr": 1e-3})
+    if "model" in settings:
+        raise ConfigError("--model does not apply to pruning: the architecture is the artifact's")
+    return TrainConfig.from_dict({**base, **settings})
+
+
+def _check_fresh(out_dir: Path) -> None:
+    if (out_dir / "model.json").exists():
+        raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
+
+
+def _default_out(art: Artifact) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "prune" / f"{art.path.name}-pruned-{stamp}"
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{flag} '{value}' is unknown; choose one of {', '.join(allowed)}")
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def _step_line(entry: dict, base, cfg: PruneConfig) -> str:
+    acc = entry.get("val_top1_finetuned")
+    before = entry.get("val_top1_pruned")
+    return (f"step {entry['step']}/{cfg.steps}: FLOPs {entry['flops'] / base.flops:.0%}, params "
+            f"{entry['params'] / base.params:.0%} of the original; val top-1 "
+            f"{_pct(before)} pruned → {_pct(acc)} fine-tuned")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
