@@ -126,7 +126,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
         model, input_size, fresh = start.model, tuple(start.input_size), False
         pre = {"mean": start.mean, "std": start.std, "interpolation": start.interpolation}
     counts = parts.train.class_counts(num_classes)
-    print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir)
+    print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir,
+                 stage=stage)
 
     train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])

@@ -42,8 +42,8 @@ def diagnose_fit(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def print_config(console: Console, cfg: TrainConfig, notes: list[str], hw: Hardware,
                  classes: list[str], counts: list[int], parts: Partition,
-                 input_size: tuple[int, int], out_dir: Path) -> None:
-    console.print(f"[bold]leanvision train[/bold] {cfg.data} → {out_dir}")
+                 input_size: tuple[int, int], out_dir: Path, stage: str = "train") -> None:
+    console.print(f"[bold]leanvision {stage}[/bold] {cfg.data} → {out_dir}")
     console.print(f"model {cfg.model} at {input_size[0]}x{input_size[1]}, "
                   f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
                   f"{cfg.schedule} schedule, augment {cfg.augment}; "
