@@ -14,20 +14,15 @@ bench/results/compress.json and prints one table per stage."""
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from common import CpuShare, cifar10, console, print_table, result_record, write_result
 
 import leanvision
-from leanvision.data import ImageChecks, decode_images, load_data, normalize
-from leanvision.runtime.export import export_onnx, ort_session
-from leanvision.runtime.ort_quant import quantize_onnx_static
 
 WORK = Path("/tmp/leanvision-bench/compress")
 
@@ -69,8 +64,9 @@ def bench_prune(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
                                finetune_epochs=args.prune_epochs, progress=False)
     seconds = time.perf_counter() - t0
     parent, pruned = leanvision.load(base), leanvision.load(out)
-    speed = {name: measure_speed(art, args.threads)
-             for name, art in (("base", parent), ("pruned", pruned))}
+    timed = measure([base, out], ["torch", "onnx-fp32"], args.threads)
+    speed = {"base": timed[base.name], "pruned": timed[out.name],
+             "cpu_share_of_others": timed["cpu_share_of_others"], "threads": args.threads}
     record = summary["pruning"]
     result = {
         "flops_fraction": record["flops_fraction"], "params_fraction": record["params_fraction"],
@@ -80,9 +76,9 @@ def bench_prune(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
     }
     result["test_drop_points"] = 100 * (result["base_test_top1"] - result["pruned_test_top1"])
     rows = [[name, art.card["metrics"]["test"]["top1"], art.card["metrics"]["flops"] / 1e6,
-             art.card["metrics"]["params"], speed[name]["torch_b1_ms"],
-             speed[name]["torch_b32_img_s"], speed[name]["ort_b1_ms"],
-             speed[name]["ort_b32_img_s"]]
+             art.card["metrics"]["params"], speed[name]["torch"]["b1_p50_ms"],
+             speed[name]["torch"]["b32_img_s"], speed[name]["onnx-fp32"]["b1_p50_ms"],
+             speed[name]["onnx-fp32"]["b32_img_s"]]
             for name, art in (("base", parent), ("pruned", pruned))]
     print_table("prune: resnet20, 50% of the FLOPs removed", ["model", "test top-1", "MFLOPs",
                 "params", "torch b1 ms", "torch b32 img/s", "ORT b1 ms", "ORT b32 img/s"], rows)
@@ -125,8 +121,9 @@ def bench_qat(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
            "int8_test_top1": metrics["int8"]["test"]["top1"], "seconds": round(seconds, 1),
            "files": summary["quantization"]["files"]}
     qat["drop_points"] = 100 * (qat["fp32_test_top1"] - qat["int8_test_top1"])
-    ptq = post_training_only(root, base)
-    speed = measure_onnx_pair(out / "model.onnx", out / "model.int8.onnx", args.threads)
+    ptq = post_training_only(root, base, out.parent / "ptq")
+    speed = measure([out], ["onnx-fp32", "onnx-int8"], args.threads)[out.name]
+    qat["int8_drop_vs_base_points"] = 100 * (ptq["fp32_test_top1"] - qat["int8_test_top1"])
     rows = [["base fp32 (PyTorch)", ptq["fp32_test_top1"], None, None],
             ["PTQ only, ORT int8", ptq["int8_test_top1"], ptq["drop_points"], None],
             ["QAT fp32 weights", qat["fp32_test_top1"], None, None],
@@ -136,98 +133,32 @@ def bench_qat(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
     return {"qat": qat, "ptq_only": ptq, "onnx_speed": speed}
 
 
-def post_training_only(root: Path, base: Path) -> dict[str, Any]:
-    """The same ORT quantizer on the base without QAT: what QAT has to beat or match."""
-    art = leanvision.load(base)
-    data = load_data(root)
-    test = decode_images(data.test, art.input_size, ImageChecks())
-    rng = np.random.default_rng(0)
-    calib_idx = np.sort(rng.choice(len(data.train), 512, replace=False))
-    calib = decode_images(data.train.subset(calib_idx), art.input_size, ImageChecks())
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        export_onnx(art.model, art.input_size, fp32)
-        int8 = Path(tmp) / "model.int8.onnx"
-        quantize_onnx_static(fp32, int8, normalize(calib.images, art.mean, art.std).numpy())
-        top1 = onnx_top1(int8, test.images, test.labels, art.mean, art.std)
-    fp32_top1 = art.card["metrics"]["test"]["top1"]
-    return {"fp32_test_top1": fp32_top1, "int8_test_top1": top1,
-            "drop_points": 100 * (fp32_top1 - top1)}
+def post_training_only(root: Path, base: Path, out: Path) -> dict[str, Any]:
+    """leanvision's PTQ (with its accuracy guard) on the same base: what QAT has to match."""
+    summary = leanvision.quantize(base, root, out, method="ptq")
+    metrics = summary["metrics"]
+    fp32 = leanvision.load(base).card["metrics"]["test"]["top1"]
+    int8 = metrics["int8"]["test"]["top1"]
+    return {"fp32_test_top1": fp32, "int8_test_top1": int8, "drop_points": 100 * (fp32 - int8),
+            "fp32_nodes": summary.get("quantization", {}).get("fp32_nodes", [])}
 
 
-def onnx_top1(path: Path, images: torch.Tensor, labels: torch.Tensor, mean, std) -> float:
-    session = ort_session(path)
-    name = session.get_inputs()[0].name
-    hits = 0
-    for i in range(0, len(images), 500):
-        x = normalize(images[i:i + 500], mean, std).numpy()
-        hits += int((session.run(None, {name: x})[0].argmax(1) == labels[i:i + 500].numpy()).sum())
-    return hits / len(images)
-
-
-def measure_speed(art: leanvision.Artifact, threads: int) -> dict[str, Any]:
-    model = art.model.eval()
-    h, w = art.input_size
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, art.input_size, path)
-        session = ort_session(path, threads=threads)
-        name = session.get_inputs()[0].name
-        ort_run = lambda x: session.run(None, {name: x})  # noqa: E731
-        with CpuShare() as share:
-            figures = {
-                "torch_b1_ms": latency_ms(torch_runner(model), torch.randn(1, 3, h, w)),
-                "torch_b32_img_s": throughput(torch_runner(model), torch.randn(32, 3, h, w)),
-                "ort_b1_ms": latency_ms(ort_run, np.random.randn(1, 3, h, w).astype(np.float32)),
-                "ort_b32_img_s": throughput(ort_run,
-                                            np.random.randn(32, 3, h, w).astype(np.float32)),
-            }
-    figures["threads"], figures["cpu_share_of_others"] = threads, round(share.others, 3)
-    return figures
-
-
-def measure_onnx_pair(fp32: Path, int8: Path, threads: int) -> dict[str, Any]:
-    figures: dict[str, Any] = {}
-    for label, path in (("fp32", fp32), ("int8", int8)):
-        session = ort_session(path, threads=threads)
-        name = session.get_inputs()[0].name
-        shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
-        run = lambda x, s=session, n=name: s.run(None, {n: x})  # noqa: E731
-        one = np.random.randn(1, *shape[1:]).astype(np.float32)
-        many = np.random.randn(32, *shape[1:]).astype(np.float32)
-        figures[f"{label}_b1_ms"] = latency_ms(run, one)
-        figures[f"{label}_b32_img_s"] = throughput(run, many)
-    figures["int8_speedup_b1"] = figures["fp32_b1_ms"] / figures["int8_b1_ms"]
-    figures["int8_speedup_b32"] = figures["int8_b32_img_s"] / figures["fp32_b32_img_s"]
-    return figures
-
-
-def torch_runner(model: torch.nn.Module):
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(x)
-
-    return run
-
-
-def latency_ms(run, x, warmup: int = 20, iters: int = 200) -> float:
-    for _ in range(warmup):
-        run(x)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
-def throughput(run, x, warmup: int = 5, iters: int = 50) -> float:
-    for _ in range(warmup):
-        run(x)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        run(x)
-    return len(x) * iters / (time.perf_counter() - t0)
+def measure(artifacts: list[Path], runtimes: list[str], threads: int) -> dict[str, Any]:
+    """leanvision's own `bench` (batch-1 latency percentiles, batch-32 throughput) per artifact
+    and runtime, exporting ONNX first where the artifact has none; with the CPU share others
+    used meanwhile, since a timing is only as good as the machine is quiet."""
+    for folder in artifacts:
+        if "onnx-fp32" in runtimes and not (folder / "model.onnx").is_file():
+            leanvision.export(folder)
+    with CpuShare() as share, tempfile.TemporaryDirectory() as tmp:
+        report = leanvision.bench(artifacts, runtimes=runtimes, batch=32, threads=threads,
+                                  warmup=20, iterations=200, out=Path(tmp))
+    speed: dict[str, Any] = {"cpu_share_of_others": round(share.others, 3), "threads": threads}
+    for row in report["results"]:
+        speed.setdefault(Path(row["artifact"]).name, {})[row["runtime"]] = {
+            "b1_p50_ms": row["latency_ms"]["p50"], "b1_p90_ms": row["latency_ms"]["p90"],
+            "b32_img_s": row["throughput"]["images_per_s"]}
+    return speed
 
 
 def parse_args() -> argparse.Namespace:

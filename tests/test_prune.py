@@ -27,7 +27,7 @@ def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prune")
     data = make_image_folder(root / "data", per_class=12)
     torch.set_num_threads(1)
-    leanvision.train(str(data), root / "base", **{**FAST, "model": "resnet20"})
+    leanvision.train(str(data), root / "base", **FAST)
     return root / "base"
 
 

@@ -21,10 +21,10 @@ from leanvision.compress.qat import (
     QATLinear,
     fake_quant_weight,
     prepare_qat,
-    quantize,
     restore_float,
     weight_scale,
 )
+from leanvision.compress.quantize import quantize
 from leanvision.errors import ConfigError
 from leanvision.models import create_model
 from leanvision.runtime.export import ort_session
@@ -42,8 +42,8 @@ def quantized(tmp_path_factory) -> dict:
         root = tmp_path_factory.mktemp("qat")
         data = make_image_folder(root / "data")
         train(data, root / "fp32", console=QUIET, **FAST)
-        summary = quantize(root / "fp32", out=root / "int8", console=QUIET, progress=False,
-                           calibration_images=24)
+        summary = quantize(root / "fp32", out=root / "int8", method="qat", console=QUIET,
+                           progress=False, calibration_images=24)
     finally:
         torch.set_num_threads(threads)
     return {"root": root, "data": data, "summary": summary, "out": root / "int8"}
@@ -135,14 +135,12 @@ def test_bad_input_is_refused_before_anything_is_written(quantized, tmp_path: Pa
     fp32 = quantized["root"] / "fp32"
     with pytest.raises(ConfigError, match="not a quantization method"):
         quantize(fp32, out=tmp_path / "a", method="bogus", console=QUIET)
-    with pytest.raises(ConfigError, match="not built yet"):
-        quantize(fp32, out=tmp_path / "b", method="ptq", console=QUIET)
     other = make_image_folder(tmp_path / "other", per_class=2,
                               classes={"cat": (200, 30, 30), "dog": (30, 180, 40)})
     with pytest.raises(ConfigError, match="do not match the model's"):
         quantize(fp32, data=other, out=tmp_path / "c", console=QUIET)
     with pytest.raises(ConfigError, match="unknown training setting 'epoch'"):
-        quantize(fp32, out=tmp_path / "d", console=QUIET, epoch=3)
+        quantize(fp32, out=tmp_path / "d", method="qat", console=QUIET, epoch=3)
     bare = create_model("resnet8", 3)
     card = make_card(arch="resnet8", arch_kwargs={}, classes=["blue", "green", "red"],
                      input_size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3, stage="train")

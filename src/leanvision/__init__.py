@@ -1,40 +1,68 @@
 """leanvision: train, compress, measure, explain and ship image classifiers.
 
-The public Python API; every CLI verb is a thin skin over one of these functions."""
+The public Python API; every CLI verb is a thin skin over one of these functions. The training,
+compression and ONNX stacks are imported on first use, so loading or evaluating an artifact does
+not pay for them."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .artifact import Artifact, load
-from .compress import distill, prune, quantize
-from .cv import cross_validate
 from .errors import ArtifactError, ConfigError, DatasetError, LeanvisionError, ModelError
+
+# Functions named like their own module are bound eagerly: importing a submodule later sets the
+# package attribute to the module, which a lazy name would then never replace.
 from .evaluate import evaluate
 from .info import info
-from .models import create_model, list_models
 from .predict import predict
-from .training import TrainConfig, train
-from .training.compare import compare
-from .training.lr_find import lr_find
+
+# public name -> the module that defines it
+_LAZY = {
+    "distill": "compress",
+    "prune": "compress",
+    "quantize": "compress",
+    "cross_validate": "cv",
+    "export": "runtime.stage",
+    "bench": "runtime.bench",
+    "Predictor": "runtime.predictor",
+    "create_model": "models",
+    "list_models": "models",
+    "TrainConfig": "training",
+    "train": "training",
+    "compare": "training.compare",
+    "lr_find": "training.lr_find",
+}
 
 __all__ = [
-    "Artifact",
-    "ArtifactError",
-    "ConfigError",
-    "DatasetError",
-    "LeanvisionError",
-    "ModelError",
-    "TrainConfig",
-    "__version__",
-    "compare",
-    "create_model",
-    "cross_validate",
-    "distill",
-    "evaluate",
-    "info",
-    "list_models",
-    "load",
-    "lr_find",
-    "predict",
-    "prune",
-    "quantize",
-    "train",
+    "Artifact", "ArtifactError", "ConfigError", "DatasetError", "LeanvisionError", "ModelError",
+    "Predictor", "TrainConfig", "__version__", "bench", "compare", "create_model",
+    "cross_validate", "distill", "evaluate", "export", "info", "list_models", "load", "lr_find",
+    "predict", "prune", "quantize", "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'leanvision' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .compress import distill, prune, quantize
+    from .cv import cross_validate
+    from .models import create_model, list_models
+    from .runtime.bench import bench
+    from .runtime.predictor import Predictor
+    from .runtime.stage import export
+    from .training import TrainConfig, train
+    from .training.compare import compare
+    from .training.lr_find import lr_find

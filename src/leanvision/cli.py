@@ -327,5 +327,5 @@ def main() -> None:
     app()
 
 
-# The stage verbs live in their own module, registered on `app` at import (it needs app above).
-from . import cli_compress  # noqa: E402, F401
+# The stage and runtime verbs live in modules of their own, registered on `app` at import.
+from . import cli_compress, cli_runtime  # noqa: E402, F401

@@ -107,21 +107,24 @@ def quantize_cmd(
     artifact: Path = typer.Argument(..., help="Artifact folder to quantize."),
     data: str | None = DATA_OPT,
     out: Path | None = OUT_OPT,
-    method: str = typer.Option("qat", help="qat (quantization-aware training)."),
-    epochs: int | None = typer.Option(None, help="QAT fine-tuning epochs (default 2)."),
-    lr: float | None = typer.Option(None, help="QAT rate (default: the parent's / 20)."),
-    calibration_images: int = typer.Option(512, help="Training images that calibrate the "
-                                           "activation ranges."),
+    method: str = typer.Option("ptq", help="ptq (static INT8 with an accuracy guard), dynamic, "
+                               "or qat (quantization-aware fine-tuning first)."),
+    max_drop: float | None = typer.Option(None, help="ptq: most top-1 points INT8 may lose on "
+                                          "validation data before layers return to FP32 "
+                                          "(default 0.5)."),
+    calibration_images: int | None = typer.Option(None, help="Training images that calibrate "
+                                                  "activation ranges (300 ptq, 512 qat)."),
     calibrate: str = typer.Option("minmax", help="minmax, entropy or percentile."),
-    batch_size: int | None = typer.Option(None, help="Fine-tuning batch size."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    epochs: int | None = typer.Option(None, help="qat: fine-tuning epochs (default 2)."),
+    lr: float | None = typer.Option(None, help="qat: rate (default: the parent's / 20)."),
+    batch_size: int | None = typer.Option(None, help="qat: fine-tuning batch size."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Quantize ARTIFACT to INT8 (ONNX QDQ: uint8 activations, int8 per-channel weights)."""
+    """Quantize ARTIFACT to INT8 ONNX (QDQ: uint8 activations, int8 per-channel weights)."""
     from .compress import quantize
 
-    settings = finetune_settings(batch_size=batch_size, device=device)
+    settings = finetune_settings(batch_size=batch_size) if method == "qat" else {}
     run_verb(lambda: quantize(artifact, data, out, method=method, epochs=epochs, lr=lr,
                               calibration_images=calibration_images, calibrate=calibrate,
-                              console=err_console, **settings),
+                              max_drop=max_drop, console=err_console, **settings),
              as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))

@@ -3,6 +3,9 @@ distill, quantize), with its lineage in the card."""
 
 from .distill import DistillConfig, distill
 from .prune import PruneConfig, prune
-from .qat import QATConfig, quantize
+from .ptq import PTQConfig
+from .qat import QATConfig
+from .quantize import quantize
 
-__all__ = ["DistillConfig", "PruneConfig", "QATConfig", "distill", "prune", "quantize"]
+__all__ = ["DistillConfig", "PTQConfig", "PruneConfig", "QATConfig", "distill", "prune",
+           "quantize"]

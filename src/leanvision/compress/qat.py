@@ -12,35 +12,29 @@ exported to FP32 ONNX and quantised by ORT with calibration images from the trai
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from ..artifact import Artifact, load, read_card
-from ..data import DataSource, ImageChecks, decode_images, load_data, normalize
-from ..data.partition import Partition, partition
+from ..artifact import Artifact, read_card
+from ..data import DataSource
+from ..data.partition import partition
 from ..errors import ConfigError
-from ..evaluate import classification_metrics, evaluate_records, model_cost
+from ..evaluate import evaluate_records, model_cost
 from ..io import write_json
 from ..models.fold import fold_batchnorm
-from ..runtime.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
+from ..runtime.export import export_onnx
 from ..runtime.ort_quant import CALIBRATION_METHODS, quantize_onnx_static
 from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from ..training.optim import default_lr
-from ..tta import tta_logits
+from .ptq import INT8_FILE, ONNX_FILE, calibration_images, onnx_top1, scoring_set
 
-METHODS = ("qat", "ptq", "dynamic")
-NOT_BUILT = ("ptq", "dynamic")  # the next issue adds them beside _run_qat
-ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 INT8_MAX = 127  # symmetric int8 weights use [-127, 127] (ORT drops -128)
 UINT8_MAX = 255
 # Parent settings a QAT fine-tune keeps: the same split (no peeking at the parent's val images),
@@ -62,11 +56,8 @@ class QATConfig:
     observer_momentum: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r} is not a quantization method; choose "
-                              f"one of {', '.join(METHODS)}")
-        if self.method in NOT_BUILT:
-            raise ConfigError(f"--method {self.method} is not built yet; use --method qat")
+        if self.method != "qat":
+            raise ConfigError(f"QATConfig is for --method qat, not {self.method!r}")
         if self.calibrate not in CALIBRATION_METHODS:
             raise ConfigError(f"--calibrate {self.calibrate!r} is not one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
@@ -208,34 +199,6 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 # --- the stage ----------------------------------------------------------------------------------
 
-def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
-             out: str | Path | None = None, *, method: str = "qat", epochs: int | None = None,
-             lr: float | None = None, calibration_images: int = 512, calibrate: str = "minmax",
-             console: Console | None = None, **train_settings: Any) -> dict[str, Any]:
-    """Quantize ARTIFACT to INT8; writes an artifact folder with model.onnx and model.int8.onnx.
-
-    `data` defaults to the data the artifact was trained on. `train_settings` are TrainConfig
-    fields that override the fine-tune's defaults (the parent's settings, lr / 20, no EMA)."""
-    qcfg = QATConfig(method=method, lr=lr, calibration_images=calibration_images,
-                     calibrate=calibrate, **({"epochs": epochs} if epochs is not None else {}))
-    console = console or Console(stderr=True)
-    if isinstance(artifact, Artifact):  # the stage edits the network; keep the caller's intact
-        art = Artifact(artifact.path, artifact.card, copy.deepcopy(artifact.model))
-    else:
-        art = load(artifact)
-    data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
-    if not data_spec:
-        raise ConfigError(f"the card of {art.path} does not name its training data; pass "
-                          "--data DATA to fine-tune and calibrate on")
-    source = load_data(data_spec)
-    _check_classes(source.classes, art.classes, data_spec)
-    cfg = qat_train_config(art.card.get("config", {}), data_spec, qcfg, train_settings)
-    out_dir = Path(out) if out is not None else _default_out(art, qcfg.method)
-    if (out_dir / "model.json").exists():
-        raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
-    return _RUNNERS[qcfg.method](art, source, cfg, qcfg, out_dir, console)
-
-
 def qat_train_config(parent: dict[str, Any], data_spec: str, qcfg: QATConfig,
                      overrides: dict[str, Any]) -> TrainConfig:
     """The fine-tune's TrainConfig: the parent's split and optimizer at a small rate, short,
@@ -252,8 +215,8 @@ def qat_train_config(parent: dict[str, Any], data_spec: str, qcfg: QATConfig,
     return TrainConfig.from_dict({**settings, **overrides})
 
 
-def _run_qat(art: Artifact, source: DataSource, cfg: TrainConfig, qcfg: QATConfig,
-             out_dir: Path, console: Console) -> dict[str, Any]:
+def run_qat(art: Artifact, source: DataSource, cfg: TrainConfig, qcfg: QATConfig,
+            out_dir: Path, console: Console) -> dict[str, Any]:
     model = art.model.float().eval()
     pairs = fold_batchnorm(model, statistics=True)
     transforms = list(art.card.get("transforms", []))
@@ -269,9 +232,6 @@ def _run_qat(art: Artifact, source: DataSource, cfg: TrainConfig, qcfg: QATConfi
     return _deploy_int8(model, out_dir, source, cfg, qcfg, record, summary, console)
 
 
-_RUNNERS = {"qat": _run_qat}
-
-
 def _deploy_int8(model: nn.Module, out_dir: Path, source: DataSource, cfg: TrainConfig,
                  qcfg: QATConfig, record: dict[str, Any], summary: dict[str, Any],
                  console: Console) -> dict[str, Any]:
@@ -280,12 +240,11 @@ def _deploy_int8(model: nn.Module, out_dir: Path, source: DataSource, cfg: Train
     art = Artifact(path=out_dir, card=card, model=model.eval())
     parts = partition(source, cfg.val_fraction, cfg.seed)
     exported = export_onnx(model, art.input_size, out_dir / ONNX_FILE)
-    calibration = _calibration_images(art, parts, qcfg.calibration_images, cfg)
+    calibration = calibration_images(art, parts.train, qcfg.calibration_images, cfg.seed)
     quantised = quantize_onnx_static(out_dir / ONNX_FILE, out_dir / INT8_FILE, calibration,
                                      calibrate=qcfg.calibrate, per_channel=True)
     metrics = dict(card.get("metrics", {}))
     int8: dict[str, Any] = {}
-    session = ort_session(out_dir / INT8_FILE)
     for split in ("val", "test"):
         records = getattr(parts, split)
         if records is None or not len(records):
@@ -296,7 +255,8 @@ def _deploy_int8(model: nn.Module, out_dir: Path, source: DataSource, cfg: Train
         fp32 = evaluate_records(art, records, split, str(cfg.data),
                                 skip_bad_images=cfg.skip_bad_images, device="cpu")["metrics"]
         metrics[split] = fp32
-        int8[split] = _onnx_metrics(session, art, records, cfg.skip_bad_images)
+        int8[split] = onnx_top1(out_dir / INT8_FILE,
+                                scoring_set(art, records, split, cfg.skip_bad_images))
     files = {name: {"file": name, "bytes": (out_dir / name).stat().st_size}
              for name in ("model.safetensors", ONNX_FILE, INT8_FILE)}
     int8["size_bytes"] = files[INT8_FILE]["bytes"]
@@ -315,50 +275,6 @@ def _deploy_int8(model: nn.Module, out_dir: Path, source: DataSource, cfg: Train
     write_json(out_dir / "model.json", card)
     _print_result(console, metrics, files)
     return {**summary, "metrics": metrics, "quantization": card["quantization"]}
-
-
-def _calibration_images(art: Artifact, parts: Partition, n: int, cfg: TrainConfig) -> np.ndarray:
-    """A seeded sample of training images, normalised as the model expects (float32 NCHW)."""
-    rng = np.random.default_rng(cfg.seed)
-    pick = np.sort(rng.choice(len(parts.train), min(n, len(parts.train)), replace=False))
-    decoded = decode_images(parts.train.subset(pick), art.input_size, ImageChecks(),
-                            skip_bad=True)
-    return normalize(decoded.images, art.mean, art.std).numpy()
-
-
-@torch.no_grad()
-def _onnx_metrics(session, art: Artifact, records, skip_bad: bool,
-                  batch_size: int = 256) -> dict[str, Any]:
-    """Top-1 of an ONNX session with the card's preprocessing and test-time augmentation."""
-    decoded = decode_images(records, art.input_size, ImageChecks(), skip_bad=skip_bad)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        feed = {INPUT_NAME: np.ascontiguousarray(x.numpy(), dtype=np.float32)}
-        return torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
-
-    logits = torch.cat([tta_logits(run, normalize(decoded.images[i:i + batch_size], art.mean,
-                                                  art.std), art.tta)
-                        for i in range(0, len(decoded.images), batch_size)])
-    scored = classification_metrics(logits, decoded.labels, art.classes)
-    return {"n": scored["n"], "top1": scored["top1"]}
-
-
-def _check_classes(data_classes: list[str], model_classes: list[str], data_spec: str) -> None:
-    if list(data_classes) == list(model_classes):
-        return
-    missing = [c for c in model_classes if c not in data_classes]
-    extra = [c for c in data_classes if c not in model_classes]
-    detail = "; ".join(part for part in (
-        f"missing from the data: {', '.join(missing[:5])}" if missing else "",
-        f"unknown to the model: {', '.join(extra[:5])}" if extra else "",
-        "same names in another order" if not missing and not extra else "") if part)
-    raise ConfigError(f"the classes of {data_spec} do not match the model's ({detail}); "
-                      "pass --data with the data the model was trained on")
-
-
-def _default_out(art: Artifact, method: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "quantize" / f"{art.path.name}-{method}-{stamp}"
 
 
 def _print_result(console: Console, metrics: dict[str, Any], files: dict[str, Any]) -> None:

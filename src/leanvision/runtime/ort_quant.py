@@ -1,6 +1,8 @@
-"""Static INT8 quantisation of an FP32 ONNX model with ONNX Runtime's own quantiser (QDQ format).
+"""INT8 quantisation of an FP32 ONNX model with ONNX Runtime's own quantiser: static (QDQ format)
+and dynamic (int8 weights, activations quantised at run time), plus the checks that the result
+really holds quantised ops and really runs faster.
 
-Settings (fixed, because leanvision's QAT fake-quantisation mirrors them exactly):
+Static settings (fixed, because leanvision's QAT fake-quantisation mirrors them exactly):
 - activations uint8, asymmetric, one scale per tensor, range from calibration images;
 - weights int8, symmetric, one scale per output channel:
 
@@ -15,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +31,22 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
+    quantize_dynamic,
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..errors import ArtifactError, ConfigError
 from ..io import atomic_path
-from .export import INPUT_NAME
+from .export import INPUT_NAME, OUTPUT_NAME, ort_session
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax,
                        "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 CALIBRATION_BATCH = 32
+# Ops that show a model was really quantised (static QDQ or dynamic QOperator).
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+             "MatMulInteger", "QLinearConv", "QLinearMatMul")
 
 
 class _ArrayReader(CalibrationDataReader):
@@ -57,12 +66,27 @@ class _ArrayReader(CalibrationDataReader):
         self._next = 0
 
 
+def preprocess_onnx(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """ORT's quantisation pre-processing (shape inference and graph clean-up such as Conv+BN
+    fusion), which its quantisation guide asks for: without it INT8 ran slower than FP32 here.
+    Node names of the result are the ones `nodes_to_exclude` refers to."""
+    if not Path(fp32_path).is_file():
+        raise ArtifactError(f"{fp32_path} does not exist; export the FP32 model first")
+    with atomic_path(out_path) as tmp:
+        quant_pre_process(str(fp32_path), str(tmp), skip_symbolic_shape=True)
+    return Path(out_path)
+
+
 def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
-                         *, calibrate: str = "minmax", per_channel: bool = True) -> dict[str, Any]:
+                         *, calibrate: str = "minmax", per_channel: bool = True,
+                         nodes_to_exclude: Sequence[str] = (),
+                         preprocessed: bool = False) -> dict[str, Any]:
     """Write an INT8 QDQ model of `fp32_path` to `out_path`.
 
     `calibration`: normalised float32 images [N, 3, H, W] (as the model's input expects).
-    Returns {"path", "q_nodes", "dq_nodes", "calibration"}."""
+    `nodes_to_exclude`: node names (of the pre-processed graph) that stay FP32.
+    `preprocessed`: `fp32_path` already went through preprocess_onnx.
+    Returns {"path", "q_nodes", "dq_nodes", "calibration", "nodes_to_exclude"}."""
     if calibrate not in CALIBRATION_METHODS:
         raise ConfigError(f"--calibrate {calibrate!r} is not one of "
                           f"{', '.join(CALIBRATION_METHODS)}")
@@ -73,9 +97,9 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calibratio
         raise ConfigError(f"calibration images must be a non-empty [N, 3, H, W] array, got "
                           f"shape {calibration.shape}")
     with tempfile.TemporaryDirectory(prefix="leanvision-quant-") as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        # Shape inference and ORT's graph clean-up first, as ORT's quantisation guide asks.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        prepared = Path(fp32_path)
+        if not preprocessed:
+            prepared = preprocess_onnx(fp32_path, Path(scratch) / "prepared.onnx")
         # The calibrators print progress to stdout and log per-channel notes on the root logger
         # (e.g. a BatchNormalization weight "out of range" for axis 1); a stage prints its own
         # summary instead.
@@ -86,6 +110,7 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calibratio
                 quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=False,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[calibrate],
+                nodes_to_exclude=list(nodes_to_exclude) or None,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
             q_nodes, dq_nodes = count_qdq(tmp)
             if q_nodes == 0 or dq_nodes == 0:
@@ -94,7 +119,30 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calibratio
                                     f"and {dq_nodes}); the model has no op it can quantise")
     return {"path": str(out_path), "q_nodes": q_nodes, "dq_nodes": dq_nodes,
             "calibration": {"method": calibrate, "images": int(len(calibration)),
-                            "per_channel": per_channel}}
+                            "per_channel": per_channel},
+            "nodes_to_exclude": list(nodes_to_exclude)}
+
+
+def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *,
+                          per_channel: bool = True, preprocessed: bool = False) -> dict[str, Any]:
+    """Write a dynamically quantised model of `fp32_path` (int8 weights, per channel where the
+    op allows; activation ranges computed at run time, so no calibration data).
+
+    Returns {"path", "nodes": {op: count of QUANT_OPS}}."""
+    if not Path(fp32_path).is_file():
+        raise ArtifactError(f"{fp32_path} does not exist; export the FP32 model first")
+    with tempfile.TemporaryDirectory(prefix="leanvision-quant-") as scratch:
+        prepared = Path(fp32_path)
+        if not preprocessed:
+            prepared = preprocess_onnx(fp32_path, Path(scratch) / "prepared.onnx")
+        with atomic_path(out_path) as tmp, _quiet_root_logger():
+            quantize_dynamic(str(prepared), str(tmp), per_channel=per_channel,
+                             reduce_range=False, weight_type=QuantType.QInt8)
+            nodes = quant_node_counts(tmp)
+            if not nodes:
+                raise ArtifactError(f"ONNX Runtime's dynamic quantiser left {fp32_path} without "
+                                    "quantised ops; the model has no op it can quantise")
+    return {"path": str(out_path), "nodes": nodes}
 
 
 @contextlib.contextmanager
@@ -113,3 +161,39 @@ def count_qdq(path: str | Path) -> tuple[int, int]:
     graph = onnx.load(str(path)).graph
     ops = [node.op_type for node in graph.node]
     return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
+
+
+def quant_node_counts(path: str | Path) -> dict[str, int]:
+    """{op type: count} of the quantisation ops (QUANT_OPS) in an ONNX file; empty when none."""
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    return {op: ops.count(op) for op in QUANT_OPS if op in ops}
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (hyper-threads share one core's execution units, so ORT gains little
+    from them); the logical count where the topology cannot be read."""
+    cores = set()
+    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            cores.add(((cpu / "physical_package_id").read_text().strip(),
+                       (cpu / "core_id").read_text().strip()))
+        except OSError:
+            continue
+    return len(cores) or os.cpu_count() or 1
+
+
+def median_latency_ms(path: str | Path, input_size: tuple[int, int], batch: int, *,
+                      threads: int, runs: int = 30, warmup: int = 5) -> float:
+    """Median wall time (ms) of one ORT run at `batch`, after `warmup` runs, `threads` intra-op
+    threads. Random inputs: the time of these graphs does not depend on the values."""
+    session = ort_session(path, threads)
+    x = np.random.default_rng(0).normal(size=(batch, 3, *input_size)).astype(np.float32)
+    feed = {INPUT_NAME: x}
+    for _ in range(warmup):
+        session.run([OUTPUT_NAME], feed)
+    times = []
+    for _ in range(max(1, runs)):
+        started = time.perf_counter()
+        session.run([OUTPUT_NAME], feed)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e3)

@@ -1,0 +1,117 @@
+"""`leanvision quantize ARTIFACT --method ptq|dynamic|qat`: one entry point over the three ways to
+INT8. Everything a user can get wrong (method, settings, data whose classes differ from the
+model's, an --out that holds an artifact) is refused here, before anything is written."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..artifact import CARD_FILE, Artifact, load
+from ..data import load_data
+from ..errors import ConfigError
+from .ptq import PTQ_METHODS, PTQConfig, run_ptq
+from .qat import QATConfig, qat_train_config, run_qat
+
+METHODS = ("ptq", "dynamic", "qat")
+# Settings the CLI passes to every method; post-training methods run ORT on the CPU.
+_PTQ_PASSTHROUGH = ("progress", "device")
+_PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
+                      if f.name not in ("method", "calibration_images", "calibrate", "max_drop"))
+
+
+def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
+             out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
+             lr: float | None = None, calibration_images: int | None = None,
+             calibrate: str = "minmax", max_drop: float | None = None,
+             console: Console | None = None, **settings: Any) -> dict[str, Any]:
+    """Quantize ARTIFACT to INT8; writes an artifact folder with model.onnx and model.int8.onnx.
+
+    method "ptq" (default): static QDQ INT8 with an accuracy guard (`max_drop` top-1 points,
+    default 0.5); "dynamic": int8 weights, activations quantised at run time; "qat":
+    quantisation-aware fine-tuning first (`epochs`, `lr`). `calibration_images` defaults to
+    300 (ptq) / 512 (qat). `data` defaults to the data the artifact was trained on. `settings`:
+    for ptq / dynamic, PTQConfig fields (threads, timing_runs, max_rounds, sensitivity_images,
+    skip_bad_images); for qat, TrainConfig fields overriding the fine-tune's defaults.
+    Returns {"artifact", "metrics", "quantization", ...}."""
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is not a quantization method; choose one of "
+                          f"{', '.join(METHODS)}")
+    console = console or Console(stderr=True)
+    if method in PTQ_METHODS:
+        pcfg = _ptq_config(method, epochs, lr, calibration_images, calibrate, max_drop,
+                           settings)
+    else:
+        if max_drop is not None:
+            raise ConfigError("--max-drop applies to --method ptq (QAT has no accuracy guard); "
+                              "drop it or use --method ptq")
+        qcfg = QATConfig(method="qat", lr=lr, calibrate=calibrate,
+                         **({"epochs": epochs} if epochs is not None else {}),
+                         **({"calibration_images": calibration_images}
+                            if calibration_images is not None else {}))
+    if isinstance(artifact, Artifact):  # QAT edits the network; keep the caller's intact
+        art = Artifact(artifact.path, artifact.card, copy.deepcopy(artifact.model))
+    else:
+        art = load(artifact)
+    data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
+    if not data_spec:
+        raise ConfigError(f"the card of {art.path} does not name its training data; pass "
+                          "--data DATA to calibrate on")
+    source = load_data(data_spec)
+    check_classes(source.classes, art.classes, data_spec)
+    if method == "qat":
+        cfg = qat_train_config(art.card.get("config", {}), data_spec, qcfg, settings)
+    out_dir = Path(out) if out is not None else default_out(art, method)
+    if (out_dir / CARD_FILE).exists():
+        raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
+    if method == "qat":
+        return run_qat(art, source, cfg, qcfg, out_dir, console)
+    return run_ptq(art, source, pcfg, out_dir, console)
+
+
+def _ptq_config(method: str, epochs: int | None, lr: float | None,
+                calibration_images: int | None, calibrate: str, max_drop: float | None,
+                settings: dict[str, Any]) -> PTQConfig:
+    if epochs is not None or lr is not None:
+        raise ConfigError(f"--epochs and --lr apply to --method qat, not {method} (which does "
+                          "not train)")
+    unknown = [k for k in settings if k not in _PTQ_SETTINGS + _PTQ_PASSTHROUGH]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], _PTQ_SETTINGS, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(f"unknown {method} setting '{unknown[0]}'{suggestion} (training "
+                          "settings apply to --method qat only)")
+    if settings.get("device", "auto") not in ("auto", "cpu"):
+        raise ConfigError(f"--method {method} runs ONNX Runtime on the CPU; drop --device "
+                          f"{settings['device']}")
+    chosen = {k: v for k, v in settings.items() if k in _PTQ_SETTINGS}
+    if calibration_images is not None:
+        chosen["calibration_images"] = calibration_images
+    if max_drop is not None:
+        chosen["max_drop"] = max_drop
+    return PTQConfig(method=method, calibrate=calibrate, **chosen)
+
+
+def check_classes(data_classes: list[str], model_classes: list[str], data_spec: str) -> None:
+    """ConfigError unless the data holds exactly the model's classes, in the model's order."""
+    if list(data_classes) == list(model_classes):
+        return
+    missing = [c for c in model_classes if c not in data_classes]
+    extra = [c for c in data_classes if c not in model_classes]
+    detail = "; ".join(part for part in (
+        f"missing from the data: {', '.join(missing[:5])}" if missing else "",
+        f"unknown to the model: {', '.join(extra[:5])}" if extra else "",
+        "same names in another order" if not missing and not extra else "") if part)
+    raise ConfigError(f"the classes of {data_spec} do not match the model's ({detail}); "
+                      "pass --data with the data the model was trained on")
+
+
+def default_out(art: Artifact, method: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "quantize" / f"{art.path.name}-{method}-{stamp}"

@@ -1,0 +1,312 @@
+"""One Predictor over every runtime, with the preprocessing of the artifact's card.
+
+    Predictor.from_artifact(folder, runtime="auto")
+        ├─ "torch"          eager PyTorch, fp32 (model.safetensors)
+        ├─ "torch-compile"  torch.compile of the same (inductor; compiles on first call)
+        ├─ "onnx-fp32"      ONNX Runtime on model.onnx
+        └─ "onnx-int8"      ONNX Runtime on model.int8.onnx (QDQ)
+
+Images are decoded exactly as `leanvision predict` does (load_rgb + to_tensor_resized with the
+same checks), normalised with the card's mean / std, and the card's test-time augmentation is
+applied around whichever runtime runs the network, so runtimes differ only in the network call.
+OpenVINO (2026.4, reading the same ONNX files) is not offered: at the same precision it was not
+clearly faster than ONNX Runtime on this CPU (on par in FP32, slower on resnet18 INT8); its
+default on CPUs with bf16 silently computes in bf16, which is a different precision."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..artifact import CARD_FILE, WEIGHTS_FILE, read_card
+from ..data import BadImageError, ImageChecks, load_rgb, normalize, to_tensor_resized
+from ..data.images import _check_size, _to_rgb, _upright
+from ..errors import ArtifactError, ConfigError
+from ..tta import TTA_MODES, tta_logits
+from .onnx_file import check_onnx
+
+RUNTIMES = ("torch", "torch-compile", "onnx-fp32", "onnx-int8")
+ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
+AUTO_ORDER = ("onnx-int8", "onnx-fp32", "torch")
+RUNTIME_ALIASES = {"int8": "onnx-int8", "fp32": "onnx-fp32", "onnx": "onnx-fp32",
+                   "eager": "torch", "pytorch": "torch"}
+# The resize policy to_tensor_resized implements; a card asking for another cannot be honoured.
+RESIZE_POLICIES = ("shorter-side+center-crop",)
+# Training, evaluation and predict all decode through to_tensor_resized, which resamples
+# bilinearly whatever the card says (timm models' cards say "bicubic"); the Predictor decodes
+# the same way so that its figures are the model's, and refuses only names it does not know.
+KNOWN_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+Runner = Callable[[np.ndarray], np.ndarray]
+ImageInput = str | os.PathLike | Image.Image
+
+
+def physical_cores() -> int:
+    """Cores this process may use, counting SMT siblings once (a second hyper-thread adds
+    little to convolution kernels and makes latency noisier)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpus = allowed if allowed is not None else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def available_runtimes(folder: str | os.PathLike) -> list[str]:
+    """The runtimes whose model file the artifact folder holds, in RUNTIMES order."""
+    folder, _ = read_card(folder)
+    found = []
+    for runtime in RUNTIMES:
+        needed = ONNX_FILES.get(runtime, WEIGHTS_FILE)
+        if (folder / needed).is_file():
+            found.append(runtime)
+    return found
+
+
+class Predictor:
+    """A model behind one interface whatever runs it. Build with `Predictor.from_artifact`."""
+
+    def __init__(self, runtime: str, runner: Runner, card: dict[str, Any], folder: Path,
+                 threads: int, device: str, model_file: Path) -> None:
+        self.runtime, self.threads, self.device = runtime, threads, device
+        self.card, self.folder, self.model_file = card, folder, model_file
+        self._runner = runner
+        size = card["input"]["size"]
+        self.input_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.mean = [float(v) for v in card["input"]["mean"]]
+        self.std = [float(v) for v in card["input"]["std"]]
+        self.tta: str = card.get("inference", {}).get("tta", "none") or "none"
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @classmethod
+    def from_artifact(cls, path: str | os.PathLike, runtime: str = "auto",
+                      threads: int | None = None, device: str = "cpu") -> Predictor:
+        """Open the artifact folder at `path` with `runtime` ("auto" or one of RUNTIMES).
+
+        "auto" takes the card's "recommended_runtime" when its file is there, else onnx-int8,
+        onnx-fp32, torch, whichever file exists first. `threads` None: the physical cores."""
+        folder, card = read_card(path)
+        _check_preprocessing(folder, card)
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device {device!r} must be cpu or cuda")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads {threads} must be at least 1")
+        threads = threads or physical_cores()
+        chosen = _choose_runtime(folder, card, runtime)
+        if chosen in ONNX_FILES:
+            model_file = folder / ONNX_FILES[chosen]
+            check_onnx(model_file, folder, num_classes=len(card["classes"]),
+                       input_size=tuple(card["input"]["size"]))
+            runner = _onnx_runner(model_file, threads, device)
+        else:
+            model_file = folder / WEIGHTS_FILE
+            runner = _torch_runner(folder, threads, device, compiled=chosen == "torch-compile")
+        return cls(chosen, runner, card, folder, threads, device, model_file)
+
+    # --- the network call -------------------------------------------------------------------
+
+    def run_normalised(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Raw logits [N, C] float32 for normalised float images [N, 3, H, W]; no TTA."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"expected normalised images [N, 3, H, W], got shape {x.shape}")
+        return self._runner(x)
+
+    def logits(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logits [N, C] with the card's TTA. uint8 images [N, 3, H, W] are normalised with
+        the card's mean / std; float images are taken as normalised already."""
+        x = torch.as_tensor(batch)
+        if x.dtype == torch.uint8:
+            x = normalize(x, self.mean, self.std)
+        elif not x.is_floating_point():
+            raise ConfigError(f"images must be uint8 or normalised float, not {x.dtype}")
+
+        def network(v: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.run_normalised(v))
+
+        with torch.no_grad():
+            return tta_logits(network, x.float(), self.tta).numpy()
+
+    # --- images in, classes out ---------------------------------------------------------------
+
+    def prepare(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """uint8 [M, 3, H, W] of the usable images, and one record per image: {"image"} (the
+        next row of the batch) or {"image", "error"} (the reason it is not usable)."""
+        tensors, records = [], []
+        for item in images:
+            name = str(item) if not isinstance(item, Image.Image) else f"<PIL {item.size}>"
+            records.append({"image": name})
+            try:
+                picture = _from_pil(item) if isinstance(item, Image.Image) else load_rgb(item)
+                tensors.append(to_tensor_resized(picture, self.input_size))
+            except BadImageError as exc:
+                records[-1]["error"] = exc.reason
+        h, w = self.input_size
+        batch = torch.stack(tensors) if tensors else torch.zeros(0, 3, h, w, dtype=torch.uint8)
+        return batch, records
+
+    def predict_images(self, images: Sequence[ImageInput], top_k: int = 5,
+                       batch_size: int = 64) -> list[dict[str, Any]]:
+        """One result per image, in order: {"image", "top": [{"class", "prob"}, ...]}, or
+        {"image", "error"} for one that is not a usable image (the others still get answers)."""
+        if not images:
+            raise ConfigError("no images given; pass one or more image files")
+        if top_k < 1:
+            raise ConfigError(f"--top-k {top_k} must be at least 1")
+        batch, records = self.prepare(images)
+        if not len(batch):
+            return records
+        logits = np.concatenate([self.logits(batch[i:i + batch_size])
+                                 for i in range(0, len(batch), batch_size)])
+        probs = torch.from_numpy(logits).softmax(1)
+        k = min(top_k, len(self.classes))
+        rows = iter(range(len(batch)))
+        for record in records:
+            if "error" in record:
+                continue
+            values, indices = probs[next(rows)].topk(k)
+            record["top"] = [{"class": self.classes[int(c)], "prob": float(v)}
+                             for v, c in zip(values, indices, strict=True)]
+        return records
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.folder}, runtime={self.runtime!r}, threads={self.threads}, "
+                f"device={self.device!r})")
+
+
+def _from_pil(image: Image.Image) -> Image.Image:
+    """The checks and colour handling load_rgb gives a file, for an image already in memory."""
+    checks = ImageChecks()
+    _check_size(image.size, checks, "")
+    try:
+        image.load()
+    except (OSError, ValueError, EOFError) as exc:
+        raise BadImageError(f"could not be decoded ({exc})") from None
+    return _to_rgb(_upright(image), "")
+
+
+def _check_preprocessing(folder: Path, card: dict[str, Any]) -> None:
+    spec = card.get("input", {})
+    for key in ("size", "mean", "std"):
+        if key not in spec:
+            raise ArtifactError(f"{folder / CARD_FILE} has no input.{key}; the card is "
+                                "incomplete: re-run the stage that made the artifact")
+    for key, allowed in (("resize", RESIZE_POLICIES), ("interpolation", KNOWN_INTERPOLATIONS)):
+        value = spec.get(key, allowed[0])
+        if value not in allowed:
+            raise ArtifactError(f"{folder / CARD_FILE} asks for input.{key} {value!r}, which "
+                                f"this leanvision cannot reproduce (it knows "
+                                f"{', '.join(allowed)}); upgrade leanvision")
+    tta = card.get("inference", {}).get("tta", "none") or "none"
+    if tta not in TTA_MODES:
+        raise ArtifactError(f"{folder / CARD_FILE} asks for TTA {tta!r}; known modes are "
+                            f"{', '.join(TTA_MODES)}")
+
+
+def recommended_runtime(card: dict[str, Any]) -> str | None:
+    """The runtime a quantize / export stage recommended in the card, if any."""
+    value = card.get("recommended_runtime") or card.get("quantization", {}).get(
+        "recommended_runtime")
+    if not value:
+        return None
+    return RUNTIME_ALIASES.get(str(value), str(value))
+
+
+def _choose_runtime(folder: Path, card: dict[str, Any], runtime: str) -> str:
+    present = available_runtimes(folder)
+    if runtime == "auto":
+        recommended = recommended_runtime(card)
+        if recommended in present:
+            return recommended
+        for candidate in AUTO_ORDER:
+            if candidate in present:
+                return candidate
+        raise ArtifactError(f"{folder} holds neither {WEIGHTS_FILE} nor an ONNX model; "
+                            "re-run the stage that made the artifact")
+    runtime = RUNTIME_ALIASES.get(runtime, runtime)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime!r} is not one of auto, {', '.join(RUNTIMES)}")
+    if runtime not in present:
+        needed = ONNX_FILES.get(runtime, WEIGHTS_FILE)
+        how = {"model.onnx": "`leanvision export`",
+               "model.int8.onnx": "`leanvision quantize`"}.get(needed, "the stage that made it")
+        have = ", ".join(present) or "none"
+        raise ArtifactError(f"{folder} has no {needed} for --runtime {runtime} (available: "
+                            f"{have}); create it with {how}")
+    return runtime
+
+
+def _onnx_runner(path: Path, threads: int, device: str) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one image graph: no independent branches worth a pool
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError("--device cuda: this onnxruntime has no CUDA provider; install "
+                              "onnxruntime-gpu or use --device cpu")
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail / InvalidGraph / NotImplemented types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc)
+        raise ArtifactError(f"ONNX Runtime cannot load {path} ({first}); re-export it with "
+                            "`leanvision export`") from None
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([output_name], {input_name: x})[0]
+
+    return run
+
+
+def _torch_runner(folder: Path, threads: int, device: str, compiled: bool) -> Runner:
+    from ..artifact import load
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; "
+                          "use --device cpu")
+    model = load(folder, device=device).model.float().eval()
+    # channels_last lets oneDNN / cuDNN use their fastest convolution kernels.
+    model = model.to(memory_format=torch.channels_last)
+    network = torch.compile(model) if compiled else model
+
+    def run(x: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        with _torch_threads(threads), torch.inference_mode():
+            return network(batch).float().cpu().numpy()
+
+    return run
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's thread count is process-wide: set it for the call, then put it back."""
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if before != threads:
+            torch.set_num_threads(before)
