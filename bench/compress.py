@@ -167,8 +167,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--base-epochs", type=int, default=30)
     p.add_argument("--prune-steps", type=int, default=3)
     p.add_argument("--prune-epochs", type=int, default=5, help="fine-tuning epochs per step")
-    p.add_argument("--round-to", type=int, default=None,
-                   help="keep pruned channel counts multiples of this")
+    p.add_argument("--round-to", type=int, default=8,
+                   help="keep pruned channel counts multiples of this (1: any width)")
     p.add_argument("--student", default="resnet8")
     p.add_argument("--distill-epochs", type=int, default=15)
     p.add_argument("--qat-epochs", type=int, default=2)

@@ -47,6 +47,9 @@ def test_structured_flops_target_gives_a_smaller_network_that_reloads(base, tmp_
     pruned, parent = leanvision.load(out), leanvision.load(base)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(pruned.model) < 0.9 * count(parent.model)
+    # vector-friendly widths by default (--round-to 8)
+    widths = {m.out_channels for m in pruned.model.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert all(w % 8 == 0 for w in widths), widths
     card = json.loads((out / "model.json").read_text())
     assert card["stage"] == "prune" and card["parent"] == str(base)
     assert card["transforms"][0]["kind"] == "structure"

@@ -26,6 +26,8 @@ _LAZY = {
     "quantize": "compress",
     "cross_validate": "cv",
     "export": "runtime.stage",
+    "explain": "explanations",
+    "report": "reports",
     "bench": "runtime.bench",
     "Predictor": "runtime.predictor",
     "create_model": "models",
@@ -39,8 +41,8 @@ _LAZY = {
 __all__ = [
     "Artifact", "ArtifactError", "ConfigError", "DatasetError", "LeanvisionError", "ModelError",
     "Predictor", "TrainConfig", "__version__", "bench", "compare", "create_model",
-    "cross_validate", "distill", "evaluate", "export", "info", "list_models", "load", "lr_find",
-    "predict", "prune", "quantize", "train",
+    "cross_validate", "distill", "evaluate", "explain", "export", "info", "list_models", "load",
+    "lr_find", "predict", "prune", "quantize", "report", "train",
 ]
 
 

@@ -328,4 +328,4 @@ def main() -> None:
 
 
 # The stage and runtime verbs live in modules of their own, registered on `app` at import.
-from . import cli_compress, cli_runtime  # noqa: E402, F401
+from . import cli_compress, cli_explain, cli_runtime  # noqa: E402, F401

@@ -37,7 +37,8 @@ def prune_cmd(
     steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning after each."),
     finetune_epochs: int = typer.Option(5, help="Fine-tuning epochs per step (0: none)."),
     max_layer_ratio: float = typer.Option(0.9, help="No layer loses more than this share."),
-    round_to: int | None = typer.Option(None, help="Keep channel counts multiples of this."),
+    round_to: int = typer.Option(8, help="Keep channel counts multiples of this (vector-friendly "
+                                 "widths run faster; 1: any width)."),
     check: bool = typer.Option(True, help="Check forward, ONNX export and a fresh reload."),
     batch_size: int | None = typer.Option(None, help="Fine-tuning batch size."),
     lr: float | None = typer.Option(None, help="Fine-tuning rate (default 1e-3 AdamW)."),

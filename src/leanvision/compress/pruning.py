@@ -127,11 +127,12 @@ def _step(pruner: tp.pruner.MetaPruner, model: nn.Module,
 
 
 def zero_weakest_filters(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
-                         global_scope: bool, max_layer_ratio: float) -> int:
+                         global_scope: bool, max_layer_ratio: float,
+                         round_to: int | None = None) -> int:
     """Soft filter pruning (He et al., 2018): zero the weakest filter groups but keep them, so
     they may grow back during the next epoch. Returns the number of channels zeroed."""
     pruner = new_pruner(model, example, importance, ratio=ratio, global_scope=global_scope,
-                        max_layer_ratio=max_layer_ratio, steps=1, round_to=None)
+                        max_layer_ratio=max_layer_ratio, steps=1, round_to=round_to)
     zeroed = 0
     with torch.no_grad():
         for group in pruner.step(interactive=True):

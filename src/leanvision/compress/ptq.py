@@ -30,12 +30,12 @@ from ..data import DataSource, ImageChecks, ImageRecords, decode_images, normali
 from ..data.partition import partition
 from ..errors import ArtifactError, ConfigError
 from ..evaluate import classification_metrics
+from ..hardware import physical_cores
 from ..io import write_atomic, write_json
 from ..runtime.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
 from ..runtime.ort_quant import (
     CALIBRATION_METHODS,
     median_latency_ms,
-    physical_cores,
     preprocess_onnx,
     quant_node_counts,
     quantize_onnx_dynamic,

@@ -71,6 +71,16 @@ def load_rgb(source: str | os.PathLike | np.ndarray,
         raise BadImageError(_decode_reason(exc), name) from None
 
 
+def pil_to_rgb(image: Image.Image, checks: ImageChecks = ImageChecks()) -> Image.Image:
+    """The checks and colour handling `load_rgb` gives a file, for an image already in memory."""
+    _check_size(image.size, checks, "")
+    try:
+        image.load()
+    except (OSError, ValueError, EOFError) as exc:
+        raise BadImageError(_decode_reason(exc)) from None
+    return _to_rgb(_upright(image), "")
+
+
 def to_tensor_resized(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [3, H, W]: scale so the image covers (H, W), then center-crop to exactly that."""
     out_h, out_w = int(size[0]), int(size[1])

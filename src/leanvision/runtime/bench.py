@@ -24,9 +24,9 @@ from ..artifact import git_revision, read_card
 from ..data import ImageChecks, decode_images, load_data
 from ..data.partition import select_split
 from ..errors import ConfigError
-from ..hardware import describe_machine
+from ..hardware import describe_machine, physical_cores
 from ..io import write_json
-from .predictor import ONNX_FILES, RUNTIMES, Predictor, available_runtimes, physical_cores
+from .predictor import ONNX_FILES, RUNTIMES, Predictor, available_runtimes
 
 # torch.compile takes tens of seconds per model to compile; it is benchmarked when named.
 DEFAULT_RUNTIMES = tuple(r for r in RUNTIMES if r != "torch-compile")

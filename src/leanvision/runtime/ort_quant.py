@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -167,19 +166,6 @@ def quant_node_counts(path: str | Path) -> dict[str, int]:
     """{op type: count} of the quantisation ops (QUANT_OPS) in an ONNX file; empty when none."""
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     return {op: ops.count(op) for op in QUANT_OPS if op in ops}
-
-
-def physical_cores() -> int:
-    """Physical CPU cores (hyper-threads share one core's execution units, so ORT gains little
-    from them); the logical count where the topology cannot be read."""
-    cores = set()
-    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
-        try:
-            cores.add(((cpu / "physical_package_id").read_text().strip(),
-                       (cpu / "core_id").read_text().strip()))
-        except OSError:
-            continue
-    return len(cores) or os.cpu_count() or 1
 
 
 def median_latency_ms(path: str | Path, input_size: tuple[int, int], batch: int, *,

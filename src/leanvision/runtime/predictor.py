@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 
 from ..artifact import CARD_FILE, WEIGHTS_FILE, read_card
-from ..data import BadImageError, ImageChecks, load_rgb, normalize, to_tensor_resized
-from ..data.images import _check_size, _to_rgb, _upright
+from ..data import BadImageError, load_rgb, normalize, to_tensor_resized
+from ..data.images import pil_to_rgb
 from ..errors import ArtifactError, ConfigError
+from ..hardware import physical_cores
 from ..tta import TTA_MODES, tta_logits
 from .onnx_file import check_onnx
 
@@ -46,21 +47,6 @@ KNOWN_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "ham
 
 Runner = Callable[[np.ndarray], np.ndarray]
 ImageInput = str | os.PathLike | Image.Image
-
-
-def physical_cores() -> int:
-    """Cores this process may use, counting SMT siblings once (a second hyper-thread adds
-    little to convolution kernels and makes latency noisier)."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    cpus = allowed if allowed is not None else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(siblings.read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
 
 
 def available_runtimes(folder: str | os.PathLike) -> list[str]:
@@ -153,7 +139,7 @@ class Predictor:
             name = str(item) if not isinstance(item, Image.Image) else f"<PIL {item.size}>"
             records.append({"image": name})
             try:
-                picture = _from_pil(item) if isinstance(item, Image.Image) else load_rgb(item)
+                picture = pil_to_rgb(item) if isinstance(item, Image.Image) else load_rgb(item)
                 tensors.append(to_tensor_resized(picture, self.input_size))
             except BadImageError as exc:
                 records[-1]["error"] = exc.reason
@@ -188,17 +174,6 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.folder}, runtime={self.runtime!r}, threads={self.threads}, "
                 f"device={self.device!r})")
-
-
-def _from_pil(image: Image.Image) -> Image.Image:
-    """The checks and colour handling load_rgb gives a file, for an image already in memory."""
-    checks = ImageChecks()
-    _check_size(image.size, checks, "")
-    try:
-        image.load()
-    except (OSError, ValueError, EOFError) as exc:
-        raise BadImageError(f"could not be decoded ({exc})") from None
-    return _to_rgb(_upright(image), "")
 
 
 def _check_preprocessing(folder: Path, card: dict[str, Any]) -> None:
