@@ -179,3 +179,15 @@ def test_external_data_outside_the_folder_is_refused(exported, tmp_path, locatio
     onnx.save(model, str(folder / "model.onnx"))
     with pytest.raises(ArtifactError, match="refusing to read"):
         check_onnx(folder / "model.onnx")
+
+
+def test_predict_function_runs_any_runtime_with_the_same_answers(exported) -> None:
+    import leanvision
+
+    files = sorted(exported["data"].glob("*/*.png"))[::4]
+    answers = {runtime: leanvision.predict(exported["folder"], files, top_k=2, runtime=runtime)
+               for runtime in ("torch", "onnx-fp32", "auto")}
+    tops = {r: [a["top"][0]["class"] for a in answers[r]] for r in answers}
+    assert tops["torch"] == tops["onnx-fp32"] == tops["auto"]
+    probs = [a["top"][0]["prob"] for a in answers["onnx-fp32"]]
+    assert probs == pytest.approx([a["top"][0]["prob"] for a in answers["torch"]], abs=1e-4)

@@ -175,6 +175,8 @@ def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files."),
     top_k: int = typer.Option(5, help="Classes to show per image."),
     device: str = typer.Option("auto"),
+    runtime: str = typer.Option("torch", help="torch, auto (the card's recommendation), "
+                                "onnx-fp32 or onnx-int8."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Top-k classes for each image."""
@@ -183,7 +185,7 @@ def predict_cmd(
     failed: list[dict] = []
 
     def call() -> list[dict]:
-        results = predict(artifact, images, top_k=top_k, device=device)
+        results = predict(artifact, images, top_k=top_k, device=device, runtime=runtime)
         failed.extend(r for r in results if "error" in r)
         return results
 

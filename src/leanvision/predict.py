@@ -15,13 +15,23 @@ from .hardware import choose_hardware
 
 
 def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k: int = 5,
-            device: str = "auto", batch_size: int = 64) -> list[dict[str, Any]]:
+            device: str = "auto", batch_size: int = 64,
+            runtime: str = "torch") -> list[dict[str, Any]]:
     """One result per image, in order: {"image", "top": [{"class", "prob"}, ...]}, or
-    {"image", "error"} for a file that is not a usable image (the others still get answers)."""
+    {"image", "error"} for a file that is not a usable image (the others still get answers).
+
+    `runtime`: "torch" (the artifact's PyTorch weights), or any Predictor runtime ("auto" follows
+    the card's recommendation; "onnx-fp32", "onnx-int8" need the exported files)."""
     if not images:
         raise ConfigError("no images given; pass one or more image files")
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be at least 1")
+    if runtime != "torch":
+        from .runtime.predictor import Predictor  # ONNX Runtime only when asked for
+
+        folder = artifact.path if isinstance(artifact, Artifact) else artifact
+        predictor = Predictor.from_artifact(folder, runtime=runtime)
+        return predictor.predict_images(list(images), top_k=top_k, batch_size=batch_size)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
     results: list[dict[str, Any]] = []
     tensors, rows = [], []
