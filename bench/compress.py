@@ -2,6 +2,7 @@
 
 - prune:   resnet20 pruned to <= 50% of its FLOPs (Torch-Pruning, iterative, fine-tuned) loses
            <= 1 point of test top-1, and runs faster in PyTorch and ONNX Runtime;
+- recover: the pruned network distilled from its unpruned parent (prune, then distill);
 - distill: resnet8 trained with the resnet20 teacher (KD and DKD) beats resnet8 trained alone,
            same epochs and settings, by >= 1 point;
 - qat:     INT8 (ONNX Runtime QDQ) test top-1 within 0.5 point of FP32, beside plain
@@ -54,10 +55,26 @@ def main() -> None:
         figures["prune"] = bench_prune(root, base, work / "pruned", args)
     if "distill" in stages:
         figures["distill"] = bench_distill(root, base, work, args)
+    if "recover" in stages:
+        figures["recover"] = bench_recover(root, base, work, args)
     if "qat" in stages:
         figures["qat"] = bench_qat(root, base, work / "qat", args)
     figures["seconds"] = round(time.perf_counter() - started, 1)
-    write_result(args.name, result_record("compress", figures, vars(args)))
+    write_result(args.name, merged(args.name, result_record("compress", figures, vars(args))))
+
+
+def merged(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A run of some stages (--only) keeps the other stages' figures of an earlier run, each
+    with the configuration and time of the run that made it."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return record
+    old = json.loads(path.read_text())
+    stamp = {k: old.get(k) for k in ("config", "git", "time_utc", "command")}
+    figures = {k: {**v, "from_run": stamp} if isinstance(v, dict) and k != "base" else v
+               for k, v in old.get("figures", {}).items() if k not in record["figures"]}
+    record["figures"] = {**figures, **record["figures"]}
+    return record
 
 
 def retime(base: Path, work: Path, args) -> None:
@@ -114,6 +131,28 @@ def bench_prune(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
     print_table("prune: resnet20, 50% of the FLOPs removed", ["model", "test top-1", "MFLOPs",
                 "params", "torch b1 ms", "torch b32 img/s", "ORT b1 ms", "ORT b32 img/s"], rows)
     return result
+
+
+def bench_recover(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
+    """Prune, then distill to recover: the pruned network as the student of its own parent."""
+    pruned = work / "pruned"
+    t0 = time.perf_counter()
+    summary = leanvision.distill(root, base, str(pruned), work / "pruned-kd", loss="kd",
+                                 epochs=args.recover_epochs, lr=1e-3, warmup_epochs=0.0,
+                                 progress=False)
+    base_top1 = leanvision.load(base).card["metrics"]["test"]["top1"]
+    pruned_top1 = leanvision.load(pruned).card["metrics"]["test"]["top1"]
+    top1 = summary["metrics"]["test"]["top1"]
+    print_table("prune, then distill from the unpruned parent",
+                ["model", "test top-1", "drop vs base (points)"],
+                [["base", base_top1, None], ["pruned (fine-tuned)", pruned_top1,
+                                             100 * (base_top1 - pruned_top1)],
+                 [f"pruned + KD ({args.recover_epochs} epochs)", top1,
+                  100 * (base_top1 - top1)]])
+    return {"epochs": args.recover_epochs, "test_top1": top1,
+            "drop_points": 100 * (base_top1 - top1),
+            "flops_fraction": summary["metrics"]["flops"] / leanvision.load(base).card[
+                "metrics"]["flops"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def bench_distill(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
@@ -201,11 +240,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prune-epochs", type=int, default=5, help="fine-tuning epochs per step")
     p.add_argument("--round-to", type=int, default=8,
                    help="keep pruned channel counts multiples of this (1: any width)")
+    p.add_argument("--recover-epochs", type=int, default=10,
+                   help="'recover' stage: epochs of distilling the pruned model from the base")
     p.add_argument("--student", default="resnet8")
     p.add_argument("--distill-epochs", type=int, default=15)
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="threads for timing runs")
-    p.add_argument("--only", default="prune,distill,qat",
+    p.add_argument("--only", default="prune,recover,distill,qat",
                    help="stages to run; 'speed' only re-times a finished run's artifacts")
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--name", default="compress", help="results file name")
