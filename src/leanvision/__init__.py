@@ -28,6 +28,7 @@ _LAZY = {
     "export": "runtime.stage",
     "explain": "explanations",
     "report": "reports",
+    "serve": "serving",
     "bench": "runtime.bench",
     "Predictor": "runtime.predictor",
     "create_model": "models",
@@ -42,7 +43,7 @@ __all__ = [
     "Artifact", "ArtifactError", "ConfigError", "DatasetError", "LeanvisionError", "ModelError",
     "Predictor", "TrainConfig", "__version__", "bench", "compare", "create_model",
     "cross_validate", "distill", "evaluate", "explain", "export", "info", "list_models", "load",
-    "lr_find", "predict", "prune", "quantize", "report", "train",
+    "lr_find", "predict", "prune", "quantize", "report", "serve", "train",
 ]
 
 
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.bench import bench
     from .runtime.predictor import Predictor
     from .runtime.stage import export
+    from .serving import serve
     from .training import TrainConfig, train
     from .training.compare import compare
     from .training.lr_find import lr_find

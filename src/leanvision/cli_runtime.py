@@ -55,3 +55,35 @@ def bench_cmd(
                            warmup=warmup, iterations=iterations, split=split, out=out,
                            console=err_console), as_json,
              lambda r: out_console.print(f"results: {r['path']}"))
+
+
+@app.command("serve")
+def serve_cmd(
+    artifact: Path = typer.Argument(..., help="Artifact folder to serve (the only model the "
+                                    "service ever loads)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs "
+                             "an API key."),
+    port: int = typer.Option(8000),
+    api_key: str | None = typer.Option(None, help="Required key (or LEANVISION_API_KEY); sent "
+                                       "as 'Authorization: Bearer KEY' or 'X-API-Key'."),
+    runtime: str = typer.Option("auto", help="auto (the card's recommendation), onnx-int8, "
+                                "onnx-fp32 or torch."),
+    threads: int | None = typer.Option(None, help="Inference threads (default: physical "
+                                       "cores)."),
+    max_batch: int = typer.Option(32, help="Largest dynamic batch."),
+    max_wait_ms: float = typer.Option(5.0, help="Longest wait to fill a batch."),
+    queue_size: int = typer.Option(256, help="Images waiting beyond this get 503."),
+    timeout_s: float = typer.Option(10.0, help="Per-request timeout (504)."),
+    max_body_mb: float = typer.Option(20.0, help="Request bodies above this get 413."),
+    top_k: int = typer.Option(5, help="Default classes per image."),
+    explain: bool = typer.Option(True, help="Serve /v1/explain (Grad-CAM) too."),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """An HTTP service and a web page for ARTIFACT (FastAPI on uvicorn, dynamic batching)."""
+    from .serving import serve
+
+    run_verb(lambda: serve(artifact, host=host, port=port, api_key=api_key, runtime=runtime,
+                           max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                           timeout_s=timeout_s, max_body_mb=max_body_mb, threads=threads,
+                           top_k=top_k, explain=explain, log_level=log_level), False,
+             lambda r: None)

@@ -1,0 +1,286 @@
+"""`leanvision serve` under load (issue 7's target): 1, 8 and 32 concurrent clients on loopback,
+each sending one image per request as fast as answers come back, against the runtime's own
+batch throughput for the same model measured in the same run.
+
+- the server is `leanvision.serving.serve` in a subprocess (its own interpreter, as in use),
+  bound to 127.0.0.1 with --max-batch / --max-wait-ms / --threads as given;
+- the baseline is `Predictor.run_normalised` at batch --max-batch in this process, before the
+  load starts (the network call alone, as `leanvision bench` times it);
+- each level is bounded: --requests requests or --seconds seconds, whichever comes first, after
+  a short warm-up; figures: requests/s, p50 / p99 latency, errors, and requests/s as a share of
+  the baseline's images/s (target >= 70% at 32 clients with zero errors).
+
+The clients are bare HTTP/1.1 keep-alive connections (asyncio) in this process, so on a small
+machine they compete with the server for the cores; cpu_share_of_others records what else ran
+and server_cpu_ms_per_request what one request costs the server. Images: the first CIFAR-10
+test JPEGs (--images cifar10, the default) or random PNGs at the model's input size
+(--images synthetic, no data needed). Writes bench/results/serve_load.json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from common import REPO, CpuShare, cifar10, console, die, print_table, result_record, write_result
+from PIL import Image
+
+from leanvision.runtime.bench import throughput
+from leanvision.runtime.predictor import Predictor
+
+HOST = "127.0.0.1"  # loopback only: a load generator must never point at someone else
+READY_TIMEOUT_S = 120
+WARMUP_REQUESTS = 20
+TARGET_SHARE = 0.7
+
+
+def main() -> None:
+    args = parse_args()
+    predictor = Predictor.from_artifact(args.artifact, runtime=args.runtime,
+                                        threads=args.threads)
+    images = load_images(args.images, predictor.input_size, args.image_count)
+    baseline = runtime_throughput(predictor, args.max_batch)
+    console.print(f"runtime {predictor.runtime}: {baseline:,.0f} images/s at batch "
+                  f"{args.max_batch} ({args.threads} threads)")
+    runtime_used = predictor.runtime
+    del predictor
+    port = free_port()
+    server = start_server(args, port)
+    levels: dict[str, Any] = {}
+    try:
+        wait_ready(server, port)
+        for clients in [int(c) for c in args.clients.split(",")]:
+            with CpuShare() as share:
+                cpu_before = process_cpu_seconds(server.pid)
+                level = asyncio.run(load_level(port, images, clients, args.requests,
+                                               args.seconds))
+                server_cpu = process_cpu_seconds(server.pid) - cpu_before
+            cores = os.cpu_count() or 1
+            level["cpu_share_of_others"] = round(max(
+                0.0, share.others - server_cpu / (level["seconds"] * cores)), 3)
+            level["share_of_runtime"] = round(level["requests_per_s"] / baseline, 3)
+            # What one request costs the server, all threads together: with the baseline's
+            # cost per image it shows how much of the gap is HTTP and decoding overhead.
+            level["server_cpu_ms_per_request"] = round(
+                1000 * server_cpu / max(level["requests"], 1), 3)
+            levels[str(clients)] = level
+            console.print(f"{clients:>3} clients: {level['requests_per_s']:,.1f} req/s, "
+                          f"p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
+                          f"{level['errors']} errors")
+        levels["server_metrics"] = batch_sizes(port)
+    finally:
+        stop_server(server)
+    figures = {"runtime": runtime_used, "runtime_images_per_s": baseline,
+               "levels": levels, "target": target(levels)}
+    print_table(f"serve under load ({runtime_used}, batch {args.max_batch}, "
+                f"{args.threads} threads)",
+                ["clients", "req/s", "p50 ms", "p99 ms", "errors", "share of runtime"],
+                [[c, v["requests_per_s"], v["p50_ms"], v["p99_ms"], v["errors"],
+                  v["share_of_runtime"]] for c, v in levels.items() if c.isdigit()])
+    write_result(args.name, result_record("serve_load", figures, vars(args)))
+
+
+def runtime_throughput(predictor: Predictor, batch: int) -> float:
+    h, w = predictor.input_size
+    x = np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)
+    return throughput(predictor.run_normalised, x, warmup=5, iterations=30)
+
+
+def load_images(source: str, size: tuple[int, int], count: int) -> list[bytes]:
+    if source == "synthetic":
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(count):
+            buffer = io.BytesIO()
+            pixels = rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            out.append(buffer.getvalue())
+        return out
+    folder = cifar10() / "test" if source == "cifar10" else Path(source)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg",
+                                                                          ".png"))
+    if not files:
+        die(f"no .jpg / .png images under {folder}; pass --images DIR or --images synthetic")
+    # Every class, not only the first folder's: take files spread over the sorted list.
+    step = max(1, len(files) // count)
+    return [p.read_bytes() for p in files[::step][:count]]
+
+
+def multipart_request(port: int, data: bytes) -> bytes:
+    """One whole POST /v1/predict as bytes, built once per image and replayed."""
+    boundary = b"leanvisionbenchboundary"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="i.jpg"\r\nContent-Type: application/octet-stream\r\n\r\n' + data
+            + b"\r\n--" + boundary + b"--\r\n")
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def post_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   request: bytes) -> tuple[int, bytes]:
+    """Send a prepared request on a kept-alive connection; (status, body) of the answer.
+
+    A bare HTTP/1.1 exchange instead of httpx: on a 2-core machine the load generator shares
+    the cores with the server, and httpx spends about a millisecond of CPU per request."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next((int(line.split(":", 1)[1]) for line in lines
+                   if line.lower().startswith("content-length:")), 0)
+    return status, await reader.readexactly(length)
+
+
+async def load_level(port: int, images: list[bytes], clients: int, requests: int,
+                     seconds: float) -> dict[str, Any]:
+    """`clients` connections, each posting one image at a time, until `requests` are answered
+    or `seconds` pass; latencies of the answered ones, errors = non-200 or broken connections."""
+    prepared = [multipart_request(port, data) for data in images]
+    latencies: list[float] = []
+    errors: dict[str, Any] = {"count": 0, "first": None}
+    issued = {"n": 0}
+
+    async def one_client(deadline: float | None, limit: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            while issued["n"] < limit and (deadline is None or time.perf_counter() < deadline):
+                request = prepared[issued["n"] % len(prepared)]
+                issued["n"] += 1
+                t0 = time.perf_counter()
+                try:
+                    status, body = await post_raw(reader, writer, request)
+                    problem = None if status == 200 else f"{status}: {body[:120]!r}"
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                if problem is None:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors["count"] += 1
+                    errors["first"] = errors["first"] or problem
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one_client(None, WARMUP_REQUESTS) for _ in range(clients)))
+    latencies.clear()
+    errors.update(count=0, first=None)
+    issued["n"] = 0
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(started + seconds, requests) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"clients": clients, "requests": len(latencies) + errors["count"],
+            "seconds": round(elapsed, 3),
+            "requests_per_s": round(len(latencies) / elapsed, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "errors": errors["count"], "first_error": errors["first"]}
+
+
+def target(levels: dict[str, Any]) -> dict[str, Any]:
+    top = levels.get("32")
+    if top is None:
+        return {"met": None, "note": "32 clients were not run"}
+    return {"share_at_32": top["share_of_runtime"], "errors_at_32": top["errors"],
+            "goal": f">= {TARGET_SHARE:.0%} with zero errors",
+            "met": top["share_of_runtime"] >= TARGET_SHARE and top["errors"] == 0}
+
+
+def batch_sizes(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://{HOST}:{port}/metrics").text
+    values = {}
+    for line in text.splitlines():
+        for key in ("leanvision_batch_size_sum", "leanvision_batch_size_count"):
+            if line.startswith(key + " "):
+                values[key] = float(line.split()[1])
+    count = values.get("leanvision_batch_size_count", 0)
+    return {"batches": count, "mean_batch": round(values.get("leanvision_batch_size_sum", 0)
+                                                 / count, 2) if count else None}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+    code = ("import sys; from leanvision.serving import serve; "
+            f"serve({str(Path(args.artifact).resolve())!r}, host={HOST!r}, port={port}, "
+            f"runtime={args.runtime!r}, max_batch={args.max_batch}, "
+            f"max_wait_ms={args.max_wait_ms}, threads={args.threads}, explain=False, "
+            "log_level='warning')")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def wait_ready(server: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            die(f"the server exited with code {server.returncode} before it was ready")
+        try:
+            if httpx.get(f"http://{HOST}:{port}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    die(f"the server was not ready within {READY_TIMEOUT_S} s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process and its threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("artifact", help="artifact folder to serve (export / quantize it first for "
+                                    "ONNX Runtime)")
+    p.add_argument("--runtime", default="auto")
+    p.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated")
+    p.add_argument("--requests", type=int, default=2000, help="at most this many per level")
+    p.add_argument("--seconds", type=float, default=30.0, help="at most this long per level")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=2, help="runtime threads (server and "
+                                                          "baseline alike)")
+    p.add_argument("--images", default="cifar10",
+                   help="cifar10 (test JPEGs), synthetic (random PNGs) or a folder")
+    p.add_argument("--image-count", type=int, default=256)
+    p.add_argument("--name", default="serve_load", help="results file name")
+    args = p.parse_args()
+    if args.requests < 1 or args.seconds <= 0:
+        die("--requests must be >= 1 and --seconds > 0")
+    return args
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`leanvision serve ARTIFACT`: the app of app.py on uvicorn, with a graceful SIGTERM.
+
+Shutdown, step by step: the first SIGTERM (or Ctrl-C) turns the gate to draining, so new
+requests get 503 and /readyz fails (a load balancer stops sending); requests in flight finish;
+once none is left (or timeout_s + DRAIN_SLACK_S has passed) uvicorn closes its sockets and the
+batcher finishes its queue. A second Ctrl-C quits at once."""
+
+from __future__ import annotations
+
+import os
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from .app import create_app
+from .limits import Gate, resolve_api_key
+
+DRAIN_SLACK_S = 5.0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose exit signal drains the app before the sockets close."""
+
+    def __init__(self, config: uvicorn.Config, gate: Gate, drain_s: float) -> None:
+        super().__init__(config)
+        self.gate, self.drain_s = gate, drain_s
+        self._drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_deadline is None:
+            # Only flags here: a signal handler must not touch the event loop.
+            self.gate.draining = True
+            self._drain_deadline = time.monotonic() + self.drain_s
+            return  # not re-raised after shutdown: serve() returns, the caller exits normally
+        super().handle_exit(sig, frame)  # a second signal: stop now
+
+    async def on_tick(self, counter: int) -> bool:
+        draining = self._drain_deadline is not None and not self.should_exit
+        if draining and (self.gate.in_flight == 0 or time.monotonic() > self._drain_deadline):
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run_app(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
+            log_level: str = "info") -> None:
+    """Run `app` (from create_app) until SIGTERM / Ctrl-C, draining as described above."""
+    settings = app.state.settings
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, server_header=False,
+        proxy_headers=False, timeout_graceful_shutdown=int(DRAIN_SLACK_S),
+        # Connections beyond this get 503 from uvicorn itself, before any request is parsed.
+        limit_concurrency=settings.queue_size * 2 + 32)
+    DrainingServer(config, app.state.gate, settings.timeout_s + DRAIN_SLACK_S).run()
+
+
+def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, runtime: str = "auto", max_batch: int = 32,
+          max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 10.0,
+          max_body_mb: float = 20.0, threads: int | None = None, top_k: int = 5,
+          explain: bool = True, log_level: str = "info") -> None:
+    """Serve the artifact folder over HTTP until SIGTERM / Ctrl-C.
+
+    Binds 127.0.0.1 unless told otherwise; any other address needs an API key (`api_key` or
+    $LEANVISION_API_KEY), which every endpoint but /healthz and /readyz then requires."""
+    key = resolve_api_key(host, api_key)
+    app = create_app(artifact, api_key=key, runtime=runtime, max_batch=max_batch,
+                     max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
+                     max_body_mb=max_body_mb, threads=threads, top_k=top_k, explain=explain)
+    run_app(app, host=host, port=port, log_level=log_level)
+
+
+__all__ = ["DrainingServer", "create_app", "run_app", "serve"]

@@ -1,0 +1,191 @@
+"""What keeps the service standing: who may call it (API key), how much a caller may send (body
+cap, enforced while the body streams in) and when it stops taking work (draining on SIGTERM).
+
+Each guard is a plain ASGI middleware, so it acts before FastAPI parses or buffers anything."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ..errors import ConfigError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+API_KEY_ENV = "LEANVISION_API_KEY"
+MIN_KEY_LENGTH = 16
+# Health checks come from orchestrators that hold no key; they reveal nothing about the model.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The page is static HTML with no data in it; the browser cannot attach a header to a plain
+# navigation, so it asks for the key itself and sends it on every API call.
+PAGE_PATHS = frozenset({"/"})
+
+
+def resolve_api_key(host: str, api_key: str | None) -> str | None:
+    """The key to require (the argument, else $LEANVISION_API_KEY), or None on loopback.
+
+    Binding a non-loopback address without a key would expose the model to the network
+    unauthenticated, so it is refused."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if key is not None and len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(f"--api-key is {len(key)} characters; use at least {MIN_KEY_LENGTH}, "
+                          "e.g. the output of `python -c 'import secrets; "
+                          "print(secrets.token_urlsafe(24))'`")
+    if key is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} is reachable from other machines, so an API key is "
+                          f"required: pass --api-key KEY or set {API_KEY_ENV}, or bind "
+                          "127.0.0.1 to serve this machine only")
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any],
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value
+    return None
+
+
+class ApiKeyMiddleware:
+    """401 unless `Authorization: Bearer KEY` or `X-API-Key: KEY` matches (constant time)."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.key is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS | PAGE_PATHS:
+            return await self.app(scope, receive, send)
+        if self._authorised(scope):
+            return await self.app(scope, receive, send)
+        await send_json(send, 401, {"detail": "missing or wrong API key; send the header "
+                                              "'Authorization: Bearer KEY' or 'X-API-Key: KEY'"},
+                        [(b"www-authenticate", b'Bearer realm="leanvision"')])
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = _header(scope, b"x-api-key")
+        bearer = _header(scope, b"authorization")
+        if bearer is not None and bearer[:7].lower() == b"bearer ":
+            given = bearer[7:].strip()
+        # compare_digest takes the same time wherever the first differing byte is.
+        return given is not None and hmac.compare_digest(given, self.key)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 once a request body passes `max_bytes`: at once from Content-Length, else (chunked
+    uploads) as soon as the streamed bytes pass the cap, without reading any further."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = {"detail": f"request body over the {self.max_bytes / 2**20:g} MiB cap; send "
+                               "smaller or fewer images (or raise --max-body-mb)"}
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await send_json(send, 413, too_large, [(b"connection", b"close")])
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.max_bytes:
+                    state["over"] = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if state["over"]:
+                return  # the app's reply to the aborted read is replaced by the 413 below
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        with contextlib.suppress(BodyTooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if state["over"] and not state["started"]:
+            await send_json(send, 413, too_large, [(b"connection", b"close")])
+
+
+class Gate:
+    """Counts requests in flight and, once draining (SIGTERM), turns new ones away with 503."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.draining = False
+
+
+class GateMiddleware:
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        if self.gate.draining:
+            return await send_json(send, 503, {"detail": "shutting down; retry on another "
+                                                         "instance or after the restart"},
+                                   [(b"retry-after", b"5"), (b"connection", b"close")])
+        self.gate.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gate.in_flight -= 1
+
+
+class SecurityHeadersMiddleware:
+    """nosniff everywhere, and a page that may load nothing from anywhere but this server."""
+
+    PAGE_POLICY = (b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   b"img-src 'self' blob: data:; connect-src 'self'; form-action 'none'; "
+                   b"frame-ancestors 'none'; base-uri 'none'")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if scope["path"] in PAGE_PATHS:
+                    headers.append((b"content-security-policy", self.PAGE_POLICY))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
