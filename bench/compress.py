@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -166,6 +167,9 @@ def bench_distill(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
     if args.distill_per_class:  # the first N training images of each class, all test images
         root = subset(root, args.distill_per_class, include_test=True)
     common = dict(epochs=args.distill_epochs, progress=False, seed=0)
+    for name in ("student-alone", "student-kd", "student-dkd"):
+        if not (work / name / "model.json").is_file():  # an interrupted run's leftovers
+            shutil.rmtree(work / name, ignore_errors=True)
     runs: dict[str, Any] = {}
     t0 = time.perf_counter()
     alone = leanvision.train(root, work / "student-alone", model=args.student, **common)

@@ -37,13 +37,14 @@ _LAZY = {
     "train": "training",
     "compare": "training.compare",
     "lr_find": "training.lr_find",
+    "optimize": "search",
 }
 
 __all__ = [
     "Artifact", "ArtifactError", "ConfigError", "DatasetError", "LeanvisionError", "ModelError",
     "Predictor", "TrainConfig", "__version__", "bench", "compare", "create_model",
     "cross_validate", "distill", "evaluate", "explain", "export", "info", "list_models", "load",
-    "lr_find", "predict", "prune", "quantize", "report", "serve", "train",
+    "lr_find", "optimize", "predict", "prune", "quantize", "report", "serve", "train",
 ]
 
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.bench import bench
     from .runtime.predictor import Predictor
     from .runtime.stage import export
+    from .search import optimize
     from .serving import serve
     from .training import TrainConfig, train
     from .training.compare import compare

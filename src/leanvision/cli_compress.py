@@ -129,3 +129,50 @@ def quantize_cmd(
                               calibration_images=calibration_images, calibrate=calibrate,
                               max_drop=max_drop, console=err_console, **settings),
              as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))
+
+
+@app.command("optimize")
+def optimize_cmd(
+    data: str = typer.Argument("builtin:digits", help="Folder, CSV file or builtin:digits."),
+    base: Path | None = typer.Option(None, help="A model trained on DATA (default: train one "
+                                     "with the default recipe)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: "
+                                    "runs/optimize/<data>; the same folder resumes)."),
+    max_drop: float = typer.Option(1.0, help="Most validation top-1 points the result may "
+                                   "lose against the base."),
+    max_latency_ms: float | None = typer.Option(None, help="Batch-1 latency limit, measured "
+                                                "here."),
+    max_size_mb: float | None = typer.Option(None, help="Model file size limit."),
+    trials: int = typer.Option(12, help="Finished trials in the study (resumed runs count "
+                               "earlier ones)."),
+    timeout_s: float | None = typer.Option(None, help="Stop starting trials after this."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in "
+                                       "--out); point several workers at one RDB URL."),
+    study_name: str | None = typer.Option(None, help="Study to create or resume."),
+    workers: int = typer.Option(1, help="Local worker processes sharing the storage."),
+    runtime: list[str] | None = typer.Option(None, "--runtime", help="Runtimes to consider "
+                                             "(repeatable; default onnx-fp32 and onnx-int8)."),
+    threads: int | None = typer.Option(None, help="Threads for timing (default: physical "
+                                       "cores)."),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, help="Smaller budgets: a first look in minutes."),
+    explain_images: int = typer.Option(0, help="Explanation gallery size in the report."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The smallest, fastest model that meets the constraints: search pruning, distillation
+    and INT8 together, every candidate measured on this machine."""
+    from .search import optimize
+
+    extra = {"runtimes": tuple(runtime)} if runtime else {}
+    run_verb(lambda: optimize(data, base=base, out=out, max_drop=max_drop,
+                              max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                              trials=trials, timeout_s=timeout_s, storage=storage,
+                              study_name=study_name, workers=workers, threads=threads,
+                              seed=seed, quick=quick, explain_images=explain_images,
+                              console=err_console, **extra), as_json, _show_optimize)
+
+
+def _show_optimize(result: dict[str, Any]) -> None:
+    out_console.print(f"report: {result['report']}")
+    out_console.print(f"chosen: {result['chosen']}")
+    out_console.print(result["statement"])

@@ -1,0 +1,192 @@
+"""`leanvision optimize` on CIFAR-10 (issue 8's targets), from a resnet20 base, max drop 1 point:
+
+- chosen vs the base in FP32 PyTorch: >= 8x smaller (model file) and >= 4x faster (batch-1 p50
+  latency), at <= 1 point of top-1 lost;
+- chosen vs the best single technique alone at the same accuracy budget: INT8 PTQ only, and
+  pruning only (the fastest of 30/50/70% of the FLOPs removed, fine-tuned, FP32 PyTorch or ONNX
+  Runtime, within 1 point): >= 1.5x faster;
+- the search time.
+
+The single techniques are searched the same way (optimize over a one-technique space) and share
+the main search's stage cache, so a model the search already built is not built again. Every
+latency in the comparison is re-measured at the end in one quiet pass (leanvision bench,
+200 calls at batch 1), with the CPU share other processes used meanwhile. Decisions use the
+validation split (10% of the training images); test top-1 is reported beside.
+Writes bench/results/optimize.json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import CpuShare, cifar10, console, print_table, result_record, write_result
+from rich.console import Console
+
+import leanvision
+from leanvision.search import Budget, SearchSpace, optimize
+
+WORK = Path("/tmp/leanvision-bench/optimize")
+QUIET = Console(quiet=True)
+MAX_DROP = 1.0
+
+
+def main() -> None:
+    args = parse_args()
+    root = cifar10()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    base = Path(args.base) if args.base else train_base(root, work / "base-train", args)
+    budget = Budget(finetune_epochs=args.finetune_epochs, kd_epochs=args.kd_epochs,
+                    student_epochs=args.student_epochs, qat_epochs=args.qat_epochs,
+                    calibration_images=args.calibration_images,
+                    bench_iterations=args.bench_iterations,
+                    train_settings={"progress": False})
+    common = dict(base=base, max_drop=MAX_DROP, budget=budget, threads=args.threads)
+
+    t0 = time.perf_counter()
+    search = optimize(root, out=work / "search", trials=args.trials, **common)
+    search_s = time.perf_counter() - t0
+    singles = {
+        "ptq_only": single(root, work, "ptq-only", SearchSpace(
+            prune_ratios=(0.0,), recoveries=("none",), quantizations=("ptq",),
+            runtimes=("onnx-int8",)), 1, common),
+        "prune_only": single(root, work, "prune-only", SearchSpace(
+            prune_ratios=(0.3, 0.5, 0.7), recoveries=("none",), quantizations=("none",),
+            runtimes=("torch", "onnx-fp32")), 6, common),
+    }
+    if not search["candidate"]:
+        console.print(f"[red]no candidate: {search['statement']}[/red]")
+    timed = retime(search, singles, base, args)
+    figures = summarise(search, singles, timed, search_s)
+    print_summary(figures)
+    write_result(args.name, result_record("optimize", figures, vars(args)))
+
+
+def train_base(root: Path, out: Path, args) -> Path:
+    if (out / "model.json").is_file():
+        console.print(f"reusing the base at {out}")
+        return out
+    leanvision.train(root, out, model="resnet20", epochs=args.base_epochs, progress=False)
+    return out
+
+
+def single(root: Path, work: Path, name: str, space: SearchSpace, trials: int,
+           common: dict[str, Any]) -> dict[str, Any]:
+    """One technique alone under the same budget, sharing the main search's stage cache."""
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "stages").exists():
+        (out / "stages").symlink_to((work / "search" / "stages").resolve())
+    return optimize(root, out=out, trials=trials, space=space, **common)
+
+
+def retime(search: dict[str, Any], singles: dict[str, Any], base: Path,
+           args) -> dict[str, Any]:
+    """Batch-1 latency of the base (PyTorch FP32) and each chosen model under its runtime, in
+    one pass with the same settings."""
+    wanted = {"base": (base, "torch")}
+    for name, summary in [("chosen", search), *singles.items()]:
+        if summary["candidate"]:
+            wanted[name] = (Path(summary["candidate"]["artifact"]),
+                            summary["candidate"]["runtime"])
+    timed: dict[str, Any] = {}
+    with CpuShare() as share, tempfile.TemporaryDirectory() as tmp:
+        for name, (folder, runtime) in wanted.items():
+            report = leanvision.bench([folder], runtimes=[runtime], batch=32,
+                                      threads=args.threads, warmup=20, iterations=200,
+                                      out=Path(tmp) / name, console=QUIET)
+            row = report["results"][0]
+            timed[name] = {"artifact": str(folder), "runtime": runtime,
+                           "b1_p50_ms": row["latency_ms"]["p50"],
+                           "b1_p90_ms": row["latency_ms"]["p90"],
+                           "b32_img_s": row["throughput"]["images_per_s"],
+                           "size_bytes": row["size_bytes"]}
+    timed["cpu_share_of_others"] = round(share.others, 3)
+    timed["threads"] = args.threads
+    return timed
+
+
+def summarise(search: dict[str, Any], singles: dict[str, Any], timed: dict[str, Any],
+              search_s: float) -> dict[str, Any]:
+    base = search["base"]
+    figures: dict[str, Any] = {
+        "base": {**base, **timed["base"]}, "search_seconds": round(search_s, 1),
+        "trials": search["trials"], "met": search["met"], "statement": search["statement"],
+        "pareto": search["pareto"], "timing": {k: timed[k] for k in
+                                               ("cpu_share_of_others", "threads")}}
+    for name, summary in [("chosen", search), *singles.items()]:
+        c = summary["candidate"]
+        if not c or name not in timed:
+            figures[name] = None
+            continue
+        figures[name] = {"label": c["label"], "runtime": c["runtime"], "met": summary["met"],
+                         "val_top1": c["val_top1"], "test_top1": c["test_top1"],
+                         "val_drop_points": c["drop_points"],
+                         "test_drop_points": _drop(base["test_top1"], c["test_top1"]),
+                         **timed[name]}
+    chosen = figures["chosen"]
+    if chosen:
+        chosen["vs_base"] = {
+            "size_ratio": round(timed["base"]["size_bytes"] / chosen["size_bytes"], 2),
+            "speedup_b1": round(timed["base"]["b1_p50_ms"] / chosen["b1_p50_ms"], 2)}
+        chosen["vs_single"] = {name: round(figures[name]["b1_p50_ms"] / chosen["b1_p50_ms"], 2)
+                               for name in singles if figures[name] and figures[name]["met"]}
+        chosen["targets"] = {
+            "8x_smaller": chosen["vs_base"]["size_ratio"] >= 8,
+            "4x_faster": chosen["vs_base"]["speedup_b1"] >= 4,
+            "1.5x_faster_than_single": bool(chosen["vs_single"]) and min(
+                chosen["vs_single"].values()) >= 1.5,
+            "within_1_point_val": chosen["val_drop_points"] <= MAX_DROP}
+    return figures
+
+
+def _drop(base: float | None, other: float | None) -> float | None:
+    return None if base is None or other is None else round(100 * (base - other), 3)
+
+
+def print_summary(figures: dict[str, Any]) -> None:
+    rows = []
+    base_ms = figures["base"]["b1_p50_ms"]
+    for name in ("base", "chosen", "ptq_only", "prune_only"):
+        f = figures.get(name)
+        if not f:
+            rows.append([name, None, None, None, None, None, None])
+            continue
+        rows.append([f"{name}: {f.get('label', 'resnet20 fp32 @ torch')}",
+                     f.get("val_top1"), f.get("test_top1"), f["b1_p50_ms"],
+                     base_ms / f["b1_p50_ms"], f["size_bytes"] / 1e6,
+                     figures["base"]["size_bytes"] / f["size_bytes"]])
+    print_table(f"optimize on CIFAR-10, max drop {MAX_DROP} point; search "
+                f"{figures['search_seconds']:.0f} s", ["model", "val top-1", "test top-1",
+                                                      "b1 p50 ms", "x faster", "MB",
+                                                      "x smaller"], rows)
+    console.print(figures["statement"])
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", help="A trained resnet20 artifact, e.g. "
+                   "/tmp/leanvision-bench/runs/resnet20-base (default: train one)")
+    p.add_argument("--base-epochs", type=int, default=30)
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--finetune-epochs", type=int, default=5, help="after pruning")
+    p.add_argument("--kd-epochs", type=int, default=5, help="distilling a pruned net")
+    p.add_argument("--student-epochs", type=int, default=20, help="distilling resnet8")
+    p.add_argument("--qat-epochs", type=int, default=1)
+    p.add_argument("--calibration-images", type=int, default=300)
+    p.add_argument("--bench-iterations", type=int, default=100,
+                   help="batch-1 calls per candidate during the search")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                   help="threads for training and timing")
+    p.add_argument("--work", default=str(WORK))
+    p.add_argument("--name", default="optimize", help="results file name")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""`leanvision.optimize`: the smallest, fastest model that meets the user's constraints.
+
+    data (+ base) ─ trials: pipeline from the space ─ stages (cached) ─ bench on this CPU
+                 ─ Optuna study (accuracy ↑, latency ↓, size ↓) ─ Pareto front ─ choice
+                 ─ OUT/chosen (ONNX exported), report.html, pareto.json, search.json
+
+Resuming. The study lives in an Optuna storage (default sqlite:///OUT/optuna.db, study name
+from the data and the base). Running the same command again loads it and runs only the trials
+still missing; a trial left RUNNING by a process that died on this host is marked failed, and
+its finished stages are reused (an unfinished stage folder is rebuilt).
+
+Several machines. Every worker runs the same command against one RDB storage URL that all can
+reach, e.g. PostgreSQL (`pip install psycopg2-binary`):
+
+    leanvision optimize DATA --base BASE --storage postgresql://user@db-host/optuna \\
+        --study-name my-search --out /shared/search --trials 40
+
+on each machine. Pass the same --base (a copy is fine: it is identified by the hash of its
+weights) and the same --study-name; `--trials` is the total for the whole study, so workers
+stop together. With --out on a shared file system, workers also share the stage cache
+(a stage is built once; a lock file says who builds it). Each machine measures latency on its
+own CPU, so use machines of the kind the model will run on. The last worker to finish (or any
+later run of the same command with nothing left to do) writes the report and chosen artifact
+from the whole study. `workers=N` on one machine starts N local processes on one storage
+(SQLite is fine there); they share the cores, so their timings are noisier than one worker's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from rich.console import Console
+
+from ..artifact import read_card
+from ..data import load_data
+from ..data.partition import partition
+from ..errors import ConfigError, LeanvisionError
+from .constraints import Constraints
+from .objective import Objective, SearchContext, shipped_top1
+from .output import finish
+from .space import Budget, SearchSpace, default_students
+from .stages import (
+    StageCache,
+    artifact_identity,
+    copy_artifact,
+    host_id,
+    pid_alive,
+    stage_key,
+    train_base,
+)
+
+DEFAULT_RUNTIMES = ("onnx-fp32", "onnx-int8")
+DIRECTIONS = ("maximize", "minimize", "minimize")  # val top-1, latency ms, size MB
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S = 60  # an RDB worker that stops beating this long (x2) has its trial failed
+SQLITE_WAIT_S = 60  # workers on one SQLite file wait this long for each other's writes
+
+
+def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Path | None = None,
+             max_drop: float = 1.0, max_latency_ms: float | None = None,
+             max_size_mb: float | None = None, trials: int = 12,
+             timeout_s: float | None = None, storage: str | None = None,
+             study_name: str | None = None, workers: int = 1,
+             runtimes: tuple[str, ...] | list[str] = DEFAULT_RUNTIMES,
+             threads: int | None = None, seed: int = 0, console: Console | None = None,
+             quick: bool = False, budget: Budget | None = None,
+             space: SearchSpace | None = None, explain_images: int = 0) -> dict[str, Any]:
+    """Search pruning, distillation and INT8 pipelines from a base model on DATA for the
+    fastest model within the constraints, measured on this machine.
+
+    `base`: an artifact trained on DATA (default: one is trained with the default recipe into
+    OUT/base). Constraints: `max_drop` validation top-1 points against the base,
+    `max_latency_ms` batch-1 median latency, `max_size_mb` model file size. `trials`: total
+    finished trials the study should hold (a rerun continues up to it); `timeout_s` stops this
+    run earlier. `storage`/`study_name`: the Optuna study (default sqlite:///OUT/optuna.db).
+    `workers`: local worker processes. `runtimes`: those candidates may use (torch, onnx-fp32,
+    onnx-int8). `threads`: benchmark threads (default: the physical cores). `quick` (or an
+    explicit `budget`): stage budgets; `space`: the search space (default: see space.py).
+    Returns {"report", "chosen", "pareto", "met", "statement", "trials", "seconds",
+    "storage", ...}."""
+    started = time.perf_counter()
+    console = console or Console(stderr=True)
+    constraints = Constraints(max_drop, max_latency_ms, max_size_mb)
+    _check_run_settings(trials, timeout_s, workers, threads, explain_images)
+    if quick and budget is not None:
+        raise ConfigError("pass either quick=True or a budget, not both (quick is a budget)")
+    budget = budget or (Budget.quick() if quick else Budget())
+    if space is not None and tuple(runtimes) not in (DEFAULT_RUNTIMES, space.runtimes):
+        raise ConfigError("pass the runtimes inside the search space when giving one "
+                          f"(space.runtimes={space.runtimes}, runtimes={tuple(runtimes)})")
+    data_spec = str(data)
+    source = load_data(data_spec)
+    data_id = _data_id(data_spec, source)
+    if base is not None:
+        _check_base(Path(base), source.classes, data_spec)
+    out_dir = Path(out) if out is not None else Path("runs") / "optimize" / _slug(data_spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    base_folder, base_id = _base(base, data_spec, data_id, out_dir, budget, console)
+    _, base_card = read_card(base_folder)
+    base_val = shipped_top1(base_card, "torch", "val")
+    if base_val is None:
+        raise ConfigError(f"the base {base_folder} has no validation top-1 in its card; optimize "
+                          "decides on validation accuracy: train the base with --val-fraction "
+                          "above 0 (or data with a val/ split)")
+    config = base_card.get("config", {})
+    split = {"val_fraction": float(config.get("val_fraction", 0.1)),
+             "seed": int(config.get("seed", 0))}
+    n_train = len(partition(source, split["val_fraction"], split["seed"]).train)
+    space = space or SearchSpace(runtimes=tuple(runtimes), students=default_students(
+        base_card["arch"], min(base_card["input"]["size"])))
+    ctx = SearchContext(data=data_spec, data_id=data_id, out=out_dir, base=base_folder,
+                        base_id=base_id, base_val=base_val, n_train=n_train, split=split,
+                        constraints=constraints, space=space, budget=budget, threads=threads)
+
+    storage_url = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
+    study_name = study_name or default_study_name(data_spec, base_id, space)
+    console.print(f"optimize {data_spec}: study '{study_name}' in {_masked(storage_url)}; "
+                  f"{space.size()} pipelines in the space; base val top-1 "
+                  f"{100 * base_val:.2f}%; {_limits_line(constraints)}")
+    with _quiet_optuna():
+        study = optuna.create_study(storage=_storage(storage_url), study_name=study_name,
+                                    directions=list(DIRECTIONS), load_if_exists=True,
+                                    sampler=_sampler(seed, trials))
+        _check_space(study, space)
+        recovered = recover_interrupted(study)
+        for number in recovered:
+            console.print(f"trial {number} was left running by a stopped worker: marked failed "
+                          "(its finished stages are reused)")
+        if not study.get_trials(deepcopy=False):
+            for pipeline in space.anchors():
+                study.enqueue_trial(pipeline.params(), skip_if_exists=True)
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        remaining = max(0, trials - done)
+        if remaining:
+            console.print(f"{done} trial(s) finished before; running {remaining} more"
+                          + (f" on {workers} workers" if workers > 1 else ""))
+            job = WorkerJob(ctx, storage_url, study_name, seed, remaining, trials, timeout_s,
+                            torch.get_num_threads())
+            waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            run_workers(job, workers, console, queued=waiting)
+        else:
+            console.print(f"the study already holds {done} finished trial(s) (--trials "
+                          f"{trials}); writing the results")
+    summary = finish(study, ctx, storage_url=_masked(storage_url), data=data_spec,
+                     explain_images=explain_images, console=console)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["study"] = study_name
+    return summary
+
+
+# ---- workers ---------------------------------------------------------------------------------
+
+@dataclass
+class WorkerJob:
+    """One local worker's instructions; plain values, so it pickles to a spawned process."""
+
+    ctx: SearchContext
+    storage: str
+    study_name: str
+    seed: int
+    n_trials: int  # this worker's share
+    total: int  # finished trials the whole study should reach
+    timeout_s: float | None
+    torch_threads: int
+
+
+def run_workers(job: WorkerJob, workers: int, console: Console, queued: int = 0) -> None:
+    """This process plus `workers - 1` spawned ones, each with its share of the trials, all on
+    one storage. They start together (a barrier), so every one of them contributes.
+
+    The `queued` (enqueued) trials run here first, alone: SQLite has no row locks, so two
+    workers popping the same waiting trial would both run it."""
+    if workers > 1 and queued:
+        first = min(queued, job.n_trials)
+        run_worker(replace(job, n_trials=first), console)
+        job = replace(job, n_trials=job.n_trials - first)
+    shares = [job.n_trials // workers + (1 if i < job.n_trials % workers else 0)
+              for i in range(workers)]
+    shares = [s for s in shares if s]
+    if not shares:
+        return
+    threads = max(1, job.torch_threads // len(shares))
+    if len(shares) == 1:
+        run_worker(replace(job, torch_threads=threads), console)
+        return
+    spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    barrier = spawn.Barrier(len(shares))
+    procs = [spawn.Process(target=_worker_process, args=(
+        replace(job, n_trials=share, seed=job.seed + i, torch_threads=threads), barrier),
+        name=f"leanvision-optimize-{i}", daemon=False) for i, share in enumerate(shares[1:], 1)]
+    for p in procs:
+        p.start()
+    try:
+        run_worker(replace(job, n_trials=shares[0], torch_threads=threads), console, barrier)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for p in procs:
+            p.join()
+    for p in procs:
+        if p.exitcode:
+            console.print(f"[red]worker {p.name} stopped with exit code {p.exitcode}[/red]; "
+                          "its unfinished trial is failed on the next run")
+
+
+def run_worker(job: WorkerJob, console: Console, barrier: Any = None) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(job.torch_threads)
+    try:
+        with _quiet_optuna():
+            study = optuna.load_study(study_name=job.study_name, storage=_storage(job.storage),
+                                      sampler=_sampler(job.seed, job.total))
+            if barrier is not None:
+                # A worker that never comes breaks the barrier; the others go on without it.
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait(timeout=300)
+            study.optimize(Objective(job.ctx, console), n_trials=job.n_trials,
+                           timeout=job.timeout_s, catch=(LeanvisionError,),
+                           callbacks=[MaxTrialsCallback(job.total, states=FINISHED)])
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_process(job: WorkerJob, barrier: Any) -> None:
+    run_worker(job, Console(stderr=True), barrier)
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose worker process on this host is gone (a killed run); trials
+    of live workers, here or elsewhere, are left alone (the RDB heartbeat covers other hosts)."""
+    host = host_id()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
+            study._storage.set_trial_user_attr(  # noqa: SLF001 - no public setter on a frozen trial
+                t._trial_id, "error", f"interrupted: worker {owner_host}:{pid} stopped "  # noqa: SLF001
+                "before the trial finished; marked failed when the search resumed")
+            study.tell(t.number, state=TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
+# ---- the base --------------------------------------------------------------------------------
+
+def _check_base(base: Path, classes: list[str], data_spec: str) -> None:
+    _, card = read_card(base)
+    if list(card["classes"]) != list(classes):
+        raise ConfigError(f"--base {base} is a base artifact from other data: its classes "
+                          f"({_names(card['classes'])}) are not those of {data_spec} "
+                          f"({_names(classes)}). Pass an artifact trained on {data_spec}, or "
+                          "leave --base out to train one")
+
+
+def _base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Path, budget: Budget,
+          console: Console) -> tuple[Path, str]:
+    """OUT/base: a copy of --base (so that exports and measurements stay inside OUT), or a
+    base trained with the default recipe; either is made once and reused on resume."""
+    folder = out_dir / "base"
+    cache = StageCache(out_dir / "stages")
+    if base is not None:
+        identity = artifact_identity(base)
+        run = cache.run("base", "external", {"identity": identity},
+                        lambda f: copy_artifact(Path(base), f), folder=folder)
+        console.print(f"base: {base} ({identity[:19]}), copied to {folder}")
+        return folder, run.key
+    settings = dict(budget.base_settings)
+    console.print(f"base: training with the default recipe into {folder} (once)")
+    run = cache.run("train", "data", {"data": data_id, "settings": settings},
+                    lambda f: train_base(data_spec, f, settings), folder=folder)
+    console.print(f"base: {'reused' if run.cached else f'trained in {run.seconds:.0f} s'}")
+    return folder, run.key
+
+
+def _data_id(spec: str, source) -> str:
+    counts = [len(r) for r in (source.train, source.val, source.test) if r is not None]
+    return f"{spec}|{stage_key('', 'classes', {'c': list(source.classes)})[:8]}|{counts}"
+
+
+def default_study_name(data_spec: str, base_id: str, space: SearchSpace) -> str:
+    """From the data, the base and the space: Optuna cannot change a parameter's choices
+    within a study, so another space is another study (its stages still come from the cache)."""
+    space_id = stage_key("", "space", space.to_dict())[:6]
+    return f"leanvision-{_slug(data_spec)}-{base_id.split(':')[-1][:8]}-{space_id}"
+
+
+def _check_space(study: optuna.Study, space: SearchSpace) -> None:
+    """A study remembers its space; a named study reused with another one is refused in words
+    (Optuna would fail mid-trial on the changed choices)."""
+    wanted = json.loads(json.dumps(space.to_dict()))
+    found = study.user_attrs.get("space")
+    if found is None:
+        study.set_user_attr("space", wanted)
+    elif found != wanted:
+        raise ConfigError(f"study '{study.study_name}' was searched over another space "
+                          f"({found}); pass another --study-name, or the same runtimes and "
+                          "space as before")
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+def _check_run_settings(trials: int, timeout_s: float | None, workers: int,
+                        threads: int | None, explain_images: int) -> None:
+    if trials < 1:
+        raise ConfigError(f"--trials {trials} must be at least 1")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ConfigError(f"--timeout-s {timeout_s} must be a positive number of seconds")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be at least 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads} must be at least 1")
+    if explain_images < 0:
+        raise ConfigError(f"--explain-images {explain_images} must be 0 or more")
+
+
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": SQLITE_WAIT_S}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                          heartbeat_interval=HEARTBEAT_S)
+
+
+def _sampler(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # group=True: conditional parameters (recovery only after pruning, ...) get their own
+        # joint model instead of falling back to independent sampling.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          n_startup_trials=max(4, min(10, trials // 2)))
+
+
+class _quiet_optuna:
+    """Optuna's per-trial INFO lines would repeat what the search prints itself."""
+
+    def __enter__(self) -> None:
+        self.before = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        optuna.logging.set_verbosity(self.before)
+
+
+def _masked(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given, minus credentials
+        return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _slug(spec: str) -> str:
+    name = Path(spec.replace("builtin:", "")).name or "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
+                                       else "")
+
+
+def _limits_line(c: Constraints) -> str:
+    parts = [f"max drop {c.max_drop:g} points"]
+    if c.max_latency_ms is not None:
+        parts.append(f"max latency {c.max_latency_ms:g} ms")
+    if c.max_size_mb is not None:
+        parts.append(f"max size {c.max_size_mb:g} MB")
+    return ", ".join(parts)

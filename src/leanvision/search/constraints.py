@@ -1,0 +1,182 @@
+"""What the user asks of the optimized model, and the choice among measured candidates: the
+fastest candidate that meets every constraint, or a plain statement of which constraint cannot
+be met, with the closest candidate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+# Measured figures are compared with this slack, so 1.0 points is within a budget of 1.0.
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_drop: float = 1.0  # validation top-1 points the model may lose against the base
+    max_latency_ms: float | None = None  # batch-1 median latency on this machine
+    max_size_mb: float | None = None  # the model file the runtime loads
+
+    def __post_init__(self) -> None:
+        _positive("--max-drop", self.max_drop, "top-1 points you accept losing, e.g. "
+                  "--max-drop 1.0; every compression costs some accuracy, so with no budget "
+                  "only the base itself would qualify")
+        if self.max_drop > 100:
+            raise ConfigError(f"--max-drop {self.max_drop} is more than 100 points; it is in "
+                              "points of top-1 accuracy, e.g. --max-drop 1.0")
+        _positive("--max-latency-ms", self.max_latency_ms, "batch-1 latency in milliseconds, "
+                  "e.g. --max-latency-ms 2, or leave it out")
+        _positive("--max-size-mb", self.max_size_mb, "model file size in megabytes, e.g. "
+                  "--max-size-mb 5, or leave it out")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive(flag: str, value: float | None, what: str) -> None:
+    if value is None:
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number) or number <= 0:
+        kind = "zero" if number == 0 else "below zero" if number < 0 else "not a number"
+        raise ConfigError(f"{flag} {value} is a budget of {kind}: no model can meet it. Pass "
+                          f"the {what}")
+
+
+@dataclass
+class Candidate:
+    """One measured pipeline: its artifact, the runtime it ships with, and its figures."""
+
+    trial: int
+    label: str
+    artifact: str
+    runtime: str
+    val_top1: float
+    latency_ms: float
+    size_mb: float
+    test_top1: float | None = None
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    def drop_points(self, base_val: float) -> float:
+        return round((base_val - self.val_top1) * 100, 4)
+
+    def to_dict(self, base_val: float | None = None) -> dict[str, Any]:
+        record = asdict(self)
+        if base_val is not None:
+            record["drop_points"] = self.drop_points(base_val)
+        return record
+
+
+def misses(c: Candidate, base_val: float, cons: Constraints) -> dict[str, float]:
+    """By how much `c` misses each constraint it misses (points, ms, MB)."""
+    found = {}
+    drop = c.drop_points(base_val)
+    if drop > cons.max_drop + EPS:
+        found["max_drop"] = drop - cons.max_drop
+    if cons.max_latency_ms is not None and c.latency_ms > cons.max_latency_ms + EPS:
+        found["max_latency_ms"] = c.latency_ms - cons.max_latency_ms
+    if cons.max_size_mb is not None and c.size_mb > cons.max_size_mb + EPS:
+        found["max_size_mb"] = c.size_mb - cons.max_size_mb
+    return found
+
+
+def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates no other beats on accuracy, latency and size at once (one per artifact
+    and runtime), fastest first."""
+    unique: dict[tuple[str, str], Candidate] = {}
+    for c in candidates:
+        unique.setdefault((c.artifact, c.runtime), c)
+    pool = list(unique.values())
+
+    def dominates(a: Candidate, b: Candidate) -> bool:
+        no_worse = (a.val_top1 >= b.val_top1 and a.latency_ms <= b.latency_ms
+                    and a.size_mb <= b.size_mb)
+        better = (a.val_top1 > b.val_top1 or a.latency_ms < b.latency_ms
+                  or a.size_mb < b.size_mb)
+        return no_worse and better
+
+    front = [c for c in pool if not any(dominates(o, c) for o in pool if o is not c)]
+    return sorted(front, key=lambda c: (c.latency_ms, c.size_mb, -c.val_top1))
+
+
+@dataclass
+class Choice:
+    chosen: Candidate | None
+    met: bool
+    statement: str
+
+
+def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> Choice:
+    """The fastest candidate meeting every constraint (ties: smaller, then more accurate);
+    otherwise the closest one and a statement of what cannot be met."""
+    if not candidates:
+        return Choice(None, False, "no candidate was measured, so none can be chosen")
+    meeting = [c for c in candidates if not misses(c, base_val, cons)]
+    if meeting:
+        best = min(meeting, key=lambda c: (c.latency_ms, c.size_mb, -c.val_top1))
+        return Choice(best, True, f"{best.label} meets every constraint ({_figures(best, base_val)}"
+                                  f"; {_limits(cons)}) and is the fastest that does")
+    closest = min(candidates, key=lambda c: (_shortfall(c, base_val, cons), c.latency_ms))
+    reasons = _impossible(candidates, base_val, cons)
+    if not reasons:
+        reasons = ["no candidate meets them together"]
+    missed = misses(closest, base_val, cons)
+    gaps = ", ".join(f"{_NAMES[k]} by {v:.3g} {_UNITS[k]}" for k, v in missed.items())
+    statement = (f"No candidate meets every constraint ({_limits(cons)}): "
+                 + "; ".join(reasons)
+                 + f". Closest: {closest.label} ({_figures(closest, base_val)}), which misses "
+                 + gaps + ".")
+    return Choice(closest, False, statement)
+
+
+_NAMES = {"max_drop": "max-drop", "max_latency_ms": "max-latency-ms",
+          "max_size_mb": "max-size-mb"}
+_UNITS = {"max_drop": "points", "max_latency_ms": "ms", "max_size_mb": "MB"}
+
+
+def _impossible(candidates: list[Candidate], base_val: float, cons: Constraints) -> list[str]:
+    """One sentence per constraint that no candidate meets even alone, with the best value."""
+    reasons = []
+    by_name = {name: [c for c in candidates if name not in misses(c, base_val, cons)]
+               for name in _NAMES}
+    if not by_name["max_drop"]:
+        best = max(candidates, key=lambda c: c.val_top1)
+        reasons.append(f"--max-drop {cons.max_drop:g} cannot be met: the most accurate "
+                       f"candidate loses {best.drop_points(base_val):.2f} points ({best.label})")
+    if not by_name["max_latency_ms"]:
+        best = min(candidates, key=lambda c: c.latency_ms)
+        reasons.append(f"--max-latency-ms {cons.max_latency_ms:g} cannot be met on this "
+                       f"machine: the fastest candidate takes {best.latency_ms:.3f} ms "
+                       f"({best.label})")
+    if not by_name["max_size_mb"]:
+        best = min(candidates, key=lambda c: c.size_mb)
+        reasons.append(f"--max-size-mb {cons.max_size_mb:g} cannot be met: the smallest "
+                       f"candidate is {best.size_mb:.3f} MB ({best.label})")
+    return reasons
+
+
+def _shortfall(c: Candidate, base_val: float, cons: Constraints) -> float:
+    """How far `c` is from meeting everything, each miss relative to its own limit."""
+    limits = {"max_drop": cons.max_drop, "max_latency_ms": cons.max_latency_ms,
+              "max_size_mb": cons.max_size_mb}
+    return sum(v / limits[k] for k, v in misses(c, base_val, cons).items())
+
+
+def _figures(c: Candidate, base_val: float) -> str:
+    return (f"val top-1 {100 * c.val_top1:.2f}%, drop {c.drop_points(base_val):.2f} points, "
+            f"{c.latency_ms:.3f} ms, {c.size_mb:.3f} MB")
+
+
+def _limits(cons: Constraints) -> str:
+    parts = [f"drop <= {cons.max_drop:g} points"]
+    if cons.max_latency_ms is not None:
+        parts.append(f"latency <= {cons.max_latency_ms:g} ms")
+    if cons.max_size_mb is not None:
+        parts.append(f"size <= {cons.max_size_mb:g} MB")
+    return ", ".join(parts)

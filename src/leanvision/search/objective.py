@@ -1,0 +1,213 @@
+"""The Optuna objective: build a trial's pipeline through the stage cache, measure it with
+`leanvision.bench` on this machine, and return (val top-1, batch-1 latency ms, size MB).
+
+A trial whose trained network is already far below the accuracy budget is abandoned
+(optuna.TrialPruned) before its costlier stages: below base - max_drop - hopeless_margin points
+on validation, later stages (KD, quantisation) rarely win back enough to be worth their time."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rich.console import Console
+
+from ..artifact import read_card
+from ..errors import ArtifactError, LeanvisionError
+from ..hardware import physical_cores
+from ..io import write_json
+from .constraints import Constraints
+from .space import INT8_RUNTIME, Budget, Pipeline, SearchSpace
+from .stages import (
+    QUIET,
+    StageCache,
+    distill_stage,
+    ensure_onnx,
+    prune_stage,
+    ptq_stage,
+    qat_stage,
+    stage_key,
+    worker_id,
+)
+
+
+@dataclass
+class SearchContext:
+    """Everything a worker needs to run trials; plain values, so it pickles to a process."""
+
+    data: str
+    data_id: str  # what the data is (spec, classes, image count), part of every stage key
+    out: Path
+    base: Path
+    base_id: str
+    base_val: float
+    n_train: int
+    split: dict[str, Any]  # the base's val_fraction and seed: every stage holds out the same
+    constraints: Constraints
+    space: SearchSpace
+    budget: Budget
+    threads: int | None  # benchmark threads; None: the physical cores
+
+
+def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None:
+    """Top-1 of what runs under `runtime`: the INT8 file's for onnx-int8, else the network's
+    (ONNX FP32 is parity-checked against it at export)."""
+    metrics = card.get("metrics", {})
+    scored = metrics.get("int8", {}) if runtime == INT8_RUNTIME else metrics
+    entry = scored.get(split)
+    return float(entry["top1"]) if isinstance(entry, dict) and "top1" in entry else None
+
+
+def measure(folder: Path, runtime: str, budget: Budget, threads: int | None) -> dict[str, Any]:
+    """Batch-1 latency, size and accuracy of `folder` under `runtime`, measured once per
+    benchmark setting (a duplicate trial reads the figures back)."""
+    from ..runtime.bench import bench
+
+    settings = {"batch": budget.bench_batch, "warmup": budget.bench_warmup,
+                "iterations": budget.bench_iterations, "threads": threads or physical_cores()}
+    path = folder / f"measure-{runtime}-{stage_key('', 'bench', settings)[:8]}.json"
+    if path.is_file():
+        return {**json.loads(path.read_text(encoding="utf-8")), "cached": True}
+    if runtime == "onnx-fp32":
+        ensure_onnx(folder)
+    with tempfile.TemporaryDirectory(prefix="leanvision-measure-") as scratch:
+        result = bench([folder], runtimes=[runtime], out=scratch, console=QUIET, **settings)
+    row = result["results"][0]
+    if "latency_ms" not in row:
+        raise ArtifactError(f"{folder} holds no model file for {runtime}; rebuild the stage")
+    _, card = read_card(folder)
+    figures = {"val_top1": shipped_top1(card, runtime, "val"),
+               "test_top1": shipped_top1(card, runtime, "test"),
+               "latency_ms": row["latency_ms"]["p50"], "size_mb": row["size_bytes"] / 1e6,
+               "bench": row, "settings": settings, "load_average": result["load_average"]}
+    if figures["val_top1"] is None:
+        raise ArtifactError(f"{folder} has no validation top-1 in its card; optimize decides on "
+                            "validation accuracy, so the base must hold out a validation split")
+    write_json(path, figures)
+    return {**figures, "cached": False}
+
+
+class Objective:
+    """objective(trial) -> (val top-1, latency ms, size MB) for study.optimize."""
+
+    def __init__(self, ctx: SearchContext, console: Console,
+                 on_stage_run: Callable[[str], None] | None = None) -> None:
+        self.ctx, self.console = ctx, console
+        self.cache = StageCache(ctx.out / "stages", on_run=on_stage_run)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        started = time.perf_counter()
+        pipeline = self.ctx.space.suggest(trial)
+        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("pipeline", pipeline.to_dict())
+        trial.set_user_attr("label", pipeline.label())
+        self.console.print(f"trial {trial.number}: {pipeline.label()}")
+        stages: list[dict[str, Any]] = []
+        try:
+            folder = self._build(trial, pipeline, stages)
+            figures = measure(folder, pipeline.runtime, self.ctx.budget, self.ctx.threads)
+        except LeanvisionError as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("error", message)
+            self.console.print(f"  [red]failed[/red]: {message}")
+            raise
+        figures = {k: v for k, v in figures.items() if k != "bench"}
+        trial.set_user_attr("artifact", self._relative(folder))
+        trial.set_user_attr("figures", figures)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+        drop = (self.ctx.base_val - figures["val_top1"]) * 100
+        self.console.print(
+            f"  → val top-1 {100 * figures['val_top1']:.2f}% (drop {drop:.2f}), "
+            f"{figures['latency_ms']:.3f} ms, {figures['size_mb']:.3f} MB"
+            f"{' (measured before)' if figures['cached'] else ''} · "
+            f"{time.perf_counter() - started:.0f} s")
+        return figures["val_top1"], figures["latency_ms"], figures["size_mb"]
+
+    def _build(self, trial: optuna.Trial, p: Pipeline, stages: list[dict[str, Any]]) -> Path:
+        ctx, budget = self.ctx, self.ctx.budget
+        settings = dict(budget.train_settings)
+        common = {"data": ctx.data_id, "settings": settings}
+        state: dict[str, Any] = {"folder": ctx.base, "id": ctx.base_id, "chain": []}
+
+        def step(name: str, config: dict[str, Any], build: Callable[[Path, Path], None]) -> None:
+            parent = state["folder"]
+            config = {**common, **config}
+            # Folder names spell the chain (prune50-kd-ptq-<key>), so the report reads well.
+            chain = [*state["chain"], name]
+            folder = self.cache.folder("-".join(chain), stage_key(state["id"], name, config))
+            run = self.cache.run(name, state["id"], config, lambda f: build(parent, f),
+                                 folder=folder)
+            stages.append({**run.to_dict(), "folder": self._relative(run.folder)})
+            trial.set_user_attr("stages", stages)
+            val = shipped_top1(read_card(run.folder)[1], "torch", "val")
+            self.console.print(f"  {name}: {'cached' if run.cached else f'{run.seconds:.0f} s'}"
+                               + (f", val top-1 {100 * val:.2f}%" if val is not None else ""))
+            state.update(folder=run.folder, id=run.key, chain=chain)
+
+        if p.source != "base":
+            epochs = budget.epochs("student", ctx.n_train)
+            step(f"student-{p.source}", {"student": p.source, "epochs": epochs,
+                                         "split": ctx.split},
+                 lambda _, f: distill_stage(ctx.base, p.source, ctx.data, f, epochs=epochs,
+                                            split=ctx.split, settings=settings, gentle=False))
+            self._check_hopeless(trial, state["folder"], f"the {p.source} student",
+                                 later=p.quant != "none")
+        elif p.prune_ratio:
+            epochs = budget.epochs("finetune", ctx.n_train)
+            step(f"prune{round(100 * p.prune_ratio)}", {"ratio": p.prune_ratio, "epochs": epochs},
+                 lambda parent, f: prune_stage(parent, ctx.data, f, ratio=p.prune_ratio,
+                                               epochs=epochs, settings=settings))
+            self._check_hopeless(trial, state["folder"], "the pruned, fine-tuned network",
+                                 later=p.recovery != "none" or p.quant != "none")
+            if p.recovery == "kd":
+                kd_epochs = budget.epochs("kd", ctx.n_train)
+                step("kd", {"teacher": ctx.base_id, "epochs": kd_epochs, "split": ctx.split},
+                     lambda parent, f: distill_stage(ctx.base, parent, ctx.data, f,
+                                                     epochs=kd_epochs, split=ctx.split,
+                                                     settings=settings, gentle=True))
+                self._check_hopeless(trial, state["folder"], "the distilled pruned network",
+                                     later=p.quant != "none")
+        if p.quant == "ptq":
+            # The guard gets what the earlier stages left of the budget (at least 0.1 point).
+            parent_val = shipped_top1(read_card(state["folder"])[1], "torch", "val") or 0.0
+            spent = (ctx.base_val - parent_val) * 100
+            max_drop = round(max(0.1, ctx.constraints.max_drop - spent), 2)
+            step("ptq", {"max_drop": max_drop, "calibration_images": budget.calibration_images},
+                 lambda parent, f: ptq_stage(parent, ctx.data, f, max_drop=max_drop,
+                                             calibration_images=budget.calibration_images,
+                                             timing_runs=budget.ptq_timing_runs,
+                                             threads=ctx.threads))
+        elif p.quant == "qat":
+            step("qat", {"epochs": budget.qat_epochs,
+                         "calibration_images": budget.calibration_images},
+                 lambda parent, f: qat_stage(parent, ctx.data, f, epochs=budget.qat_epochs,
+                                             calibration_images=budget.calibration_images,
+                                             settings=settings))
+        return state["folder"]
+
+    def _relative(self, folder: Path) -> str:
+        return os.path.relpath(folder, self.ctx.out)
+
+    def _check_hopeless(self, trial: optuna.Trial, folder: Path, what: str,
+                        later: bool) -> None:
+        if not later:
+            return  # nothing costly follows; the measurement itself is cheap
+        ctx = self.ctx
+        val = shipped_top1(read_card(folder)[1], "torch", "val")
+        margin = ctx.constraints.max_drop + ctx.budget.hopeless_margin
+        if val is None or val >= ctx.base_val - margin / 100:
+            return
+        reason = (f"{what} reaches val top-1 {100 * val:.2f}%, more than max-drop "
+                  f"{ctx.constraints.max_drop:g} + a margin of {ctx.budget.hopeless_margin:g} "
+                  f"points below the base's {100 * ctx.base_val:.2f}%; abandoned before the "
+                  "costlier stages")
+        trial.set_user_attr("pruned_reason", reason)
+        self.console.print(f"  [yellow]abandoned[/yellow]: {reason}")
+        raise optuna.TrialPruned(reason)

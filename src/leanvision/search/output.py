@@ -1,0 +1,222 @@
+"""What `optimize` leaves in OUT once the trials are done: search.json (every trial),
+pareto.json (the front, the choice and the statement), chosen/ (the chosen artifact with
+model.onnx), bench.json (the front's measured rows) and report.html; and the tables it prints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..artifact import CARD_FILE, read_card
+from ..errors import LeanvisionError
+from ..io import write_json
+from .constraints import Candidate, Choice, choose, misses, pareto_front
+from .objective import SearchContext, measure
+from .stages import NOT_SHIPPED, QUIET, ensure_onnx
+
+
+def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: str,
+           explain_images: int, console: Console) -> dict[str, Any]:
+    out = ctx.out
+    trials = study.get_trials(deepcopy=False)
+    candidates = [c for t in trials if (c := candidate(t, out)) is not None]
+    front = pareto_front(candidates)
+    choice = choose(candidates, ctx.base_val, ctx.constraints)
+    if choice.chosen is not None:  # one record per artifact and runtime: the front's
+        key = (choice.chosen.artifact, choice.chosen.runtime)
+        choice.chosen = next((c for c in front if (c.artifact, c.runtime) == key),
+                             choice.chosen)
+    reference = base_reference(ctx)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    counts = {k: v for k, v in counts.items() if v} | {"total": len(trials)}
+    if not candidates:
+        choice.statement = nothing_measured(trials, counts)
+
+    search_path = write_json(out / "search.json", {
+        "study": study.study_name, "storage": storage_url, "data": data,
+        "base": reference, "constraints": ctx.constraints.to_dict(),
+        "space": ctx.space.to_dict(), "budget": ctx.budget.to_dict(), "counts": counts,
+        "trials": [trial_record(t) for t in trials]})
+    chosen_dir = write_chosen(choice, ctx, reference) if choice.chosen else None
+    shown = front + ([choice.chosen] if choice.chosen and choice.chosen not in front else [])
+    bench_path = write_bench(shown, ctx, reference)
+    report_path = write_report(shown, ctx, bench_path, data, explain_images, console)
+    entries = [entry(c, ctx, reference, c is choice.chosen) for c in front]
+    pareto_path = write_json(out / "pareto.json", {
+        "front": entries, "chosen": entry(choice.chosen, ctx, reference, True)
+        if choice.chosen else None, "met": choice.met, "statement": choice.statement,
+        "base": reference, "constraints": ctx.constraints.to_dict()})
+
+    console.print(pareto_table(entries, ctx))
+    console.print(("[green]" if choice.met else "[yellow]") + choice.statement
+                  + ("[/green]" if choice.met else "[/yellow]"))
+    files = {"report": report_path, "chosen": chosen_dir, "pareto": pareto_path,
+             "search": search_path, "bench": bench_path, "storage": storage_url,
+             "stages": out / "stages", "base": ctx.base}
+    console.print(files_table(files))
+    return {"report": str(report_path) if report_path else None,
+            "chosen": str(chosen_dir) if chosen_dir else None,
+            "pareto": entries, "met": choice.met, "statement": choice.statement,
+            "trials": counts, "storage": storage_url,
+            "candidate": entry(choice.chosen, ctx, reference, True) if choice.chosen else None,
+            "base": reference,
+            "files": {k: str(v) if v is not None else None for k, v in files.items()}}
+
+
+def candidate(t: FrozenTrial, out: Path) -> Candidate | None:
+    """The measured candidate of a finished trial (its artifact path is stored relative to
+    OUT, so an OUT folder can move)."""
+    figures = t.user_attrs.get("figures")
+    if t.state != TrialState.COMPLETE or not figures:
+        return None
+    pipeline = t.user_attrs.get("pipeline", {})
+    return Candidate(trial=t.number, label=t.user_attrs.get("label", "?"),
+                     artifact=str(out / t.user_attrs["artifact"]),
+                     runtime=pipeline.get("runtime", "?"),
+                     val_top1=figures["val_top1"], latency_ms=figures["latency_ms"],
+                     size_mb=figures["size_mb"], test_top1=figures.get("test_top1"),
+                     pipeline=pipeline)
+
+
+def nothing_measured(trials: list[FrozenTrial], counts: dict[str, int]) -> str:
+    reasons = [r for t in trials for r in (t.user_attrs.get("error"),
+                                           t.user_attrs.get("pruned_reason")) if r]
+    found = ", ".join(f"{v} {k}" for k, v in counts.items() if k != "total") or "no trials"
+    return (f"No candidate was measured ({found}), so none can be chosen"
+            + (f"; first reason: {reasons[0]}" if reasons else "")
+            + ". Raise --trials or --max-drop, or see search.json")
+
+
+def trial_record(t: FrozenTrial) -> dict[str, Any]:
+    attrs = t.user_attrs
+    seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+               if t.datetime_complete and t.datetime_start else None)
+    return {"number": t.number, "state": t.state.name, "params": t.params,
+            "label": attrs.get("label"), "pipeline": attrs.get("pipeline"),
+            "values": t.values, "figures": attrs.get("figures"),
+            "artifact": attrs.get("artifact"), "stages": attrs.get("stages", []),
+            "worker": attrs.get("worker"), "error": attrs.get("error"),
+            "pruned_reason": attrs.get("pruned_reason"),
+            "start": t.datetime_start.isoformat() if t.datetime_start else None,
+            "seconds": round(seconds, 2) if seconds is not None else None}
+
+
+def base_reference(ctx: SearchContext) -> dict[str, Any]:
+    """The base as it is, in eager PyTorch FP32: what the chosen model is compared with."""
+    figures = measure(ctx.base, "torch", ctx.budget, ctx.threads)
+    return {"artifact": str(ctx.base), "arch": read_card(ctx.base)[1]["arch"],
+            "runtime": "torch", "val_top1": figures["val_top1"],
+            "test_top1": figures["test_top1"], "latency_ms": figures["latency_ms"],
+            "size_mb": figures["size_mb"]}
+
+
+def entry(c: Candidate, ctx: SearchContext, reference: dict[str, Any],
+          chosen: bool) -> dict[str, Any]:
+    record = c.to_dict(ctx.base_val)
+    record["misses"] = misses(c, ctx.base_val, ctx.constraints)
+    record["meets"] = not record["misses"]
+    record["vs_base_torch"] = {
+        "speedup_b1": round(reference["latency_ms"] / c.latency_ms, 3),
+        "size_ratio": round(reference["size_mb"] / c.size_mb, 3)}
+    record["chosen"] = chosen
+    return record
+
+
+def write_chosen(choice: Choice, ctx: SearchContext, reference: dict[str, Any]) -> Path:
+    """OUT/chosen: a copy of the chosen artifact (ONNX exported), its card saying why."""
+    c = choice.chosen
+    assert c is not None
+    source = Path(c.artifact)
+    ensure_onnx(source)
+    target, staging = ctx.out / "chosen", ctx.out / ".chosen.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*NOT_SHIPPED))
+    card = json.loads((staging / CARD_FILE).read_text(encoding="utf-8"))
+    card["recommended_runtime"] = c.runtime
+    card["optimize"] = {"pipeline": c.pipeline, "label": c.label, "trial": c.trial,
+                        "stage_folder": str(source), "met": choice.met,
+                        "statement": choice.statement,
+                        "constraints": ctx.constraints.to_dict(),
+                        "figures": entry(c, ctx, reference, True)}
+    write_json(staging / CARD_FILE, card)
+    old = ctx.out / ".chosen.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def write_bench(shown: list[Candidate], ctx: SearchContext,
+                reference: dict[str, Any]) -> Path:
+    """A bench.json of the measured rows the report shows (the base's eager row unless the
+    base itself is on the front, where the report would prefer it over the front's runtime)."""
+    rows, seen = [], set()
+    for c in shown:
+        if (c.artifact, c.runtime) not in seen:
+            seen.add((c.artifact, c.runtime))
+            rows.append(measure(Path(c.artifact), c.runtime, ctx.budget, ctx.threads)["bench"])
+    if all(Path(c.artifact).resolve() != ctx.base.resolve() for c in shown):
+        rows.append(measure(ctx.base, "torch", ctx.budget, ctx.threads)["bench"])
+    settings = measure(ctx.base, "torch", ctx.budget, ctx.threads)["settings"]
+    return write_json(ctx.out / "bench.json", {"results": rows, "settings": settings})
+
+
+def write_report(shown: list[Candidate], ctx: SearchContext, bench_path: Path, data: str,
+                 explain_images: int, console: Console) -> Path | None:
+    from ..reports import report
+
+    folders = list(dict.fromkeys(c.artifact for c in shown)) or [str(ctx.base)]
+    console.print(f"report: {len(folders)} artifact(s) of the Pareto front")
+    try:
+        result = report(folders, ctx.out / "report.html", data=data, bench=bench_path,
+                        measure=False, explain_images=explain_images, console=QUIET)
+    except LeanvisionError as exc:  # the search results stand without the page
+        console.print(f"[yellow]the report could not be written: {exc}[/yellow]")
+        return None
+    return Path(result["path"])
+
+
+def pareto_table(entries: list[dict[str, Any]], ctx: SearchContext) -> Table:
+    table = Table(title=f"Pareto front: {len(entries)} candidate(s); drop in points against "
+                        f"the base's {100 * ctx.base_val:.2f}% val top-1; speed-up against "
+                        "the base in PyTorch at batch 1", box=box.SIMPLE_HEAD, pad_edge=False)
+    with_test = any(e["test_top1"] is not None for e in entries)
+    columns = ["#", "pipeline", "runtime", "val", "drop", *(["test"] if with_test else []),
+               "ms", "MB", "x faster", "meets"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("pipeline", "runtime", "meets")
+                         else "right", ratio=3 if col == "pipeline" else None, overflow="fold",
+                         no_wrap=col == "runtime")
+    short = {"max_drop": "drop", "max_latency_ms": "latency", "max_size_mb": "size"}
+    for e in entries:
+        test = [f"{100 * e['test_top1']:.2f}" if e["test_top1"] is not None else "-"]
+        table.add_row(str(e["trial"]), e["label"].rsplit(" @ ", 1)[0]
+                      + (" [bold]◀ chosen[/bold]" if e["chosen"] else ""), e["runtime"],
+                      f"{100 * e['val_top1']:.2f}", f"{e['drop_points']:.2f}",
+                      *(test if with_test else []), f"{e['latency_ms']:.3f}",
+                      f"{e['size_mb']:.3f}", f"{e['vs_base_torch']['speedup_b1']:.1f}",
+                      "yes" if e["meets"] else "no: " + ", ".join(short[k] for k in e["misses"]))
+    return table
+
+
+def files_table(files: dict[str, Any]) -> Table:
+    what = {"report": "HTML report of the Pareto front", "chosen": "chosen artifact (ONNX)",
+            "pareto": "Pareto front, choice, statement", "search": "every trial",
+            "bench": "measured rows of the front", "storage": "Optuna study (resume here)",
+            "stages": "stage cache", "base": "base artifact"}
+    table = Table(title="optimize wrote")
+    table.add_column("what")
+    table.add_column("where")
+    for key, value in files.items():
+        table.add_row(what[key], str(value) if value is not None else "- (not written)")
+    return table

@@ -1,0 +1,234 @@
+"""The search space of `optimize`: which pipelines a trial may build, and the budgets of their
+stages.
+
+A candidate pipeline starts from the base artifact and applies, in this order:
+
+    source      "base", or a smaller registry model distilled from the base (KD), e.g. resnet8
+                for small images (`students`; only for a base at <= 64 px, none for large images:
+                a mobile net from scratch rarely beats a pruned, distilled base there)
+    prune       structured channel pruning of the base to keep 1 - ratio of its FLOPs
+                (ratio in {0, 0.3, 0.5, 0.7}; widths multiples of 8; fine-tuned a few epochs)
+    recovery    after pruning: "none" or "kd" (distil the pruned net with the base as teacher)
+    quant       "none" (FP32), "ptq" (static INT8 with an accuracy guard) or "qat" (INT8 after
+                quantisation-aware fine-tuning)
+    runtime     the runtime it is measured and shipped with: torch or onnx-fp32 for FP32,
+                onnx-int8 for INT8 (those named in `runtimes`)
+
+Optuna samples these as conditional parameters (prune only for the base, recovery only after
+pruning, the FP32 runtime only without quantisation), so every trial is one valid pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
+RECOVERIES = ("none", "kd")
+QUANTIZATIONS = ("none", "ptq", "qat")
+RUNTIMES = ("torch", "onnx-fp32", "onnx-int8")
+FP32_RUNTIMES = ("torch", "onnx-fp32")
+INT8_RUNTIME = "onnx-int8"
+SMALL_IMAGE_SIDE = 64
+# Smaller registry students for a small-image base, smallest first.
+SMALL_STUDENTS = ("resnet8",)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One candidate: what a trial builds and the runtime it is measured with."""
+
+    source: str = "base"
+    prune_ratio: float = 0.0
+    recovery: str = "none"
+    quant: str = "none"
+    runtime: str = "onnx-fp32"
+
+    def label(self) -> str:
+        parts = ["base" if self.source == "base" else f"{self.source} (kd from base)"]
+        if self.prune_ratio:
+            parts.append(f"prune {self.prune_ratio:.0%}" + (" + kd" if self.recovery == "kd"
+                                                            else ""))
+        parts.append({"none": "fp32", "ptq": "int8 ptq", "qat": "int8 qat"}[self.quant])
+        return " · ".join(parts) + f" @ {self.runtime}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def params(self) -> dict[str, Any]:
+        """The Optuna parameters that sample exactly this pipeline (for enqueue_trial)."""
+        params: dict[str, Any] = {"source": self.source}
+        if self.source == "base":
+            params["prune_ratio"] = self.prune_ratio
+            if self.prune_ratio:
+                params["recovery"] = self.recovery
+        params["quant"] = self.quant
+        if self.quant == "none":
+            params["runtime"] = self.runtime
+        return params
+
+
+@dataclass
+class SearchSpace:
+    prune_ratios: tuple[float, ...] = PRUNE_RATIOS
+    recoveries: tuple[str, ...] = RECOVERIES
+    students: tuple[str, ...] = ()
+    quantizations: tuple[str, ...] = QUANTIZATIONS
+    runtimes: tuple[str, ...] = ("onnx-fp32", INT8_RUNTIME)
+
+    def __post_init__(self) -> None:
+        self.prune_ratios = tuple(float(r) for r in self.prune_ratios)
+        bad = [r for r in self.prune_ratios if not 0.0 <= r < 1.0]
+        if bad or not self.prune_ratios:
+            raise ConfigError(f"prune ratios must lie in [0, 1) (the share of FLOPs removed), "
+                              f"got {list(self.prune_ratios)}")
+        _subset("recovery", self.recoveries, RECOVERIES)
+        _subset("quantization", self.quantizations, QUANTIZATIONS)
+        _subset("--runtime", self.runtimes, RUNTIMES)
+        if not any(r in FP32_RUNTIMES for r in self.runtimes):
+            # Without an FP32 runtime only INT8 pipelines remain.
+            self.quantizations = tuple(q for q in self.quantizations if q != "none")
+        if INT8_RUNTIME not in self.runtimes:
+            self.quantizations = tuple(q for q in self.quantizations if q == "none")
+        if not self.quantizations:
+            raise ConfigError(f"runtimes {', '.join(self.runtimes)} leave no pipeline: INT8 "
+                              f"needs {INT8_RUNTIME}, FP32 needs torch or onnx-fp32")
+
+    @property
+    def fp32_runtimes(self) -> tuple[str, ...]:
+        return tuple(r for r in self.runtimes if r in FP32_RUNTIMES)
+
+    def suggest(self, trial) -> Pipeline:
+        """Sample one pipeline from an Optuna trial (define-by-run, conditional parameters)."""
+        source = trial.suggest_categorical("source", ("base", *self.students))
+        ratio, recovery = 0.0, "none"
+        if source == "base":
+            ratio = trial.suggest_categorical("prune_ratio", self.prune_ratios)
+            if ratio:
+                recovery = trial.suggest_categorical("recovery", self.recoveries)
+        quant = trial.suggest_categorical("quant", self.quantizations)
+        runtime = (trial.suggest_categorical("runtime", self.fp32_runtimes) if quant == "none"
+                   else INT8_RUNTIME)
+        return Pipeline(source, float(ratio), recovery, quant, runtime)
+
+    def anchors(self) -> list[Pipeline]:
+        """Pipelines every new study starts with: the base as it is (the reference), then one
+        of each technique family, so that even a small budget sees the whole range."""
+        fp32 = self.fp32_runtimes[-1] if self.fp32_runtimes else None
+        int8 = next((q for q in ("ptq", "qat") if q in self.quantizations), None)
+        middle = next((r for r in (0.5, *sorted(self.prune_ratios, reverse=True)) if r
+                       and r in self.prune_ratios), None)
+        wanted: list[Pipeline] = []
+        if fp32 and "none" in self.quantizations:
+            wanted.append(Pipeline(runtime=fp32))
+        if int8:
+            wanted.append(Pipeline(quant=int8, runtime=INT8_RUNTIME))
+        last_quant, last_runtime = (int8, INT8_RUNTIME) if int8 else ("none", fp32)
+        if middle:
+            recovery = "kd" if "kd" in self.recoveries else "none"
+            wanted.append(Pipeline(prune_ratio=middle, recovery=recovery, quant=last_quant,
+                                   runtime=last_runtime))
+        for student in self.students[:1]:
+            wanted.append(Pipeline(source=student, quant=last_quant, runtime=last_runtime))
+        return [p for p in wanted if self.contains(p)]
+
+    def contains(self, p: Pipeline) -> bool:
+        if p.source != "base":
+            ok_source = p.source in self.students and not p.prune_ratio
+        else:
+            ok_source = p.prune_ratio in self.prune_ratios and (
+                p.recovery in self.recoveries if p.prune_ratio else p.recovery == "none")
+        ok_runtime = (p.runtime in self.fp32_runtimes if p.quant == "none"
+                      else p.runtime == INT8_RUNTIME)
+        return ok_source and p.quant in self.quantizations and ok_runtime
+
+    def size(self) -> int:
+        """How many distinct pipelines the space holds."""
+        sources = (sum(len(self.recoveries) if r else 1 for r in self.prune_ratios)
+                   + len(self.students))
+        per_quant = sum(len(self.fp32_runtimes) if q == "none" else 1
+                        for q in self.quantizations)
+        return sources * per_quant
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_students(base_arch: str, input_side: int) -> tuple[str, ...]:
+    """Registry students for a base: smaller CIFAR ResNets for small images, none otherwise."""
+    if input_side > SMALL_IMAGE_SIDE:
+        return ()
+    return tuple(s for s in SMALL_STUDENTS if s != base_arch and _smaller(s, base_arch))
+
+
+def _smaller(student: str, base_arch: str) -> bool:
+    from ..models import create_model
+
+    def params(name: str) -> int:
+        return sum(p.numel() for p in create_model(name, 10).parameters())
+
+    try:
+        return params(student) < params(base_arch)
+    except Exception:  # noqa: BLE001 - a base arch we cannot build again gets no student
+        return False
+
+
+@dataclass
+class Budget:
+    """How much work each stage gets. None: scaled to the training set size (about
+    `*_images` image-steps, within bounds), so small data sets search in minutes."""
+
+    base_settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (base)
+    train_settings: dict[str, Any] = field(default_factory=dict)  # every fine-tune / distill
+    finetune_epochs: int | None = None  # after pruning
+    kd_epochs: int | None = None  # distilling a pruned net from the base
+    student_epochs: int | None = None  # distilling a registry student from scratch
+    qat_epochs: int = 2
+    calibration_images: int = 300
+    ptq_timing_runs: int = 10
+    bench_warmup: int = 10
+    bench_iterations: int = 100
+    bench_batch: int = 8
+    hopeless_margin: float = 2.0  # points below base - max_drop at which a trial is abandoned
+    finetune_images: int = 8_000
+    kd_images: int = 8_000
+    student_images: int = 24_000
+
+    def __post_init__(self) -> None:
+        for name in ("finetune_epochs", "kd_epochs", "student_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.qat_epochs < 1 or self.bench_iterations < 1 or self.bench_batch < 1:
+            raise ConfigError("qat_epochs, bench_iterations and bench_batch must be >= 1")
+        if self.hopeless_margin < 0:
+            raise ConfigError(f"hopeless_margin must be >= 0 points, got {self.hopeless_margin}")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Budget:
+        """A smoke-test budget: a couple of epochs per stage, short timings."""
+        values: dict[str, Any] = dict(finetune_epochs=2, kd_epochs=2, student_epochs=5,
+                                      qat_epochs=1, calibration_images=128, ptq_timing_runs=5,
+                                      bench_warmup=5, bench_iterations=50)
+        return cls(**{**values, **overrides})
+
+    def epochs(self, kind: str, n_train: int) -> int:
+        given = {"finetune": self.finetune_epochs, "kd": self.kd_epochs,
+                 "student": self.student_epochs}[kind]
+        if given is not None:
+            return given
+        images = {"finetune": self.finetune_images, "kd": self.kd_images,
+                  "student": self.student_images}[kind]
+        low, high = (2, 10) if kind != "student" else (5, 40)
+        return int(min(high, max(low, round(images / max(1, n_train)))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _subset(name: str, given: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    unknown = [g for g in given if g not in allowed]
+    if unknown or not given:
+        raise ConfigError(f"{name} {unknown[0] if unknown else '(none)'!r} is not one of "
+                          f"{', '.join(allowed)}")

@@ -1,0 +1,296 @@
+"""optimize: constraints and the choice among candidates, the search space, the stage cache
+(an identical trial trains nothing), resuming an interrupted study, two workers on one SQLite
+file, and bad input (a base from other data, impossible or zero budgets) answered in words."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import FAST, make_image_folder
+from optuna.trial import TrialState
+from rich.console import Console
+
+from leanvision.errors import ConfigError
+from leanvision.search import (
+    Budget,
+    Candidate,
+    Constraints,
+    Pipeline,
+    SearchSpace,
+    choose,
+    optimize,
+    pareto_front,
+)
+from leanvision.search import objective as objective_module
+from leanvision.search.objective import Objective, SearchContext
+from leanvision.search.stages import MARKER, host_id, worker_id
+from leanvision.training import train
+
+QUIET = Console(quiet=True)
+BUDGET = Budget.quick(train_settings=dict(batch_size=8), finetune_epochs=1, kd_epochs=1,
+                      student_epochs=1, qat_epochs=1, calibration_images=24,
+                      ptq_timing_runs=3, bench_warmup=2, bench_iterations=10)
+# One pipeline only (prune half the FLOPs, INT8 PTQ): every trial builds the same stages.
+ONE_PIPELINE = SearchSpace(prune_ratios=(0.5,), recoveries=("none",), quantizations=("ptq",),
+                           runtimes=("onnx-int8",))
+RUN = dict(budget=BUDGET, threads=1, console=QUIET)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> dict:
+    """A tiny base and a two-trial search of ONE_PIPELINE, shared (copied) by the tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("optimize")
+        data = make_image_folder(root / "data")
+        train(data, root / "base", console=QUIET, **FAST)
+        with _counting_prunes() as prunes:
+            summary = optimize(data, base=root / "base", out=root / "out", trials=2,
+                               space=ONE_PIPELINE, **RUN)
+    finally:
+        torch.set_num_threads(threads)
+    return {"root": root, "data": data, "base": root / "base", "out": root / "out",
+            "summary": summary, "prunes": prunes["n"]}
+
+
+class _counting_prunes:
+    """Counts real runs of the prune stage (the stage still runs)."""
+
+    def __enter__(self) -> dict:
+        self.count = {"n": 0}
+        self.real = objective_module.prune_stage
+
+        def counted(*args, **kwargs):
+            self.count["n"] += 1
+            return self.real(*args, **kwargs)
+
+        objective_module.prune_stage = counted
+        return self.count
+
+    def __exit__(self, *exc: object) -> None:
+        objective_module.prune_stage = self.real
+
+
+def _copy(searched: dict, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(searched["out"], out)
+    return out
+
+
+def _trials(out: Path) -> list[dict]:
+    return json.loads((out / "search.json").read_text())["trials"]
+
+
+# ---- constraints and choice (unit) -------------------------------------------------------------
+
+def test_zero_or_negative_budgets_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--max-drop 0 is a budget of zero"):
+        Constraints(max_drop=0)
+    with pytest.raises(ConfigError, match="--max-latency-ms -1 is a budget of below zero"):
+        Constraints(max_latency_ms=-1)
+    with pytest.raises(ConfigError, match="--max-size-mb 0 is a budget of zero"):
+        Constraints(max_size_mb=0)
+    with pytest.raises(ConfigError, match="not a number"):
+        Constraints(max_latency_ms=math.nan)
+    Constraints(max_drop=0.5, max_latency_ms=2, max_size_mb=5)
+    with pytest.raises(ConfigError, match="--max-size-mb 0"):
+        optimize("builtin:digits", out=tmp_path / "out", max_size_mb=0, console=QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+def _c(trial: int, acc: float, ms: float, mb: float) -> Candidate:
+    return Candidate(trial=trial, label=f"c{trial}", artifact=f"a{trial}", runtime="onnx-int8",
+                     val_top1=acc, latency_ms=ms, size_mb=mb)
+
+
+def test_choice_is_the_fastest_candidate_meeting_every_constraint() -> None:
+    pool = [_c(0, 0.95, 1.0, 4.0), _c(1, 0.945, 0.5, 1.0), _c(2, 0.90, 0.2, 0.5),
+            _c(3, 0.944, 0.5, 0.9), _c(4, 0.95, 0.3, 6.0)]
+    choice = choose(pool, base_val=0.95, cons=Constraints(max_drop=1.0, max_size_mb=5))
+    # c2 drops 5 points, c4 is too large; c1 and c3 tie on latency, c3 is smaller.
+    assert choice.met and choice.chosen.trial == 3
+    assert "meets every constraint" in choice.statement and "c3" in choice.statement
+    # A drop of exactly the budget is within it.
+    assert choose([_c(5, 0.94, 1.0, 1.0)], 0.95, Constraints(max_drop=1.0)).met
+
+
+def test_impossible_constraint_is_named_with_the_best_value_and_closest_candidate() -> None:
+    pool = [_c(0, 0.95, 1.0, 4.0), _c(1, 0.94, 0.4, 1.0), _c(2, 0.80, 0.2, 0.5)]
+    choice = choose(pool, 0.95, Constraints(max_drop=1.0, max_latency_ms=0.1))
+    assert not choice.met and choice.chosen.trial == 1  # misses latency by the least
+    assert ("--max-latency-ms 0.1 cannot be met on this machine: the fastest candidate "
+            "takes 0.200 ms (c2)") in choice.statement
+    assert "Closest: c1" in choice.statement and "max-latency-ms by 0.3 ms" in choice.statement
+    # Each constraint alone is met by someone, but not together.
+    together = choose(pool, 0.95, Constraints(max_drop=1.0, max_latency_ms=0.3))
+    assert not together.met and "no candidate meets them together" in together.statement
+    assert choose([], 0.95, Constraints()).chosen is None
+
+
+def test_pareto_front_keeps_non_dominated_candidates_once() -> None:
+    a, b, c = _c(0, 0.95, 1.0, 4.0), _c(1, 0.94, 0.5, 1.0), _c(2, 0.93, 0.6, 1.5)
+    duplicate = Candidate(**{**a.__dict__, "trial": 7})
+    front = pareto_front([a, b, c, duplicate])
+    assert [x.trial for x in front] == [1, 0]  # c is beaten by b on all three; fastest first
+
+
+# ---- search space (unit) -----------------------------------------------------------------------
+
+def test_space_samples_only_valid_pipelines_and_anchors_lie_inside() -> None:
+    space = SearchSpace(students=("resnet8",), runtimes=("torch", "onnx-fp32", "onnx-int8"))
+    study = optuna.create_study(directions=["maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(300):
+        trial = study.ask()
+        p = space.suggest(trial)
+        assert space.contains(p)
+        assert (p.runtime == "onnx-int8") == (p.quant != "none")
+        assert p.recovery == "none" or p.prune_ratio > 0
+        seen.add(p)
+        study.tell(trial, 0.0)
+    assert len(seen) == space.size() == (1 + 3 * 2 + 1) * (2 + 2)
+    anchors = space.anchors()
+    assert anchors[0] == Pipeline(runtime="onnx-fp32")
+    assert all(space.contains(p) for p in anchors) and len(anchors) == 4
+    with pytest.raises(ConfigError, match="'tensorrt' is not one of"):
+        SearchSpace(runtimes=("tensorrt",))
+    assert ONE_PIPELINE.anchors() == [Pipeline(prune_ratio=0.5, quant="ptq",
+                                               runtime="onnx-int8")]
+
+
+# ---- the search (integration, tiny data) ------------------------------------------------------
+
+def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -> None:
+    out, summary = searched["out"], searched["summary"]
+    assert searched["prunes"] == 1  # two trials, one pruning run
+    first, second = _trials(out)
+    assert first["state"] == second["state"] == "COMPLETE"
+    assert [s["cached"] for s in first["stages"]] == [False, False]
+    assert [s["cached"] for s in second["stages"]] == [True, True]
+    assert second["figures"]["cached"] and second["artifact"] == first["artifact"]
+    assert first["artifact"].startswith("stages/prune50-ptq-")
+
+    assert summary["met"] and summary["trials"]["complete"] == 2
+    assert summary["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
+    assert Path(summary["report"]) == out / "report.html"
+    assert "prune50-ptq-" in (out / "report.html").read_text()
+    chosen = Path(summary["chosen"])
+    assert sorted(p.name for p in chosen.iterdir()) == [
+        "model.int8.onnx", "model.json", "model.onnx", "model.safetensors"]
+    card = json.loads((chosen / "model.json").read_text())
+    assert card["recommended_runtime"] == "onnx-int8"
+    assert card["optimize"]["pipeline"]["prune_ratio"] == 0.5 and card["optimize"]["met"]
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert len(pareto["front"]) == 1 and pareto["front"][0]["chosen"]
+    front = pareto["front"][0]
+    assert front["val_top1"] >= 0.0 and front["latency_ms"] > 0 and front["size_mb"] > 0
+    assert pareto["base"]["runtime"] == "torch" and front["vs_base_torch"]["speedup_b1"] > 0
+    bench_rows = json.loads((out / "bench.json").read_text())["results"]
+    assert {r["runtime"] for r in bench_rows} == {"onnx-int8", "torch"}
+
+
+def test_rerun_resumes_the_study_and_reuses_every_stage(searched, tmp_path: Path) -> None:
+    out = _copy(searched, tmp_path)
+    with _counting_prunes() as prunes:
+        summary = optimize(searched["data"], base=searched["base"], out=out, trials=3,
+                           space=ONE_PIPELINE, **RUN)
+    assert prunes["n"] == 0 and summary["trials"]["complete"] == 3
+    assert [s["cached"] for s in _trials(out)[2]["stages"]] == [True, True]
+    # Optuna cannot change a parameter's choices within a study: another space is refused.
+    with pytest.raises(ConfigError, match="was searched over another space"):
+        optimize(searched["data"], base=searched["base"], out=out, study_name=summary["study"],
+                 space=SearchSpace(prune_ratios=(0.0, 0.5)), **RUN)
+
+
+def test_resume_fails_a_trial_left_running_and_rebuilds_its_unfinished_stage(
+        searched, tmp_path: Path) -> None:
+    out = _copy(searched, tmp_path)
+    study_name = searched["summary"]["study"]
+    storage = f"sqlite:///{out}/optuna.db"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # A killed worker: its trial stays RUNNING and its prune stage has no marker, only a lock.
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    interrupted = study.ask()
+    interrupted.set_user_attr("worker", f"{host_id()}:{dead.pid}")
+    prune_dir = next(p for p in (out / "stages").iterdir()
+                     if p.is_dir() and p.name.startswith("prune50-") and "-ptq-" not in p.name)
+    (prune_dir / MARKER).unlink()
+    (prune_dir.parent / (prune_dir.name + ".lock")).write_text(
+        json.dumps({"host": host_id(), "pid": dead.pid, "time": 0}))
+
+    with _counting_prunes() as prunes:
+        summary = optimize(searched["data"], base=searched["base"], out=out, trials=3,
+                           space=ONE_PIPELINE, **RUN)
+    assert prunes["n"] == 1  # the unfinished stage was rebuilt, once
+    states = {t.number: t.state for t in optuna.load_study(study_name=study_name,
+                                                         storage=storage).trials}
+    assert states[interrupted.number] == TrialState.FAIL
+    assert TrialState.RUNNING not in states.values()
+    assert summary["trials"]["complete"] == 3 and summary["trials"]["fail"] == 1
+    record = next(t for t in _trials(out) if t["number"] == interrupted.number)
+    assert record["state"] == "FAIL" and record["error"].startswith("interrupted")
+    rebuilt = [t for t in _trials(out) if t["number"] > interrupted.number][0]
+    assert [s["cached"] for s in rebuilt["stages"]] == [False, True]  # PTQ had finished
+
+
+def test_two_workers_share_one_sqlite_study(searched, tmp_path: Path) -> None:
+    out = _copy(searched, tmp_path)
+    summary = optimize(searched["data"], base=searched["base"], out=out, trials=4, workers=2,
+                       space=ONE_PIPELINE, **RUN)
+    storage = f"sqlite:///{out}/optuna.db"
+    trials = optuna.load_study(study_name=summary["study"], storage=storage).trials
+    assert sorted(t.number for t in trials) == list(range(len(trials))) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials[2:]}  # one new trial each
+    assert len(workers) == 2 and worker_id() in workers
+    assert all(s["cached"] for t in trials[2:] for s in t.user_attrs["stages"])
+    assert [t["number"] for t in _trials(out)] == [0, 1, 2, 3]
+
+
+def test_impossible_latency_is_a_statement_not_a_traceback(searched, tmp_path: Path) -> None:
+    out = _copy(searched, tmp_path)
+    summary = optimize(searched["data"], base=searched["base"], out=out, trials=2,
+                       max_latency_ms=1e-6, space=ONE_PIPELINE, **RUN)
+    assert not summary["met"]
+    assert "--max-latency-ms 1e-06 cannot be met on this machine" in summary["statement"]
+    assert "Closest: base · prune 50% · int8 ptq @ onnx-int8" in summary["statement"]
+    assert summary["candidate"]["misses"]["max_latency_ms"] > 0
+    card = json.loads((Path(summary["chosen"]) / "model.json").read_text())
+    assert card["optimize"]["met"] is False
+
+
+def test_hopeless_trial_is_abandoned_before_quantization(searched, tmp_path: Path) -> None:
+    out = _copy(searched, tmp_path)
+    ctx = SearchContext(data=str(searched["data"]), data_id="x", out=out, base=out / "base",
+                        base_id="b", base_val=2.0, n_train=27,
+                        split={"val_fraction": 0.25, "seed": 0}, constraints=Constraints(),
+                        space=ONE_PIPELINE, budget=BUDGET, threads=1)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.optimize(Objective(ctx, QUIET), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert "abandoned before the costlier stages" in trial.user_attrs["pruned_reason"]
+    assert [s["name"] for s in trial.user_attrs["stages"]] == ["prune50"]
+
+
+def test_base_from_other_data_is_refused_before_anything_is_written(searched,
+                                                                    tmp_path: Path) -> None:
+    other = make_image_folder(tmp_path / "other", per_class=2,
+                              classes={"cat": (9, 9, 9), "dog": (200, 200, 200)})
+    with pytest.raises(ConfigError, match="is a base artifact from other data: its classes "
+                                          r"\(blue, green, red\) are not those of"):
+        optimize(other, base=searched["base"], out=tmp_path / "out", **RUN)
+    assert not (tmp_path / "out").exists()
