@@ -62,6 +62,8 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
              "search": search_path, "bench": bench_path, "storage": storage_url,
              "stages": out / "stages", "base": ctx.base}
     console.print(files_table(files))
+    if report_path:
+        console.print(f"open the report: [bold]{report_path}[/bold]")
     return {"report": str(report_path) if report_path else None,
             "chosen": str(chosen_dir) if chosen_dir else None,
             "pareto": entries, "met": choice.met, "statement": choice.statement,
