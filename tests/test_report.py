@@ -22,7 +22,7 @@ from leanvision.reports.collect import reliability
 from leanvision.reports.plots import pareto_front
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SECTIONS = ("variants", "training", "confusion", "calibration", "explanations")
+SECTIONS = ("variants", "training", "confusion", "calibration", "robustness", "explanations")
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,8 @@ def test_report_renders_in_chromium_without_errors_or_sideways_scrolling(page_fi
             page.goto(page_file.as_uri(), wait_until="load")
             assert problems == []
             ids = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
-            assert ids == ["variants", "training", "confusion", "calibration", "explanations"]
+            assert ids == ["variants", "training", "confusion", "calibration", "robustness",
+                           "explanations"]
             for section in ids:
                 assert page.locator(f"#{section} > h2").is_visible()
                 page.click(f'nav.toc a[href="#{section}"]')  # the contents link reaches it

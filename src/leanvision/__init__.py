@@ -38,13 +38,16 @@ _LAZY = {
     "compare": "training.compare",
     "lr_find": "training.lr_find",
     "optimize": "search",
+    "robustness": "shift",
+    "adapt": "shift",
 }
 
 __all__ = [
     "Artifact", "ArtifactError", "ConfigError", "DatasetError", "LeanvisionError", "ModelError",
-    "Predictor", "TrainConfig", "__version__", "bench", "compare", "create_model",
+    "Predictor", "TrainConfig", "__version__", "adapt", "bench", "compare", "create_model",
     "cross_validate", "distill", "evaluate", "explain", "export", "info", "list_models", "load",
-    "lr_find", "optimize", "predict", "prune", "quantize", "report", "serve", "train",
+    "lr_find", "optimize", "predict", "prune", "quantize", "report", "robustness", "serve",
+    "train",
 ]
 
 
@@ -69,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.stage import export
     from .search import optimize
     from .serving import serve
+    from .shift import adapt, robustness
     from .training import TrainConfig, train
     from .training.compare import compare
     from .training.lr_find import lr_find

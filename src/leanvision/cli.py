@@ -24,6 +24,8 @@ err_console = Console(stderr=True)
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON summary as the last stdout line.")
 OUT_OPT = typer.Option(None, "--out", help="Output folder (default: runs/<verb>/<name>).")
+TTA_OPT = typer.Option(None, "--tta", help="Test-time augmentation: none, flip, flip-translate "
+                       "or multi-crop (default: the one the card stores).")
 
 
 def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]) -> None:
@@ -103,7 +105,13 @@ def train_cmd(
     cutmix: float = typer.Option(0.0, help="CutMix alpha (0: off)."),
     translate: int | None = typer.Option(None, help="Random shift in pixels (default 1/8)."),
     tta: str | None = typer.Option(None, help="Test-time augmentation: none, flip, "
-                                   "flip-translate."),
+                                   "flip-translate, multi-crop."),
+    unlabeled: str | None = typer.Option(None, "--unlabeled", help="Folder of unlabelled "
+                                         "images of the same classes: semi-supervised training "
+                                         "(FixMatch)."),
+    mu: int = typer.Option(7, help="--unlabeled: unlabelled images per labelled one per step."),
+    threshold: float = typer.Option(0.95, help="--unlabeled: pseudo-label confidence needed."),
+    lambda_u: float = typer.Option(1.0, help="--unlabeled: weight of the unlabelled loss."),
     img_size: int | None = typer.Option(None, help="Input size; default: the model's."),
     val_fraction: float = typer.Option(0.1, help="Hold-out for data without a val split."),
     balance: str = typer.Option("none", help="none, loss (class weights) or sampler."),
@@ -128,8 +136,9 @@ def train_cmd(
             warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
             norm_lr_scale=norm_lr_scale, dropout=dropout, grad_clip=grad_clip, ema=ema,
             lookahead=lookahead, early_stop=early_stop, augment=augment, mixup=mixup,
-            cutmix=cutmix, translate=translate, tta=tta,
-            img_size=img_size, val_fraction=val_fraction, balance=balance,
+            cutmix=cutmix, translate=translate, tta=tta, unlabeled=unlabeled, mu=mu,
+            threshold=threshold, lambda_u=lambda_u, img_size=img_size,
+            val_fraction=val_fraction, balance=balance,
             skip_bad_images=skip_bad_images, device=device, precision=precision, seed=seed)
     settings["progress"] = sys.stderr.isatty()
     run_verb(lambda: train(data, out, resume=resume, console=err_console, **settings),
@@ -143,19 +152,20 @@ def eval_cmd(
     split: str = typer.Option("auto", help="auto, train, val, test or all."),
     skip_bad_images: bool = typer.Option(False),
     device: str = typer.Option("auto"),
+    tta: str | None = TTA_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Measure accuracy, per-class metrics, calibration and cost on DATA."""
     from .evaluate import evaluate
 
     run_verb(lambda: evaluate(artifact, data, split=split, skip_bad_images=skip_bad_images,
-                              device=device), as_json, _show_eval)
+                              device=device, tta=tta), as_json, _show_eval)
 
 
 def _show_eval(result: dict) -> None:
     m, cost = result["metrics"], result["cost"]
     out_console.print(f"{result['artifact']} on {result['data']} ({result['split']}, "
-                      f"{m['n']} images)")
+                      f"{m['n']} images, TTA {result.get('tta', 'none')})")
     topk = next((k for k in m if k.startswith("top") and k != "top1"), None)
     out_console.print(f"top-1 {m['top1']:.4f}" + (f"  {topk} {m[topk]:.4f}" if topk else "")
                       + f"  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
@@ -177,6 +187,7 @@ def predict_cmd(
     device: str = typer.Option("auto"),
     runtime: str = typer.Option("torch", help="torch, auto (the card's recommendation), "
                                 "onnx-fp32 or onnx-int8."),
+    tta: str | None = TTA_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Top-k classes for each image."""
@@ -185,7 +196,8 @@ def predict_cmd(
     failed: list[dict] = []
 
     def call() -> list[dict]:
-        results = predict(artifact, images, top_k=top_k, device=device, runtime=runtime)
+        results = predict(artifact, images, top_k=top_k, device=device, runtime=runtime,
+                          tta=tta)
         failed.extend(r for r in results if "error" in r)
         return results
 
@@ -330,4 +342,4 @@ def main() -> None:
 
 
 # The stage and runtime verbs live in modules of their own, registered on `app` at import.
-from . import cli_compress, cli_explain, cli_runtime  # noqa: E402, F401
+from . import cli_compress, cli_explain, cli_runtime, cli_shift  # noqa: E402, F401

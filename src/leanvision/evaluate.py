@@ -24,7 +24,7 @@ from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
 from .errors import DatasetError
 from .hardware import choose_hardware
-from .tta import tta_logits
+from .tta import check_tta, tta_logits
 
 CALIBRATION_BINS = 15
 
@@ -102,12 +102,23 @@ def remap_labels(records: ImageRecords, data_classes: list[str],
 
 def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
              split: str = "auto", batch_size: int = 256, skip_bad_images: bool = False,
-             device: str = "auto") -> dict[str, Any]:
+             device: str = "auto", tta: str | None = None) -> dict[str, Any]:
     """Score an artifact on DATA (default: the data it was trained on).
 
     `split="auto"` scores test when there is one, else the validation hold-out the training run
-    used (recreated from the card's seed and fraction), else every image."""
+    used (recreated from the card's seed and fraction), else every image. `tta` overrides the
+    test-time augmentation the card stores (none, flip, flip-translate, multi-crop)."""
+    check_tta(tta)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    split_name, records, data_spec = evaluation_records(art, data, split)
+    return evaluate_records(art, records, split_name, data_spec, batch_size=batch_size,
+                            skip_bad_images=skip_bad_images, device=device, tta=tta)
+
+
+def evaluation_records(art: Artifact, data: str | Path | None,
+                       split: str = "auto") -> tuple[str, ImageRecords, str]:
+    """(split name, labelled records with the model's class indices, data spec) that `evaluate`
+    scores; every stage that measures an artifact on its data chooses the images this way."""
     config = art.card.get("config", {})
     data_spec = str(data) if data is not None else config.get("data")
     if not data_spec:
@@ -122,25 +133,27 @@ def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
         split_name, records = "val", parts.val
     else:
         split_name, records = select_split(source, split, val_fraction, config.get("seed", 0))
-    records = remap_labels(records, source.classes, art.classes)
-    return evaluate_records(art, records, split_name, data_spec, batch_size=batch_size,
-                            skip_bad_images=skip_bad_images, device=device)
+    return split_name, remap_labels(records, source.classes, art.classes), data_spec
 
 
 def evaluate_records(art: Artifact, records: ImageRecords, split_name: str, data_spec: str, *,
                      batch_size: int = 256, skip_bad_images: bool = False,
-                     device: str = "auto", progress: bool = False) -> dict[str, Any]:
+                     device: str = "auto", progress: bool = False,
+                     tta: str | None = None) -> dict[str, Any]:
+    """`tta` None: the card's own test-time augmentation."""
+    tta = check_tta(tta) or art.tta
     hw = choose_hardware(device, "fp32")
     decoded = decode_images(records, art.input_size, ImageChecks(), skip_bad=skip_bad_images,
                             progress=progress)
     logits = predict_logits(art.model, decoded.images, art.mean, art.std, hw.device, batch_size,
-                            tta=art.tta)
+                            tta=tta)
     metrics = classification_metrics(logits, decoded.labels, art.classes)
     art.model.to("cpu")
     return {
         "artifact": str(art.path),
         "data": data_spec,
         "split": split_name,
+        "tta": tta,
         "skipped_images": len(decoded.bad),
         "metrics": metrics,
         "cost": model_cost(art.model, art.input_size, art.path),

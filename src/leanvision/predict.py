@@ -12,16 +12,19 @@ from .data import BadImageError, ImageChecks, load_rgb, to_tensor_resized
 from .errors import ConfigError
 from .evaluate import predict_logits
 from .hardware import choose_hardware
+from .tta import check_tta
 
 
 def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k: int = 5,
             device: str = "auto", batch_size: int = 64,
-            runtime: str = "torch") -> list[dict[str, Any]]:
+            runtime: str = "torch", tta: str | None = None) -> list[dict[str, Any]]:
     """One result per image, in order: {"image", "top": [{"class", "prob"}, ...]}, or
     {"image", "error"} for a file that is not a usable image (the others still get answers).
 
     `runtime`: "torch" (the artifact's PyTorch weights), or any Predictor runtime ("auto" follows
-    the card's recommendation; "onnx-fp32", "onnx-int8" need the exported files)."""
+    the card's recommendation; "onnx-fp32", "onnx-int8" need the exported files). `tta`
+    overrides the card's test-time augmentation (none, flip, flip-translate, multi-crop)."""
+    check_tta(tta)
     if not images:
         raise ConfigError("no images given; pass one or more image files")
     if top_k < 1:
@@ -31,6 +34,7 @@ def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k:
 
         folder = artifact.path if isinstance(artifact, Artifact) else artifact
         predictor = Predictor.from_artifact(folder, runtime=runtime)
+        predictor.tta = tta or predictor.tta
         return predictor.predict_images(list(images), top_k=top_k, batch_size=batch_size)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
     results: list[dict[str, Any]] = []
@@ -46,7 +50,7 @@ def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k:
         return results
     hw = choose_hardware(device, "fp32")
     probs = predict_logits(art.model, torch.stack(tensors), art.mean, art.std, hw.device,
-                           batch_size, tta=art.tta).softmax(1)
+                           batch_size, tta=tta or art.tta).softmax(1)
     art.model.to("cpu")
     k = min(top_k, art.num_classes)
     for row, index in enumerate(rows):

@@ -35,6 +35,7 @@ from .collect import (
     size_bytes,
     speed_from_file,
 )
+from .shift_section import robustness_section
 
 REPORT_FILE = "report.html"
 MAX_CLASS_ROWS = 40  # beyond this the per-class table lists the weakest classes only
@@ -77,6 +78,7 @@ def report(paths: str | os.PathLike | Sequence[str | os.PathLike],
             _training_section(variants),
             _confusion_section(variants, evaluations),
             _calibration_section(variants, evaluations),
+            robustness_section(variants),
             _explanation_section(variants, evaluations, explain_images, explain_method,
                                 Path(scratch), console),
         ]

@@ -139,6 +139,14 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     if epoch_hook is not None:
         on_epoch_start = _chain_epoch_start(on_epoch_start, epoch_hook, model)
     class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
+    semi = None
+    if cfg.unlabeled:
+        from .semi_setup import fixmatch_criterion
+
+        semi, criterion, on_epoch_start = fixmatch_criterion(
+            cfg, model, input_size, num_classes, pre, class_w, criterion, on_epoch_start,
+            console)
+        extra_card = {**(extra_card or {}), "semi_supervised": semi.block}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
@@ -162,6 +170,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     metrics = _final_metrics(art, parts, train_imgs, source, cfg, console)
     card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
     card["training"] = _training_record(result, strategy, skipped, hw, started, parts)
+    if semi is not None:
+        card["semi_supervised"].update(semi.criterion.record())
     save_artifact(out_dir, model, card)
     summary = {"artifact": str(out_dir), "model": start.arch, "stage": stage,
                "classes": len(source.classes), "metrics": card["metrics"],

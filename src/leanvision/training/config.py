@@ -62,6 +62,11 @@ class TrainConfig:
     translate: int | None = None  # random shift in pixels; None: 1/8 of the side
     mixup: float = 0.0
     cutmix: float = 0.0
+    # --- semi-supervised (FixMatch): unlabelled images of the same classes ---
+    unlabeled: str | None = None  # folder of unlabelled images; None: supervised only
+    mu: int = 7  # unlabelled images per labelled one in each step
+    threshold: float = 0.95  # confidence a pseudo-label needs to count
+    lambda_u: float = 1.0  # weight of the unlabelled consistency loss
     # --- inference ---
     tta: str | None = None  # test-time augmentation, saved in the card for eval and predict
     # --- hardware ---
@@ -103,6 +108,9 @@ class TrainConfig:
         _range("gamma", self.gamma, 0.0, 1.0, low_open=True)
         _range("step_size", self.step_size, 1, 100_000)
         _range("workers", self.workers, 1, 256)
+        _range("mu", self.mu, 1, 64)
+        _range("threshold", self.threshold, 0.0, 1.0, low_open=True)
+        _range("lambda_u", self.lambda_u, 0.0, 100.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

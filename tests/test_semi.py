@@ -1,0 +1,93 @@
+"""Semi-supervised training (`train --unlabeled`, FixMatch): the thresholded consistency loss,
+a run on tiny folders that records what it did, and a clear refusal of an unusable folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, make_image_folder
+from PIL import Image
+
+import leanvision as lv
+from leanvision.errors import ConfigError, DatasetError
+from leanvision.hardware import choose_hardware
+from leanvision.training.semi import FixMatchCriterion
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def flat_unlabeled(folder: Path, count: int, seed: int = 1) -> Path:
+    """Images of the tiny classes without their class folders."""
+    labelled = make_image_folder(folder.parent / f"{folder.name}-src", per_class=count // 3 + 1,
+                                 seed=seed)
+    folder.mkdir(parents=True)
+    for i, path in enumerate(sorted(labelled.rglob("*.png"))[:count]):
+        Image.open(path).save(folder / f"u{i:03d}.png")
+    return folder
+
+
+def _criterion(model, threshold: float) -> FixMatchCriterion:
+    unlabeled = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
+    return FixMatchCriterion(model, unlabeled, num_classes=3, mean=[0.5] * 3, std=[0.5] * 3,
+                             hw=choose_hardware("cpu", "fp32", False), mu=2,
+                             threshold=threshold, lambda_u=1.0)
+
+
+def test_only_confident_pseudo_labels_count():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([8.0, 0.0, 0.0]))  # confident: class 0 everywhere
+    logits, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    supervised = torch.nn.functional.cross_entropy(logits, targets)
+    never = _criterion(model, threshold=1.0)
+    assert never(logits, targets, torch.zeros(4, 3, 8, 8), torch.arange(4)).item() == \
+        pytest.approx(supervised.item(), rel=1e-5)
+    assert never.mask_rates == [0.0]
+    confident = _criterion(model, threshold=0.9)
+    loss = confident(logits, targets, torch.zeros(4, 3, 8, 8), torch.arange(4))
+    assert confident.mask_rates[0] > 0.5 and loss.item() > supervised.item()
+    assert confident.record()["steps"] == 1
+
+
+def test_unlabeled_draws_replay_by_epoch_and_step():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    seen = []
+    model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].clone()))
+    for _ in range(2):
+        crit = _criterion(model, threshold=0.9)
+        crit.set_epoch(3)
+        torch.manual_seed(1)  # the loop restores torch's generator on resume
+        crit(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.zeros(4, 3, 8, 8),
+             torch.arange(4))
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
+def test_train_with_unlabeled_folder_records_fixmatch(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    unlabeled = flat_unlabeled(tmp_path / "unlabeled", 24)
+    summary = lv.train(str(data), tmp_path / "run", unlabeled=str(unlabeled), mu=2,
+                       threshold=0.5, **FAST)
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    semi = card["semi_supervised"]
+    assert semi["method"] == "fixmatch" and semi["images"] == 24 and semi["mu"] == 2
+    assert semi["unlabeled"] == str(unlabeled.resolve())
+    assert semi["steps"] == summary["training"]["epochs_run"] * 2  # 18 train images, batch 8
+    assert 0.0 <= semi["mask_rate_last10pct"] <= 1.0
+    assert card["config"]["unlabeled"] == str(unlabeled)
+    assert lv.load(tmp_path / "run").model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_unusable_unlabeled_folder_is_refused_before_writing(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="--unlabeled folder .* holds no images.*at least 16"):
+        lv.train(str(data), tmp_path / "run", unlabeled=str(tmp_path / "empty"), **FAST)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="--threshold 1.5 is out of range"):
+        lv.train(str(data), tmp_path / "run", unlabeled=str(tmp_path / "empty"), threshold=1.5,
+                 **FAST)
