@@ -70,7 +70,8 @@ def test_unlabeled_draws_replay_by_epoch_and_step():
 def test_train_with_unlabeled_folder_records_fixmatch(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=8)
     unlabeled = flat_unlabeled(tmp_path / "unlabeled", 24)
-    summary = lv.train(str(data), tmp_path / "run", unlabeled=str(unlabeled), mu=2,
+    # Paths, as a Python caller passes them: the config must still be written as JSON.
+    summary = lv.train(data, tmp_path / "run", unlabeled=unlabeled, mu=2,
                        threshold=0.5, **FAST)
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     semi = card["semi_supervised"]

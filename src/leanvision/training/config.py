@@ -79,6 +79,12 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # Paths given through the Python API are kept as text: the config goes into JSON
+        # (checkpoint, card) and must read back the same.
+        for name in ("data", "cache_dir", "unlabeled"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                setattr(self, name, str(value))
         _one_of("optimizer", self.optimizer, OPTIMIZERS, allow_none=True)
         _one_of("schedule", self.schedule, SCHEDULES, allow_none=True)
         _one_of("recipe", self.recipe, RECIPES)
