@@ -46,7 +46,10 @@ def main() -> None:
         die(f"the base knows {art.classes}, the data {source.classes}; pass the base's data")
     test = _subset(source.test, args.max_test, args.seed)
     unlabelled = _subset(source.train, args.max_target, args.seed + 1)
-    clean = leanvision.evaluate(base, data, split="test")["metrics"]["top1"]
+    # Clean top-1 on the same (sub)set of test images the corrupted copies hold, decoded and
+    # stored the same way, so the lost and recovered accuracy compare like with like.
+    clean = score(base, write_corrupted(test, source.classes, art.input_size, None, args,
+                                        work / "clean" / "test", labelled=True))
     families: dict[str, Any] = {}
     for family in check_families(args.families):
         console.print(f"[bold]{family}[/bold] severity {args.severity}")
@@ -101,15 +104,17 @@ def train_base(data: Path, out: Path, epochs: int) -> Path:
     return out
 
 
-def write_corrupted(records, classes: list[str], size: tuple[int, int], family: str, args,
-                    folder: Path, labelled: bool) -> Path:
-    """PNGs of the corrupted images: class folders for the labelled test copy, one flat folder
-    for the unlabelled target. Reused when a finished copy is there (marker file)."""
+def write_corrupted(records, classes: list[str], size: tuple[int, int], family: str | None,
+                    args, folder: Path, labelled: bool) -> Path:
+    """PNGs of the corrupted images (family None: as they are): class folders for the labelled
+    test copy, one flat folder for the unlabelled target. Reused when a finished copy is there
+    (marker file)."""
     marker = folder / ".complete"
     if marker.is_file():
         return folder
     decoded = decode_images(records, size, ImageChecks(), skip_bad=True)
-    images = corrupt(decoded.images, family, args.severity, seed=args.seed)
+    images = (decoded.images if family is None
+              else corrupt(decoded.images, family, args.severity, seed=args.seed))
     for i, (img, label) in enumerate(zip(images, decoded.labels, strict=True)):
         sub = folder / classes[int(label)] if labelled else folder
         sub.mkdir(parents=True, exist_ok=True)
