@@ -40,11 +40,13 @@ _LAZY = {
     "optimize": "search",
     "robustness": "shift",
     "adapt": "shift",
+    "compare_fusions": "multimodal",
 }
 
 __all__ = [
     "Artifact", "ArtifactError", "ConfigError", "DatasetError", "LeanvisionError", "ModelError",
-    "Predictor", "TrainConfig", "__version__", "adapt", "bench", "compare", "create_model",
+    "Predictor", "TrainConfig", "__version__", "adapt", "bench", "compare", "compare_fusions",
+    "create_model",
     "cross_validate", "distill", "evaluate", "explain", "export", "info", "list_models", "load",
     "lr_find", "optimize", "predict", "prune", "quantize", "report", "robustness", "serve",
     "train",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .compress import distill, prune, quantize
     from .cv import cross_validate
     from .models import create_model, list_models
+    from .multimodal import compare_fusions
     from .runtime.bench import bench
     from .runtime.predictor import Predictor
     from .runtime.stage import export

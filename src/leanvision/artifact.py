@@ -128,8 +128,13 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
         raise ArtifactError(f"{folder} has a card but no {WEIGHTS_FILE}; the artifact is "
                             "incomplete: re-run the stage that made it")
     try:
-        model = create_model(card["arch"], num_classes=len(card["classes"]),
-                             **card.get("arch_kwargs", {}))
+        if "multimodal" in card:  # image + text: the card's multimodal block names the parts
+            from .multimodal.model import build_model
+
+            model = build_model(card, num_classes=len(card["classes"]))
+        else:
+            model = create_model(card["arch"], num_classes=len(card["classes"]),
+                                 **card.get("arch_kwargs", {}))
     except ModelError as exc:
         raise ArtifactError(f"{folder}: {exc}") from None
     try:

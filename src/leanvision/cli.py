@@ -24,6 +24,11 @@ err_console = Console(stderr=True)
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON summary as the last stdout line.")
 OUT_OPT = typer.Option(None, "--out", help="Output folder (default: runs/<verb>/<name>).")
+TRACK_OPT = typer.Option(False, "--track", help="Record the run in MLflow (default store: "
+                         "runs/mlflow.db; see --track-uri).")
+TRACK_URI_OPT = typer.Option(None, "--track-uri", help="MLflow tracking URI (http://host:5000, "
+                             "sqlite:///file.db, ...); implies --track. Default: "
+                             "$MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db.")
 TTA_OPT = typer.Option(None, "--tta", help="Test-time augmentation: none, flip, flip-translate "
                        "or multi-crop (default: the one the card stores).")
 
@@ -49,6 +54,8 @@ def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc), "kind": "InternalError"}))
         raise typer.Exit(1) from None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+        return
     if as_json:
         print(json.dumps({"ok": True, **_as_dict(result)}, default=str))
     else:
@@ -120,6 +127,23 @@ def train_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
     seed: int = typer.Option(0),
+    nproc: int = typer.Option(1, help="Data-parallel processes on this machine (one per GPU, "
+                              "or per CPU core); --batch-size stays the global batch. Several "
+                              "machines: torchrun (docs/scaling.md)."),
+    port: int | None = typer.Option(None, help="--nproc: rendezvous port (default: a free one)."),
+    track: bool = TRACK_OPT,
+    track_uri: str | None = TRACK_URI_OPT,
+    text_columns: str | None = typer.Option(None, help="CSV text columns read with each image "
+                                            "(comma-separated): an image + text model."),
+    fusion: str | None = typer.Option(None, help="--text-columns: early (default), late, "
+                                      "attention or text-only."),
+    text_encoder: str | None = typer.Option(None, help="--text-columns: hashed (default; "
+                                            "trained here) or minilm (pretrained, offline)."),
+    text_finetune: bool | None = typer.Option(None, help="--text-columns: train the text "
+                                              "encoder (default: hashed yes, minilm no)."),
+    max_tokens: int | None = typer.Option(None, help="--text-columns: tokens per text (32)."),
+    empty_text: str | None = typer.Option(None, help="--text-columns: rows without text: "
+                                          "keep (image branch), drop or error."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a classifier on DATA and write an artifact folder."""
@@ -141,7 +165,12 @@ def train_cmd(
             val_fraction=val_fraction, balance=balance,
             skip_bad_images=skip_bad_images, device=device, precision=precision, seed=seed)
     settings["progress"] = sys.stderr.isatty()
-    run_verb(lambda: train(data, out, resume=resume, console=err_console, **settings),
+    if text_columns is not None or fusion or text_encoder:  # see leanvision.multimodal
+        settings.update(text_columns=text_columns, fusion=fusion, text_encoder=text_encoder,
+                        text_finetune=text_finetune, max_tokens=max_tokens,
+                        empty_text=empty_text)
+    run_verb(lambda: train(data, out, resume=resume, console=err_console, nproc=nproc,
+                           port=port, track=track, track_uri=track_uri, **settings),
              as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))
 
 
@@ -188,6 +217,8 @@ def predict_cmd(
     runtime: str = typer.Option("torch", help="torch, auto (the card's recommendation), "
                                 "onnx-fp32 or onnx-int8."),
     tta: str | None = TTA_OPT,
+    text: list[str] | None = typer.Option(None, "--text", help="Image + text models: the "
+                                          "text of each image, in order (repeat; '' for none)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Top-k classes for each image."""
@@ -197,7 +228,7 @@ def predict_cmd(
 
     def call() -> list[dict]:
         results = predict(artifact, images, top_k=top_k, device=device, runtime=runtime,
-                          tta=tta)
+                          tta=tta, texts=text or None)
         failed.extend(r for r in results if "error" in r)
         return results
 
@@ -342,4 +373,10 @@ def main() -> None:
 
 
 # The stage and runtime verbs live in modules of their own, registered on `app` at import.
-from . import cli_compress, cli_explain, cli_runtime, cli_shift  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    cli_compress,
+    cli_explain,
+    cli_multimodal,
+    cli_runtime,
+    cli_shift,
+)

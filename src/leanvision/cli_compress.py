@@ -8,7 +8,16 @@ from typing import Any
 
 import typer
 
-from .cli import JSON_OPT, OUT_OPT, app, err_console, out_console, run_verb
+from .cli import (
+    JSON_OPT,
+    OUT_OPT,
+    TRACK_OPT,
+    TRACK_URI_OPT,
+    app,
+    err_console,
+    out_console,
+    run_verb,
+)
 
 DATA_OPT = typer.Option(None, "--data", help="Data to fine-tune on (default: the data named "
                         "in the artifact's card).")
@@ -46,6 +55,8 @@ def prune_cmd(
     augment: str | None = typer.Option(None, help="none, light, strong."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    track: bool = TRACK_OPT,
+    track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Remove channels (or weights) from ARTIFACT, fine-tune, and write a smaller artifact."""
@@ -56,7 +67,8 @@ def prune_cmd(
     run_verb(lambda: prune(artifact, data, out, ratio=ratio, target=target, method=method,
                            importance=importance, scope=scope, steps=steps,
                            finetune_epochs=finetune_epochs, max_layer_ratio=max_layer_ratio,
-                           round_to=round_to, check=check, console=err_console, **settings),
+                           round_to=round_to, check=check, console=err_console, track=track,
+                           track_uri=track_uri, **settings),
              as_json, lambda r: out_console.print(
                  f"artifact: {r['artifact']} ({r['pruning']['flops_fraction']:.0%} of the FLOPs, "
                  f"{r['pruning']['params_fraction']:.0%} of the parameters)"))
@@ -87,6 +99,10 @@ def distill_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
     seed: int | None = typer.Option(None),
+    nproc: int = typer.Option(1, help="Data-parallel processes, as for train (--batch-size is "
+                              "global)."),
+    track: bool = TRACK_OPT,
+    track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train STUDENT on DATA with TEACHER's predictions as soft targets."""
@@ -99,7 +115,8 @@ def distill_cmd(
     run_verb(lambda: distill(data, teacher, student, out, loss=loss, temperature=temperature,
                              alpha=alpha, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta,
                              dkd_warmup_epochs=dkd_warmup_epochs, cache_teacher=cache_teacher,
-                             console=err_console, **settings),
+                             console=err_console, nproc=nproc, track=track,
+                             track_uri=track_uri, **settings),
              as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))
 
 
@@ -119,6 +136,8 @@ def quantize_cmd(
     epochs: int | None = typer.Option(None, help="qat: fine-tuning epochs (default 2)."),
     lr: float | None = typer.Option(None, help="qat: rate (default: the parent's / 20)."),
     batch_size: int | None = typer.Option(None, help="qat: fine-tuning batch size."),
+    track: bool = TRACK_OPT,
+    track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Quantize ARTIFACT to INT8 ONNX (QDQ: uint8 activations, int8 per-channel weights)."""
@@ -127,7 +146,8 @@ def quantize_cmd(
     settings = finetune_settings(batch_size=batch_size) if method == "qat" else {}
     run_verb(lambda: quantize(artifact, data, out, method=method, epochs=epochs, lr=lr,
                               calibration_images=calibration_images, calibrate=calibrate,
-                              max_drop=max_drop, console=err_console, **settings),
+                              max_drop=max_drop, console=err_console, track=track,
+                              track_uri=track_uri, **settings),
              as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))
 
 

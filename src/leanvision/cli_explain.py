@@ -21,6 +21,8 @@ def explain_cmd(
     faithfulness: bool = typer.Option(True, help="Score each map by deletion/insertion."),
     samples: int = typer.Option(200, help="lime/shap: perturbed samples per image."),
     out: Path | None = OUT_OPT,
+    text: list[str] | None = typer.Option(None, "--text", help="Image + text models: the "
+                                          "text of each image, in order (repeat)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Overlay PNGs and raw maps (.npy) of what ARTIFACT looks at in each image."""
@@ -28,7 +30,7 @@ def explain_cmd(
 
     run_verb(lambda: explain(artifact, images, method=method, target=target, out=out,
                              parent=parent, faithfulness=faithfulness, samples=samples,
-                             console=err_console), as_json,
+                             console=err_console, texts=text or None), as_json,
              lambda r: out_console.print(f"explanations: {r['out']}"))
 
 

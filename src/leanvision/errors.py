@@ -24,3 +24,11 @@ class ModelError(LeanvisionError):
 
 class ArtifactError(LeanvisionError):
     """A model artifact folder is missing, incomplete or from an incompatible version."""
+
+
+class DistributedError(LeanvisionError):
+    """Multi-process training could not start (a port in use) or lost one of its processes."""
+
+
+class TrackingError(LeanvisionError):
+    """Experiment tracking was asked for but cannot work (MLflow missing, server unreachable)."""

@@ -97,7 +97,7 @@ def remap_labels(records: ImageRecords, data_classes: list[str],
                            f"{', '.join(model_classes[:10])}"
                            + (" ..." if len(model_classes) > 10 else ""))
     lut = np.array([index[c] for c in data_classes], dtype=np.int64)
-    return ImageRecords(records.items, lut[records.labels], records.root)
+    return ImageRecords(records.items, lut[records.labels], records.root, records.texts)
 
 
 def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
@@ -110,6 +110,11 @@ def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
     test-time augmentation the card stores (none, flip, flip-translate, multi-crop)."""
     check_tta(tta)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    if "multimodal" in art.card:  # images with text: the text is read from the data too
+        from .multimodal.evaluate import evaluate_multimodal
+
+        return evaluate_multimodal(art, data, split=split, batch_size=batch_size,
+                                   skip_bad_images=skip_bad_images, device=device, tta=tta)
     split_name, records, data_spec = evaluation_records(art, data, split)
     return evaluate_records(art, records, split_name, data_spec, batch_size=batch_size,
                             skip_bad_images=skip_bad_images, device=device, tta=tta)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .artifact import Artifact, load
+from .artifact import Artifact, load, read_card
 from .data import BadImageError, ImageChecks, load_rgb, to_tensor_resized
 from .errors import ConfigError
 from .evaluate import predict_logits
@@ -17,14 +17,31 @@ from .tta import check_tta
 
 def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k: int = 5,
             device: str = "auto", batch_size: int = 64,
-            runtime: str = "torch", tta: str | None = None) -> list[dict[str, Any]]:
+            runtime: str = "torch", tta: str | None = None,
+            texts: list[str | None] | None = None) -> list[dict[str, Any]]:
     """One result per image, in order: {"image", "top": [{"class", "prob"}, ...]}, or
     {"image", "error"} for a file that is not a usable image (the others still get answers).
 
     `runtime`: "torch" (the artifact's PyTorch weights), or any Predictor runtime ("auto" follows
     the card's recommendation; "onnx-fp32", "onnx-int8" need the exported files). `tta`
-    overrides the card's test-time augmentation (none, flip, flip-translate, multi-crop)."""
+    overrides the card's test-time augmentation (none, flip, flip-translate, multi-crop).
+    `texts`: one text per image, in order, for a model trained with text columns (None or ""
+    for an image without text: the image branch answers)."""
     check_tta(tta)
+    card = artifact.card if isinstance(artifact, Artifact) else read_card(artifact)[1]
+    if "multimodal" in card:
+        from .multimodal.predictor import FusedPredictor
+
+        folder = artifact.path if isinstance(artifact, Artifact) else artifact
+        fused = FusedPredictor.from_artifact(folder, runtime="torch" if runtime == "torch"
+                                             else runtime, device="cpu" if device == "auto"
+                                             else device)
+        fused.tta = tta or fused.tta
+        return fused.predict_images(list(images), top_k=top_k, batch_size=batch_size,
+                                    texts=texts)
+    if texts:
+        raise ConfigError("--text needs a model trained with --text-columns; this artifact "
+                          "reads images only (drop --text)")
     if not images:
         raise ConfigError("no images given; pass one or more image files")
     if top_k < 1:

@@ -23,6 +23,8 @@ from ..data.partition import partition
 from ..errors import ConfigError
 from ..hardware import Hardware, choose_hardware
 from ..models import model_preprocessing
+from ..tracking import tracked
+from ..training import distributed
 from ..training.api import StartModel, decode_partition, train_on
 from ..training.checkpoint import CHECKPOINT_FILE
 from ..training.config import TrainConfig
@@ -143,16 +145,33 @@ class DistillCriterion:
                         self.cfg.temperature, warmup=warmup)
 
 
+# The student's artifact when it is one (a pruned model), else the teacher's.
+@tracked("distill", ("student", "teacher"))
 def distill(data: str | Path, teacher: str | Path, student: str | Path,
             out: str | Path | None = None, *, loss: str = "kd", temperature: float = 4.0,
             alpha: float = 0.9, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
             dkd_warmup_epochs: float | None = None, cache_teacher: str = "auto",
-            console: Console | None = None, **train_settings: Any) -> dict[str, Any]:
+            console: Console | None = None, nproc: int = 1,
+            **train_settings: Any) -> dict[str, Any]:
     """Train STUDENT (a model name, or an artifact folder such as a pruned model) on DATA with
     TEACHER's logits as soft targets; writes a "distill" artifact and returns train's summary
     plus a "distill" block. `train_settings` are TrainConfig fields (epochs, lr, augment, ...).
-    Every check (classes, names, flags) runs before anything is written."""
+    Every check (classes, names, flags) runs before anything is written. `nproc`: data-parallel
+    processes, as for train (training/distributed.py)."""
+    if nproc > 1:
+        distributed.check_nproc(nproc, train_settings.get("device", "auto"),
+                                train_settings.get("batch_size"))
+        out = Path(out) if out is not None else default_distill_dir(str(data), student)
+        _check_fresh(out)
+        return distributed.launch(
+            distill, dict(data=data, teacher=teacher, student=student, out=out, loss=loss,
+                          temperature=temperature, alpha=alpha, dkd_alpha=dkd_alpha,
+                          dkd_beta=dkd_beta, dkd_warmup_epochs=dkd_warmup_epochs,
+                          cache_teacher=cache_teacher, **train_settings),
+            nproc=nproc, what="distillation")
     console = console or Console(stderr=True)
+    if not distributed.world_rank_is_main():
+        console = Console(stderr=True, quiet=True)
     dcfg = DistillConfig(loss=loss, temperature=temperature, alpha=alpha, dkd_alpha=dkd_alpha,
                          dkd_beta=dkd_beta, dkd_warmup_epochs=dkd_warmup_epochs,
                          cache_teacher=cache_teacher)

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_records, model_cost
 from ..models import create_model
 from ..models.surgery import apply_transforms, structure_diff
+from ..tracking import tracked
 from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
@@ -95,6 +96,7 @@ class PruneConfig:
         return 1.0 - self.ratio * step / self.steps
 
 
+@tracked("prune", "artifact")
 def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path | None = None, *,
           ratio: float = 0.5, target: str | None = None, method: str = "structured",
           importance: str = "l2", scope: str = "global", steps: int = 1,

@@ -16,6 +16,7 @@ from rich.console import Console
 from ..artifact import CARD_FILE, Artifact, load
 from ..data import load_data
 from ..errors import ConfigError
+from ..tracking import tracked
 from .ptq import PTQ_METHODS, PTQConfig, run_ptq
 from .qat import QATConfig, qat_train_config, run_qat
 
@@ -26,6 +27,7 @@ _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
                       if f.name not in ("method", "calibration_images", "calibrate", "max_drop"))
 
 
+@tracked("quantize", "artifact")
 def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
              lr: float | None = None, calibration_images: int | None = None,

@@ -60,7 +60,10 @@ def concat_records(parts: list[ImageRecords]) -> ImageRecords:
 
     items = [item for p in parts for item in p.items]
     labels = np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-    return ImageRecords(items, labels, parts[0].root if parts else None)
+    # Text rows travel only when every part has them (CSV text columns).
+    texts = ([t for p in parts for t in p.texts]
+             if parts and all(p.texts is not None for p in parts) else None)
+    return ImageRecords(items, labels, parts[0].root if parts else None, texts)
 
 
 def cv_partitions(source: DataSource, folds: int, seed: int) -> list[Partition]:

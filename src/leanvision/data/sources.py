@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 import tarfile
 from collections.abc import Sequence
@@ -29,18 +30,24 @@ class ImageRecords:
     items: list[str | np.ndarray]  # file paths, or HxWx3 uint8 arrays for built-in data
     labels: np.ndarray  # int64 [N]
     root: str | None = None  # folder that describe() shows paths relative to
+    # CSV text columns (multimodal data): one tuple per row, one string per column, "" = empty
+    texts: list[tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.items) != len(self.labels):
             raise ValueError(f"{len(self.items)} items but {len(self.labels)} labels")
+        if self.texts is not None and len(self.texts) != len(self.items):
+            raise ValueError(f"{len(self.items)} items but {len(self.texts)} text rows")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageRecords:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return ImageRecords([self.items[i] for i in idx], self.labels[idx].copy(), self.root)
+        texts = [self.texts[i] for i in idx] if self.texts is not None else None
+        return ImageRecords([self.items[i] for i in idx], self.labels[idx].copy(), self.root,
+                            texts)
 
     def class_counts(self, num_classes: int) -> list[int]:
         return np.bincount(self.labels, minlength=num_classes).tolist()
@@ -64,10 +71,20 @@ class DataSource:
     train: ImageRecords
     val: ImageRecords | None = None
     test: ImageRecords | None = None
+    text_columns: list[str] | None = None  # the CSV columns in ImageRecords.texts, in order
 
 
-def load_data(spec: str | os.PathLike) -> DataSource:
+def load_data(spec: str | os.PathLike,
+              text_columns: Sequence[str] | None = None) -> DataSource:
+    """The data at `spec`; `text_columns` (CSV only) also reads those columns' text per row."""
     text = os.fspath(spec)
+    if text_columns:
+        path = Path(text).expanduser()
+        if text.startswith("builtin:") or path.is_dir():
+            raise DatasetError(f"text columns ({', '.join(text_columns)}) need a CSV file with "
+                               f"path,label and those columns; {text!r} is not a CSV")
+        if path.exists() and path.suffix.lower() == ".csv":
+            return _load_csv(path, text, list(text_columns))
     if isinstance(text, str) and text.startswith("builtin:"):
         if text == "builtin:digits":
             return _load_digits()
@@ -265,7 +282,7 @@ _PATH_COLUMNS = ("path", "image", "filename")
 _LABEL_COLUMNS = ("label", "class", "target")
 
 
-def _load_csv(path: Path, spec: str) -> DataSource:
+def _load_csv(path: Path, spec: str, text_columns: list[str] | None = None) -> DataSource:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -284,12 +301,14 @@ def _load_csv(path: Path, spec: str) -> DataSource:
             f"{spec} has no {missing!r} column (header: {','.join(rows[0])}); the header needs "
             "path (or image, filename) and label (or class, target), and optionally split")
     split_col = _column(header, ("split",))
+    text_cols = _text_columns(header, rows[0], text_columns or [], spec)
     body = rows[1:]
     if not body:
         raise DatasetError(f"{spec} has a header but no rows; add one row per image")
 
     base = path.absolute().parent
     per_split: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    split_texts: dict[str, list[tuple[str, ...]]] = {"train": [], "val": [], "test": []}
     for line, row in enumerate(body, start=2):
         cells = row + [""] * (len(header) - len(row))
         file, label = cells[path_col].strip(), cells[label_col].strip()
@@ -302,6 +321,7 @@ def _load_csv(path: Path, spec: str) -> DataSource:
             raise DatasetError(f"{spec} line {line} has split {cells[split_col].strip()!r}; "
                                "use train, val or test (or leave it empty for train)")
         per_split[split].append((str(base / Path(file).expanduser()), label))
+        split_texts[split].append(tuple(cells[c].strip() for c in text_cols))
 
     if not per_split["train"]:
         raise DatasetError(f"{spec} has no training rows; mark some rows split=train "
@@ -318,8 +338,26 @@ def _load_csv(path: Path, spec: str) -> DataSource:
         if pairs or split == "train":
             records[split] = ImageRecords([p for p, _ in pairs],
                                           np.asarray([index[lb] for _, lb in pairs], np.int64),
-                                          str(base))
-    return DataSource(spec, classes, records["train"], records.get("val"), records.get("test"))
+                                          str(base), split_texts[split] if text_cols else None)
+    return DataSource(spec, classes, records["train"], records.get("val"), records.get("test"),
+                      [h.strip() for h in (rows[0][c] for c in text_cols)] or None)
+
+
+def _text_columns(header: list[str], raw: list[str], wanted: list[str],
+                  spec: str) -> list[int]:
+    """Indices of the requested text columns (matched case-insensitively), or a DatasetError
+    naming each missing one with the closest header name."""
+    found = []
+    for name in wanted:
+        key = name.strip().lower()
+        if key in header:
+            found.append(header.index(key))
+            continue
+        close = difflib.get_close_matches(key, header, n=1)
+        hint = f"; did you mean {raw[header.index(close[0])].strip()!r}?" if close else ""
+        raise DatasetError(f"{spec} has no text column {name!r} (header: {','.join(raw)}){hint} "
+                           "Pass --text-columns with names from the header")
+    return found
 
 
 def _column(header: list[str], names: Sequence[str]) -> int | None:

@@ -59,7 +59,8 @@ def explain(artifact: str | Path | Artifact, images: Sequence[str | Path], *,
             out: str | Path | None = None, parent: str | Path | Artifact | None = None,
             faithfulness: bool = True, console: Console | None = None,
             samples: int = DEFAULT_SAMPLES, grid: int = DEFAULT_GRID, top_fraction: float = 0.2,
-            seed: int = 0, device: str = "auto") -> dict[str, Any]:
+            seed: int = 0, device: str = "auto",
+            texts: Sequence[str | None] | None = None) -> dict[str, Any]:
     """Explain the model's decision on each image; write overlays, maps and OUT/explain.json.
 
     target: None = the predicted class, "all" = every class, or class names (a list, or one
@@ -75,6 +76,17 @@ def explain(artifact: str | Path | Artifact, images: Sequence[str | Path], *,
     console = console or Console(stderr=True)
     started = time.perf_counter()
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    if "multimodal" in art.card and not hasattr(art.model, "text_ids"):
+        # An image + text model: each image is explained with its own text (texts, in order).
+        from ..multimodal.explain import explain_multimodal
+
+        return explain_multimodal(art, images, texts, out=out, console=console, method=method,
+                                  target=target, faithfulness=faithfulness, samples=samples,
+                                  grid=grid, top_fraction=top_fraction, seed=seed,
+                                  device=device)
+    if texts:
+        raise ConfigError("--text needs a model trained with --text-columns; this artifact "
+                          "reads images only (drop --text)")
     parent_art, parent_note = _resolve_parent(art, parent)
     paths = [Path(p) for p in images]
     pictures = _decode_all(paths)

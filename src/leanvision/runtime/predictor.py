@@ -86,6 +86,10 @@ class Predictor:
         "auto" takes the card's "recommended_runtime" when its file is there, else onnx-int8,
         onnx-fp32, torch, whichever file exists first. `threads` None: the physical cores."""
         folder, card = read_card(path)
+        if "multimodal" in card:  # images with text: two inputs, a tokenizer
+            from ..multimodal.predictor import FusedPredictor
+
+            return FusedPredictor.from_artifact(path, runtime, threads, device)
         _check_preprocessing(folder, card)
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r} must be cpu or cuda")

@@ -49,8 +49,13 @@ def export(artifact: str | Path | Artifact, format: str = "onnx", out: str | Pat
     try:
         if copying:
             _copy_weights(art, target)
-        result = export_with_layer(art.model, art.input_size, target / ONNX_FILE, batch=batch,
-                                   opset=opset)
+        if "multimodal" in art.card:  # two inputs: images and text ids
+            from ..multimodal.export import export_fused
+
+            result = export_fused(art, target / ONNX_FILE, batch=batch, opset=opset)
+        else:
+            result = export_with_layer(art.model, art.input_size, target / ONNX_FILE,
+                                       batch=batch, opset=opset)
         card = copy.deepcopy(art.card)
         card.setdefault("exports", {})["onnx"] = onnx_export_record(card, ONNX_FILE, result)
         write_json(target / CARD_FILE, card)  # last: the file it describes is in place
@@ -73,6 +78,8 @@ def onnx_export_record(card: dict[str, Any], file: str, result: dict[str, Any] |
         record.update(opset=result["opset"], max_abs_error=result["max_abs_error"])
     record.update(input=INPUT_NAME, output=OUTPUT_NAME, dynamic_batch=True,
                   preprocessing=copy.deepcopy(card["input"]))
+    if "multimodal" in card:
+        record["text_input"] = copy.deepcopy(card["multimodal"]["text_input"])
     return record
 
 

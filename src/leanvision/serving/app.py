@@ -154,6 +154,7 @@ def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSetti
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     classes = list(predictor.classes)
     size = tuple(predictor.input_size)
+    with_text = hasattr(predictor, "encode_texts")  # a multimodal model takes a `text` field
 
     def busy() -> JSONResponse:
         return _error(503, f"busy: {batcher.depth} images are queued (--queue-size "
@@ -208,11 +209,16 @@ def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSetti
             async with asyncio.timeout(settings.timeout_s):
                 arriving["n"] += 1
                 try:
-                    uploads = await read_uploads(request, MAX_FILES)
+                    uploads = await read_uploads(request, MAX_FILES, accept_text=with_text)
                     decoded = await decode(uploads)
                     images = [d for d in decoded if isinstance(d, torch.Tensor)]
                     if images:
-                        futures = batcher.submit(images)
+                        # Image + text models: ids for every image (no text: all padding,
+                        # answered by the image branch), tokenized here, batched alongside.
+                        extras = list(predictor.encode_texts(
+                            [u.text for u, d in zip(uploads, decoded, strict=True)
+                             if isinstance(d, torch.Tensor)])) if with_text else None
+                        futures = batcher.submit(images, extras)
                 finally:
                     # After submit (so the worker does not run a batch this request just
                     # missed), and on every path (so it does not wait for one that failed).
@@ -247,6 +253,8 @@ def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSetti
             results.append({"image": upload.name,
                             "top": [{"class": classes[int(c)], "prob": float(v)}
                                     for v, c in zip(values, indices, strict=True)]})
+            if with_text:
+                results[-1]["used_text"] = bool(upload.text and upload.text.strip())
         return JSONResponse({"model": name, "runtime": predictor.runtime, "results": results})
 
     @app.post("/v1/explain")

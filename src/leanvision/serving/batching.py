@@ -37,6 +37,7 @@ class Closed(Exception):
 @dataclass
 class _Item:
     image: torch.Tensor  # uint8 [3, H, W]
+    extra: torch.Tensor | None = None  # a second input of the same row (text ids), if any
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -64,14 +65,18 @@ class DynamicBatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, images: list[torch.Tensor]) -> list[Future]:
-        """One future per image, resolving to its logits row [C]; all or none are queued."""
+    def submit(self, images: list[torch.Tensor],
+               extras: list[torch.Tensor] | None = None) -> list[Future]:
+        """One future per image, resolving to its logits row [C]; all or none are queued.
+        `extras` (image + text models): one tensor per image, stacked and passed to the
+        runner as its second argument."""
         with self._cond:
             if self._closed:
                 raise Closed
             if len(self._queue) + len(images) > self.queue_size:
                 raise QueueFull
-            items = [_Item(image) for image in images]
+            items = [_Item(image, extras[i] if extras is not None else None)
+                     for i, image in enumerate(images)]
             self._queue.extend(items)
             self._cond.notify()
         return [item.future for item in items]
@@ -140,7 +145,11 @@ class DynamicBatcher:
         try:
             if self.failure is not None:
                 raise RuntimeError(f"the model failed to warm up ({self.failure})")
-            logits = np.asarray(self.run(torch.stack([item.image for item in items])))
+            batch = torch.stack([item.image for item in items])
+            if items[0].extra is not None:  # one server holds one model: all or none have it
+                logits = np.asarray(self.run(batch, torch.stack([i.extra for i in items])))
+            else:
+                logits = np.asarray(self.run(batch))
         except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
             for item in items:
                 item.future.set_exception(exc)

@@ -22,6 +22,8 @@ from ..data import BadImageError, ImageChecks, to_tensor_resized
 from ..data.images import pil_to_rgb
 
 FIELD = "file"
+TEXT_FIELD = "text"  # image + text models: the text of the n-th file, in order
+MAX_TEXT_BYTES = 16_384
 
 
 class UploadError(Exception):
@@ -36,15 +38,19 @@ class UploadError(Exception):
 class Upload:
     name: str
     data: bytes
+    text: str | None = None  # the matching `text` field, when the client sent one
 
 
-async def read_uploads(request: Request, max_files: int) -> list[Upload]:
-    """The parts named `file` of a multipart/form-data body, in order."""
+async def read_uploads(request: Request, max_files: int,
+                       accept_text: bool = False) -> list[Upload]:
+    """The parts named `file` of a multipart/form-data body, in order; with `accept_text`,
+    `text` parts too, the n-th text going with the n-th file."""
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise UploadError(415, "send images as multipart/form-data in the field 'file', e.g. "
                                "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict")
     uploads: list[Upload] = []
+    texts: list[str] = []
     part: dict = {}
 
     def on_part_begin() -> None:
@@ -64,6 +70,9 @@ async def read_uploads(request: Request, max_files: int) -> list[Upload]:
     def on_headers_finished() -> None:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        part["is_text"] = accept_text and name == TEXT_FIELD
+        if part["is_text"]:
+            return
         if name != FIELD:
             raise UploadError(400, f"unexpected form field {name[:40]!r}; send each image in a "
                                    f"field named '{FIELD}'")
@@ -75,6 +84,13 @@ async def read_uploads(request: Request, max_files: int) -> list[Upload]:
         part["chunks"].append(data[start:end])
 
     def on_part_end() -> None:
+        if part.get("is_text"):
+            data = b"".join(part["chunks"])
+            if len(data) > MAX_TEXT_BYTES:
+                raise UploadError(413, f"a text field is over {MAX_TEXT_BYTES} bytes; shorten "
+                                       "it (the model reads only its first tokens)")
+            texts.append(data.decode("utf-8", "replace"))
+            return
         name = part.get("name") or f"image-{len(uploads)}"
         uploads.append(Upload(name=name, data=b"".join(part["chunks"])))
 
@@ -94,6 +110,11 @@ async def read_uploads(request: Request, max_files: int) -> list[Upload]:
     if not uploads:
         raise UploadError(400, f"no image in the request; send one or more in the field "
                                f"'{FIELD}'")
+    if len(texts) > len(uploads):
+        raise UploadError(400, f"{len(texts)} '{TEXT_FIELD}' fields for {len(uploads)} images; "
+                               "send at most one text per image, in the images' order")
+    for upload, text in zip(uploads, texts, strict=False):
+        upload.text = text
     return uploads
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from .. import tracking
 from ..artifact import Artifact, make_card, save_artifact
 from ..data import DataSource, DecodedImages, ImageChecks, decode_images, load_data
 from ..data.partition import Partition, concat_records, partition
@@ -23,6 +24,7 @@ from ..hardware import choose_hardware, describe_machine
 from ..io import write_json
 from ..models import create_model, model_preprocessing
 from ..models.finetune import freeze_norm_stats, param_groups, plan_finetune, unfreeze_epoch
+from . import distributed
 from .checkpoint import CHECKPOINT_FILE, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .loop import FitInputs, FitResult, fit
@@ -64,13 +66,36 @@ class StartModel:
 def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
           resume: str | Path | None = None, console: Console | None = None,
           on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None,
-          **settings: Any) -> dict[str, Any]:
+          nproc: int = 1, port: int | None = None, track: bool = False,
+          track_uri: str | None = None, **settings: Any) -> dict[str, Any]:
     """Train a classifier on DATA and write an artifact folder; returns the run summary.
 
     `settings` are TrainConfig fields (model, epochs, batch_size, lr, optimizer, ...); unset ones
     come from the recipe for the data's size. With `resume`, the run continues exactly where its
     last checkpoint stopped (only `epochs` may be raised). `on_epoch_end(epoch, model)` may
-    return extra figures to log per epoch; they never steer training."""
+    return extra figures to log per epoch; they never steer training.
+
+    `nproc`: data-parallel processes on this machine (batch_size is global; see
+    training/distributed.py); `port`: their rendezvous port (default: a free one). Under
+    torchrun leave nproc at 1. `track` / `track_uri`: record the run in MLflow (tracking.py).
+
+    With `text_columns` (a CSV's text columns) the model reads each image with its text: see
+    leanvision.multimodal (fusion, text_encoder, ... are then accepted too)."""
+    from ..multimodal.config import split_settings
+
+    multimodal, settings = split_settings(settings)
+    if multimodal or resume is not None:
+        from ..multimodal.train import is_multimodal_run, train_multimodal
+
+        if multimodal.get("text_columns") or is_multimodal_run(resume):
+            if nproc > 1 or track or track_uri:
+                raise ConfigError("--nproc and --track are not supported with --text-columns "
+                                  "yet; train the image + text model in one process")
+            return train_multimodal(data, out, resume=resume, console=console,
+                                    on_epoch_end=on_epoch_end, **multimodal, **settings)
+        if multimodal:
+            raise ConfigError(f"--{next(iter(multimodal)).replace('_', '-')} needs "
+                              "--text-columns: name the CSV's text columns")
     console = console or Console(stderr=True)
     state = None
     if resume is not None:
@@ -81,9 +106,34 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
     else:
         cfg = TrainConfig.from_dict({"data": str(data), **settings})
         out_dir = Path(out) if out is not None else default_run_dir(cfg)
-        _check_fresh(out_dir)
-    source = load_data(cfg.data)
-    return train_on(source, cfg, out_dir, state=state, console=console, on_epoch_end=on_epoch_end)
+    distributed.check_nproc(nproc, cfg.device, cfg.batch_size)
+    if cfg.unlabeled and (nproc > 1 or distributed.launched()):
+        raise ConfigError("--unlabeled (FixMatch) trains in one process; drop --nproc")
+    if nproc > 1:
+        if resume is None:
+            _check_fresh(out_dir)
+        again = f"--resume {out_dir} --nproc {nproc}"
+        return distributed.launch(
+            train, dict(data=data, out=out_dir, resume=resume, on_epoch_end=on_epoch_end,
+                        track=track, track_uri=track_uri, **settings),
+            nproc=nproc, port=port,
+            resume_hint=f"the last finished epoch's checkpoint is in {out_dir}: continue "
+                        f"with `leanvision train {again}`")
+    with distributed.process_group(cfg.device) as w:
+        out_dir = distributed.share(out_dir, w)  # rank 0's folder (its name has a timestamp)
+        if resume is None:
+            _check_fresh(out_dir)
+        if not w.main:
+            console = Console(stderr=True, quiet=True)
+        source = load_data(cfg.data)
+        params = {**cfg.to_dict(), "processes": w.size}
+        with tracking.tracked_run(track and w.main, track_uri if w.main else None,
+                                  stage="train", params=params, folder=out_dir) as run:
+            summary = train_on(source, cfg, out_dir, state=state, console=console,
+                               on_epoch_end=on_epoch_end)
+            if run is not None:
+                run.finish(out_dir)
+        return summary
 
 
 def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
@@ -101,6 +151,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     `epoch_hook(epoch, model)` that may edit the model at the start of every epoch (soft filter
     pruning zeroes filters there)."""
     started = time.perf_counter()
+    distributed.join(cfg.device)  # a stage launched by torchrun / nproc reaches DDP here
     parts = parts or partition(source, cfg.val_fraction, cfg.seed)
     num_classes = len(source.classes)
     notes: list[str] = []
@@ -148,15 +199,20 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
             console)
         extra_card = {**(extra_card or {}), "semi_supervised": semi.block}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
-                                         "finetune": strategy, "machine": describe_machine()})
+    w = distributed.world()
+    if w.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
+                                             "finetune": strategy, "processes": w.size,
+                                             "machine": describe_machine()})
     result = fit(FitInputs(model=model, num_classes=num_classes, param_groups=groups,
                            train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
                            class_weights=class_w, sample_weights=sample_w,
                            on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
                            criterion=criterion, init_from_data=fresh),
                  cfg, hw, out_dir, resume=state, console=console)
+    if not w.main:  # rank 0 evaluates and writes the artifact; the others get its summary
+        return distributed.share(None, w)
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     model.load_state_dict(result.best_state)
@@ -177,7 +233,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
                "classes": len(source.classes), "metrics": card["metrics"],
                "training": card["training"]}
     print_summary(console, summary, out_dir)
-    return summary
+    return distributed.share(summary, w)
 
 
 def decode_partition(parts: Partition, input_size: tuple[int, int],
@@ -246,6 +302,7 @@ def _training_record(result: FitResult, strategy: str, skipped: list, hw, starte
         "data_wait_fraction": float(np.mean(waits)) if waits else None,
         "final_lr": last.get("lr"),
         "seconds": round(time.perf_counter() - started, 2),
+        "processes": distributed.world().size,
     }
 
 

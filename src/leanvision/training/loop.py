@@ -16,11 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from timm.utils import ModelEmaV3
 
+from .. import tracking
 from ..artifact import save_weights
 from ..data import BatchAugment, DecodedImages, normalize
 from ..hardware import Hardware
 from ..io import append_jsonl
 from ..tta import tta_logits
+from . import distributed
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .lookahead import Lookahead
@@ -68,6 +70,10 @@ class FitInputs:
     # False when the model arrives trained (a stage fine-tuning its parent): a data-dependent
     # initialisation would overwrite learned weights
     init_from_data: bool = True
+    # A second per-image input, row i belonging to image i (multimodal: text token ids); the
+    # model is then called as model(images, extra[rows]). None: model(images).
+    train_extra: torch.Tensor | None = None
+    val_extra: torch.Tensor | None = None
 
 
 def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None) -> torch.Tensor:
@@ -85,10 +91,16 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     if hw.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, labels = inputs.train.images, inputs.train.labels
+    extra = inputs.train_extra
     if hw.device.type == "cuda":  # keep the whole decoded set on the GPU: no loader at all
         images, labels = images.to(hw.device), labels.to(hw.device)
+        extra = extra.to(hw.device) if extra is not None else None
     n = len(labels)
     batch = min(cfg.batch_size, n)
+    # One process: w is World() and [lo, hi) the whole batch. Several: --batch-size is global
+    # and each process takes its slice of every batch (see distributed.py).
+    w = distributed.world()
+    batch, lo, hi = distributed.shard(cfg.batch_size, batch, w)
     # Drop the ragged last batch: a batch of 1-3 images gives batch norm useless statistics.
     steps_per_epoch = max(1, n // batch)
 
@@ -112,6 +124,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                            num_classes=inputs.num_classes, translate=cfg.translate)
     class_weights = inputs.class_weights.to(hw.device) if inputs.class_weights is not None else None
     l1_params = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 else []
+    replica = distributed.Replica(model, w)
 
     start_epoch, global_step = 0, 0
     history: list[dict[str, Any]] = []
@@ -136,7 +149,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} steps"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, disable=not cfg.progress,
+                        TimeRemainingColumn(), console=console,
+                        disable=not cfg.progress or not w.main,
                         transient=False)
     with progress:
         task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch,
@@ -147,12 +161,14 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 model.epoch_start(epoch)
             if inputs.on_epoch_start is not None:
                 inputs.on_epoch_start(epoch)
+            distributed.seed_epoch(cfg.seed, epoch, w)
+            train_net = replica.for_epoch()
             order = epoch_order(n, cfg.seed, epoch, inputs.sample_weights)
             t_epoch, data_time = time.perf_counter(), 0.0
             loss_sum, correct, seen = 0.0, 0, 0
             for step in range(steps_per_epoch):
                 t0 = time.perf_counter()
-                idx = order[step * batch:(step + 1) * batch].to(images.device)
+                idx = order[step * batch + lo:step * batch + hi].to(images.device)
                 x, y = augment(images[idx].to(hw.device, non_blocking=True),
                                labels[idx].to(hw.device, non_blocking=True))
                 x = normalize(x, inputs.mean, inputs.std)
@@ -160,7 +176,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                     x = x.contiguous(memory_format=torch.channels_last)
                 data_time += time.perf_counter() - t0
                 with hw.autocast():
-                    logits = model(x)
+                    logits = (train_net(x) if extra is None
+                              else train_net(x, extra[idx].to(hw.device)))
                 if inputs.criterion is not None:
                     loss = inputs.criterion(logits.float(), y, x, idx)
                 else:
@@ -168,7 +185,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                                            label_smoothing=cfg.label_smoothing)
                 if l1_params:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-                if not torch.isfinite(loss):
+                if not distributed.all_finite(loss, w):
                     stopped = (f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
                                f"kept the last good weights. Lower --lr (now {cfg.lr:g}) or set "
                                "--grad-clip")
@@ -190,6 +207,9 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 break
             if lookahead is not None:
                 lookahead.sync(model)
+            loss_sum, correct, seen = distributed.agreed_sums([loss_sum, correct, seen], w,
+                                                              hw.device)
+            distributed.sync_buffers(model, ema.module if ema is not None else None)
             elapsed = time.perf_counter() - t_epoch
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -205,8 +225,9 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 candidates["ema"] = ema.module
             if inputs.val is not None:
                 for name, net in candidates.items():
-                    vloss, vtop1 = quick_validate(net, inputs.val, inputs.mean, inputs.std, hw,
-                                                  tta=cfg.tta)
+                    vloss, vtop1 = distributed.validate(
+                        quick_validate, net, inputs.val, w, hw.device, inputs.mean, inputs.std,
+                        hw, tta=cfg.tta, extra=inputs.val_extra)
                     prefix = "val" if name == "model" else "ema_val"
                     record[f"{prefix}_loss"], record[f"{prefix}_top1"] = vloss, vtop1
                     if not math.isfinite(vloss):
@@ -214,29 +235,32 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                     if vtop1 > best["top1"]:
                         best = {"top1": vtop1, "epoch": epoch + 1, "source": name}
                         best_state = _cpu_state(net)
-                        save_weights(net, out / BEST_WEIGHTS)
+                        if w.main:
+                            save_weights(net, out / BEST_WEIGHTS)
                 bad_epochs = 0 if best["epoch"] == epoch + 1 else bad_epochs + 1
             else:  # no validation data: the latest (EMA) weights are the result
                 source = "ema" if ema is not None else "model"
                 best = {"top1": -1.0, "epoch": epoch + 1, "source": source}
                 best_state = _cpu_state(candidates[source])
-            if inputs.on_epoch_end is not None:
+            if inputs.on_epoch_end is not None and w.main:
                 record.update(inputs.on_epoch_end(epoch, model) or {})
                 model.train()
             lr_ctl.step_epoch(record.get("val_top1"))
             history.append(record)
-            append_jsonl(out / "metrics.jsonl", record)
             progress.update(task, epoch=f"{min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
                             status=_epoch_status(record))
-            save_checkpoint(out, {
-                "epoch": epoch, "global_step": global_step, "config": cfg.to_dict(),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr": lr_ctl.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                "rng": rng_state(), "history": history, "best": best,
-                "best_state": best_state, "bad_epochs": bad_epochs,
-            })
+            if w.main:  # one process writes; the others hold the same state
+                append_jsonl(out / "metrics.jsonl", record)
+                tracking.log_epoch(record)
+                save_checkpoint(out, {
+                    "epoch": epoch, "global_step": global_step, "config": cfg.to_dict(),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr": lr_ctl.state_dict(), "scaler": scaler.state_dict(),
+                    "ema": ema.module.state_dict() if ema is not None else None,
+                    "lookahead": lookahead.state_dict() if lookahead is not None else None,
+                    "rng": rng_state(), "history": history, "best": best,
+                    "best_state": best_state, "bad_epochs": bad_epochs,
+                })
             if cfg.early_stop and inputs.val is not None and bad_epochs >= cfg.early_stop:
                 stopped = (f"early stop: validation top-1 did not improve for {cfg.early_stop} "
                            f"epochs (best {best['top1']:.4f} at epoch {best['epoch']})")
@@ -265,7 +289,8 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 @torch.no_grad()
 def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float],
                    std: list[float], hw: Hardware, batch: int = 500,
-                   tta: str | None = None) -> tuple[float, float]:
+                   tta: str | None = None,
+                   extra: torch.Tensor | None = None) -> tuple[float, float]:
     """Loss and top-1 under the training precision: a fast signal for checkpoint choice. The
     figures in the card come from evaluate(), in fp32, on the saved artifact."""
     was_training = model.training
@@ -277,8 +302,14 @@ def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float
         x = normalize(x, mean, std)
         if hw.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        network = model
+        if extra is not None:  # the second input rides along unchanged through the TTA views
+            rows = extra[start:start + batch].to(hw.device)
+
+            def network(v: torch.Tensor, rows: torch.Tensor = rows) -> torch.Tensor:
+                return model(v, rows)
         with hw.autocast():
-            logits = tta_logits(model, x, tta)
+            logits = tta_logits(network, x, tta)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)

@@ -1,0 +1,92 @@
+"""`compare_fusions`: is the text worth it, and which fusion? Trains, on the same data with the
+same recipe and budget: the image model alone, the text encoder alone, and one fused model per
+fusion strategy; ranks them on the test split (else validation) and writes compare.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+from ..io import write_json
+from .config import FUSIONS
+
+BASELINES = ("image-only", "text-only")
+
+
+def compare_fusions(data: str | Path, text_columns: str | Sequence[str], *,
+                    fusions: str | Sequence[str] = ("early", "late", "attention"),
+                    baselines: bool = True, out: str | Path | None = None,
+                    console: Console | None = None, **settings: Any) -> dict[str, Any]:
+    """Train each variant under OUT/<name>/ and return {"runs", "ranking", "best", "json"}.
+
+    `settings` go to every run alike (model, epochs, batch_size, lr, seed, text_encoder, ...),
+    so the only difference between runs is what the model reads."""
+    from ..training import train
+
+    console = console or Console(stderr=True)
+    if isinstance(fusions, str):
+        fusions = [f.strip() for f in fusions.split(",") if f.strip()]
+    unknown = [f for f in fusions if f not in FUSIONS or f == "text-only"]
+    if unknown or not fusions:
+        raise ConfigError(f"--fusions {','.join(fusions) or '(none)'}: choose from early, late, "
+                          "attention (comma-separated)")
+    out_dir = Path(out) if out is not None else Path("runs") / "compare-fusions" / \
+        datetime.now().strftime("%Y%m%d-%H%M%S")
+    names = ([*BASELINES] if baselines else []) + list(fusions)
+    image_settings = {k: v for k, v in settings.items() if k not in _TEXT_KEYS}
+    runs = []
+    for name in names:
+        started = time.perf_counter()
+        console.print(f"[bold]compare-fusions[/bold]: {name}")
+        if name == "image-only":
+            summary = train(data, out_dir / name, console=console, **image_settings)
+        else:
+            summary = train(data, out_dir / name, console=console, text_columns=text_columns,
+                            fusion=name, **settings)
+        runs.append(_row(name, summary, time.perf_counter() - started))
+    split = "test" if all(r["test_top1"] is not None for r in runs) else "val"
+    ranking = sorted(runs, key=lambda r: -(r[f"{split}_top1"] or 0.0))
+    result = {"data": str(data), "text_columns": text_columns, "split": split,
+              "settings": settings, "runs": runs, "ranking": [r["name"] for r in ranking],
+              "best": ranking[0]["name"]}
+    path = write_json(out_dir / "compare.json", result)
+    console.print(_table(runs, split))
+    return {**result, "json": str(path), "out": str(out_dir)}
+
+
+_TEXT_KEYS = {"text_encoder", "text_finetune", "max_tokens", "empty_text", "fusion_dim",
+              "attention_heads", "text_dropout", "aux_weight", "hash_buckets", "hash_dim",
+              "char_ngrams", "word_ngrams", "late_weight", "text_lr_scale"}
+
+
+def _row(name: str, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
+    metrics = summary["metrics"]
+
+    def top1(split: str, key: str = "top1") -> float | None:
+        return metrics.get(split, {}).get(key)
+
+    return {"name": name, "artifact": summary["artifact"], "val_top1": top1("val"),
+            "test_top1": top1("test"),
+            "test_top1_without_text": top1("test", "top1_without_text"),
+            "val_top1_without_text": top1("val", "top1_without_text"),
+            "params": metrics.get("params"), "epochs": summary["training"]["epochs_run"],
+            "seconds": round(seconds, 1)}
+
+
+def _table(runs: list[dict[str, Any]], split: str) -> Table:
+    table = Table(title=f"fusion comparison ({split} top-1)")
+    for col in ("model", f"{split} top-1", "without text", "params", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in runs:
+        fallback = r[f"{split}_top1_without_text"]
+        table.add_row(r["name"], f"{r[f'{split}_top1'] or 0:.4f}",
+                      "-" if fallback is None else f"{fallback:.4f}", f"{r['params']:,}",
+                      f"{r['seconds']:.0f}")
+    return table
