@@ -30,7 +30,13 @@ from leanvision.search import (
     pareto_front,
 )
 from leanvision.search import objective as objective_module
-from leanvision.search.objective import Objective, SearchContext
+from leanvision.search.objective import (
+    Objective,
+    SearchContext,
+    counted_trials,
+    is_wasted_repeat,
+)
+from leanvision.search.space import default_students
 from leanvision.search.stages import MARKER, host_id, worker_id
 from leanvision.training import train
 
@@ -171,6 +177,38 @@ def test_space_samples_only_valid_pipelines_and_anchors_lie_inside() -> None:
 
 
 # ---- the search (integration, tiny data) ------------------------------------------------------
+
+def test_students_are_smaller_nets_that_could_come_near_the_base() -> None:
+    assert default_students("airnet_m", 32) == ("airnet_s", "resnet20")  # resnet8: 4% of it
+    assert default_students("resnet20", 32) == ("resnet8",)
+    assert default_students("resnet20", 224) == ()
+    assert SearchSpace(students=("airnet_s",)).anchors()[-1].source == "airnet_s"
+
+
+def test_a_repeat_counts_only_once_every_pipeline_was_tried() -> None:
+    space = SearchSpace(prune_ratios=(0.0, 0.5), recoveries=("none",), quantizations=("ptq",),
+                        runtimes=("onnx-int8",))
+    base, pruned = space.pipelines()
+    assert (base.prune_ratio, pruned.prune_ratio) == (0.0, 0.5) and space.size() == 2
+    study = optuna.create_study(directions=["maximize"])
+
+    def finish(p: Pipeline, repeat: bool) -> None:
+        trial = study.ask()
+        trial.set_user_attr("pipeline", p.to_dict())
+        if repeat:
+            trial.set_user_attr("repeat", True)
+        study.tell(trial, 0.5)
+
+    assert not is_wasted_repeat(study, base, space)  # nothing tried yet
+    finish(base, repeat=False)
+    assert is_wasted_repeat(study, base, space)  # the pruned pipeline was never tried
+    assert not is_wasted_repeat(study, pruned, space)
+    finish(base, repeat=True)
+    assert counted_trials(study) == 1
+    finish(pruned, repeat=False)
+    assert not is_wasted_repeat(study, base, space)  # all tried: a repeat counts again
+    assert counted_trials(study) == 2
+
 
 def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -> None:
     out, summary = searched["out"], searched["summary"]

@@ -164,7 +164,8 @@ def optimize_cmd(
                                                 "here."),
     max_size_mb: float | None = typer.Option(None, help="Model file size limit."),
     trials: int = typer.Option(12, help="Finished trials in the study (resumed runs count "
-                               "earlier ones)."),
+                               "earlier ones; a repeat of a measured pipeline does not count "
+                               "while untried ones remain)."),
     timeout_s: float | None = typer.Option(None, help="Stop starting trials after this."),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in "
                                        "--out); point several workers at one RDB URL."),

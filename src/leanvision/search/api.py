@@ -33,13 +33,13 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -48,7 +48,7 @@ from ..data import load_data
 from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
 from .constraints import Constraints
-from .objective import Objective, SearchContext, shipped_top1
+from .objective import Objective, SearchContext, counted_trials, shipped_top1
 from .output import finish
 from .space import Budget, SearchSpace, default_students
 from .stages import (
@@ -63,7 +63,6 @@ from .stages import (
 
 DEFAULT_RUNTIMES = ("onnx-fp32", "onnx-int8")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # val top-1, latency ms, size MB
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 60  # an RDB worker that stops beating this long (x2) has its trial failed
 SQLITE_WAIT_S = 60  # workers on one SQLite file wait this long for each other's writes
 
@@ -83,7 +82,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     `base`: an artifact trained on DATA (default: one is trained with the default recipe into
     OUT/base). Constraints: `max_drop` validation top-1 points against the base,
     `max_latency_ms` batch-1 median latency, `max_size_mb` model file size. `trials`: total
-    finished trials the study should hold (a rerun continues up to it); `timeout_s` stops this
+    finished trials the study should hold (a rerun continues up to it); a trial that repeats a
+    measured pipeline while others remain untried is not counted; `timeout_s` stops this
     run earlier. `storage`/`study_name`: the Optuna study (default sqlite:///OUT/optuna.db).
     `workers`: local worker processes. `runtimes`: those candidates may use (torch, onnx-fp32,
     onnx-int8). `threads`: benchmark threads (default: the physical cores). `quick` (or an
@@ -123,7 +123,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
         base_card["arch"], min(base_card["input"]["size"])))
     ctx = SearchContext(data=data_spec, data_id=data_id, out=out_dir, base=base_folder,
                         base_id=base_id, base_val=base_val, n_train=n_train, split=split,
-                        constraints=constraints, space=space, budget=budget, threads=threads)
+                        constraints=constraints, space=space, budget=budget, threads=threads,
+                        base_tta=base_card.get("inference", {}).get("tta") or "none")
 
     storage_url = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
     study_name = study_name or default_study_name(data_spec, base_id, space)
@@ -142,7 +143,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
         if not study.get_trials(deepcopy=False):
             for pipeline in space.anchors():
                 study.enqueue_trial(pipeline.params(), skip_if_exists=True)
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        done = counted_trials(study)
         remaining = max(0, trials - done)
         if remaining:
             console.print(f"{done} trial(s) finished before; running {remaining} more"
@@ -229,11 +230,29 @@ def run_worker(job: WorkerJob, console: Console, barrier: Any = None) -> None:
                 # A worker that never comes breaks the barrier; the others go on without it.
                 with contextlib.suppress(threading.BrokenBarrierError):
                     barrier.wait(timeout=300)
-            study.optimize(Objective(job.ctx, console), n_trials=job.n_trials,
-                           timeout=job.timeout_s, catch=(LeanvisionError,),
-                           callbacks=[MaxTrialsCallback(job.total, states=FINISHED)])
+            objective = Objective(job.ctx, console)
+            deadline = None if job.timeout_s is None else time.monotonic() + job.timeout_s
+            share = job.n_trials
+            # A wasted repeat (every stage cached, seconds) does not count toward --trials:
+            # the worker runs one more trial for each, a bounded number of rounds.
+            for _ in range(job.ctx.space.size() + 1):
+                objective.repeats = 0
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                study.optimize(objective, n_trials=share, timeout=timeout,
+                               catch=(LeanvisionError,), callbacks=[_stop_at(job.total)])
+                share = objective.repeats
+                if not share or counted_trials(study) >= job.total or timeout == 0.0:
+                    break
     finally:
         torch.set_num_threads(before)
+
+
+def _stop_at(total: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop the study once `total` counted trials finished (any worker's)."""
+    def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        if counted_trials(study) >= total:
+            study.stop()
+    return callback
 
 
 def _worker_process(job: WorkerJob, barrier: Any) -> None:

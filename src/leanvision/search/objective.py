@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 
 from ..artifact import read_card
@@ -54,6 +55,10 @@ class SearchContext:
     space: SearchSpace
     budget: Budget
     threads: int | None  # benchmark threads; None: the physical cores
+    # The base's test-time augmentation, given to every stage: candidates are then scored the
+    # way the base is (a fast-recipe student would otherwise pick flip + shifts for itself and
+    # look better than a base scored on one view).
+    base_tta: str = "none"
 
 
 def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None:
@@ -94,17 +99,45 @@ def measure(folder: Path, runtime: str, budget: Budget, threads: int | None) -> 
     return {**figures, "cached": False}
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def is_wasted_repeat(study: optuna.Study, pipeline: Pipeline, space: SearchSpace) -> bool:
+    """Whether `pipeline` was measured by a finished trial while the space still holds
+    pipelines no trial has tried."""
+    tried = {_pipeline_of(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    tried.discard(None)
+    return pipeline in tried and any(p not in tried for p in space.pipelines())
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Finished trials that count toward --trials (wasted repeats do not)."""
+    return sum(not t.user_attrs.get("repeat")
+               for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _pipeline_of(trial: optuna.trial.FrozenTrial) -> Pipeline | None:
+    given = trial.user_attrs.get("pipeline")
+    return Pipeline(**given) if isinstance(given, dict) else None
+
+
 class Objective:
     """objective(trial) -> (val top-1, latency ms, size MB) for study.optimize."""
 
     def __init__(self, ctx: SearchContext, console: Console,
                  on_stage_run: Callable[[str], None] | None = None) -> None:
         self.ctx, self.console = ctx, console
+        self.repeats = 0  # wasted repeats run since the caller last reset it
         self.cache = StageCache(ctx.out / "stages", on_run=on_stage_run)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
         pipeline = self.ctx.space.suggest(trial)
+        if is_wasted_repeat(trial.study, pipeline, self.ctx.space):
+            # The sampler chose a pipeline measured before while others were never tried: it
+            # costs seconds (every stage is cached) and does not count toward --trials.
+            trial.set_user_attr("repeat", True)
+            self.repeats += 1
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("pipeline", pipeline.to_dict())
         trial.set_user_attr("label", pipeline.label())
@@ -132,7 +165,7 @@ class Objective:
 
     def _build(self, trial: optuna.Trial, p: Pipeline, stages: list[dict[str, Any]]) -> Path:
         ctx, budget = self.ctx, self.ctx.budget
-        settings = dict(budget.train_settings)
+        settings = {"tta": ctx.base_tta, **budget.train_settings}
         common = {"data": ctx.data_id, "settings": settings}
         state: dict[str, Any] = {"folder": ctx.base, "id": ctx.base_id, "chain": []}
 
