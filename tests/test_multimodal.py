@@ -155,6 +155,19 @@ def test_serve_takes_an_optional_text_field(fused):
     assert too_many.status_code == 400 and "at most one text per image" in too_many.text
 
 
+def test_image_only_stages_refuse_a_fused_model_by_name(fused, tmp_path):
+    from leanvision.errors import ArtifactError
+
+    data = fused.parent / "data" / "data.csv"
+    for verb, call in [("prune", lambda: lv.prune(fused, data, tmp_path / "p")),
+                       ("quantize", lambda: lv.quantize(fused, data, tmp_path / "q")),
+                       ("optimize", lambda: lv.optimize(data, base=fused, out=tmp_path / "o"))]:
+        with pytest.raises(ArtifactError, match=f"reads images with text.*`{verb}` works on "
+                                                "image-only models"):
+            call()
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+
+
 def test_bad_text_input_gets_clear_messages(tmp_path):
     csv = make_csv(tmp_path / "data", per_class=4, empty_every=2)
     with pytest.raises(DatasetError, match=r"no text column 'titel'.*did you mean 'title'"):

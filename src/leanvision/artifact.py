@@ -152,6 +152,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
     return Artifact(path=folder, card=card, model=model)
 
 
+def require_image_only(card: dict[str, Any], folder: str | Path, verb: str) -> None:
+    """Refuse an image + text model in a stage that only knows image networks."""
+    if "multimodal" in card:
+        raise ArtifactError(f"{folder} reads images with text (a multimodal model); `{verb}` "
+                            "works on image-only models. Train one without --text-columns, or "
+                            "use eval, export, predict, serve or explain on this one")
+
+
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load weights, refusing any missing, unexpected or mis-shaped tensor with one message."""
     own = model.state_dict()

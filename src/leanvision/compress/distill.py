@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..artifact import Artifact, load
+from ..artifact import Artifact, load, require_image_only
 from ..data import DataSource, load_data, normalize
 from ..data.partition import partition
 from ..errors import ConfigError
@@ -180,6 +180,9 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
             raise ConfigError(f"distill takes its {key} as {flag}; drop the '{key}' setting")
     teacher_art = load(teacher)
     student_art = load(student) if _is_artifact_path(student) else None
+    for used in (teacher_art, student_art):
+        if used is not None:
+            require_image_only(used.card, used.path, "distill")
     if student_art is not None:
         _check_artifact_size(student_art, train_settings.get("img_size"))
         arch = student_art.card["arch"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..artifact import Artifact, load, make_card, save_artifact
+from ..artifact import Artifact, load, make_card, require_image_only, save_artifact
 from ..data import ImageChecks, decode_images, load_data, normalize
 from ..data.partition import Partition, partition
 from ..errors import ConfigError
@@ -111,6 +111,7 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
                       max_layer_ratio=max_layer_ratio, round_to=round_to, check=check)
     started = time.perf_counter()
     art = load(artifact)
+    require_image_only(art.card, art.path, "prune")
     if any(t.get("kind") == "fold_bn" for t in art.card.get("transforms", [])):
         raise ConfigError(f"{art.path} is quantization-ready (batch norm folded); prune the model "
                           "before quantizing it, e.g. its parent artifact")

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..artifact import CARD_FILE, Artifact, load
+from ..artifact import CARD_FILE, Artifact, load, require_image_only
 from ..data import load_data
 from ..errors import ConfigError
 from ..tracking import tracked
@@ -61,6 +61,7 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
         art = Artifact(artifact.path, artifact.card, copy.deepcopy(artifact.model))
     else:
         art = load(artifact)
+        require_image_only(art.card, art.path, "quantize")
     data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
     if not data_spec:
         raise ConfigError(f"the card of {art.path} does not name its training data; pass "

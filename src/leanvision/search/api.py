@@ -43,7 +43,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ..artifact import read_card
+from ..artifact import read_card, require_image_only
 from ..data import load_data
 from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
@@ -279,6 +279,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 def _check_base(base: Path, classes: list[str], data_spec: str) -> None:
     _, card = read_card(base)
+    require_image_only(card, base, "optimize")
     if list(card["classes"]) != list(classes):
         raise ConfigError(f"--base {base} is a base artifact from other data: its classes "
                           f"({_names(card['classes'])}) are not those of {data_spec} "

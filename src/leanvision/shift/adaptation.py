@@ -24,7 +24,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..artifact import CARD_FILE, WEIGHTS_FILE, Artifact, load, make_card, save_artifact
+from ..artifact import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    Artifact,
+    load,
+    make_card,
+    require_image_only,
+    save_artifact,
+)
 from ..data.unlabeled import UnlabeledImages, load_unlabeled
 from ..errors import ConfigError, DatasetError
 from ..evaluate import evaluate_records, evaluation_records, model_cost
@@ -80,6 +88,7 @@ def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path |
             "--" + k.replace("_", "-") for k in sorted(train_settings))
             + " do not apply; drop them or pass --method dann")
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    require_image_only(art.card, art.path, "adapt")
     bn_layers = batch_norm_layers(art.model)
     if cfg.method == "adabn" and not bn_layers:
         raise ConfigError(f"{art.path} ({art.card['arch']}) has no batch-norm layers with "

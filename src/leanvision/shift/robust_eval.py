@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .._version import __version__
-from ..artifact import Artifact, load
+from ..artifact import Artifact, load, require_image_only
 from ..data import ImageChecks, decode_images
 from ..errors import ConfigError
 from ..evaluate import evaluation_records, predict_logits
@@ -72,6 +72,7 @@ def robustness(artifact: str | Path | Artifact, data: str | Path | None = None, 
                            split=split, seed=seed, max_images=max_images,
                            batch_size=batch_size, runtime=runtime, tta=tta)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    require_image_only(art.card, art.path, "robustness")
     target = Path(out) / ROBUSTNESS_FILE if out is not None else art.path / ROBUSTNESS_FILE
     score, runtime_used, tta_used = make_scorer(art, cfg, device)
     split_name, records, data_spec = evaluation_records(art, data, cfg.split)
