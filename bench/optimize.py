@@ -51,7 +51,8 @@ def main() -> None:
     common = dict(base=base, max_drop=MAX_DROP, budget=budget, threads=args.threads)
 
     t0 = time.perf_counter()
-    search = optimize(root, out=work / "search", trials=args.trials, **common)
+    search = optimize(root, out=work / "search", trials=args.trials, timeout_s=args.timeout_s,
+                      **common)
     search_s = time.perf_counter() - t0
     singles = {
         "ptq_only": single(root, work, "ptq-only", SearchSpace(
@@ -183,6 +184,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--base-epochs", type=int, default=None,
                    help="epochs of the base trained here (default: the recipe's)")
     p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--timeout-s", type=float, default=None,
+                   help="stop starting new trials of the main search after this long")
     p.add_argument("--finetune-epochs", type=int, default=5, help="after pruning")
     p.add_argument("--kd-epochs", type=int, default=5, help="distilling a pruned net")
     p.add_argument("--student-epochs", type=int, default=20, help="distilling resnet8")
