@@ -148,6 +148,9 @@ def test_serve_takes_an_optional_text_field(fused):
         without = client.post("/v1/predict", files=[("file", ("a.png", data, "image/png"))])
         too_many = client.post("/v1/predict", files=[("file", ("a.png", data, "image/png"))],
                                data={"text": ["x", "y"]})
+        page = client.get("/").text
+    # The web page offers a text box for an image + text model (hidden for image-only ones).
+    assert "const WITH_TEXT = true;" in page and 'id="text"' in page
     assert with_text.status_code == 200, with_text.text
     assert with_text.json()["results"][0]["used_text"] is True
     assert without.status_code == 200 and without.json()["results"][0]["used_text"] is False

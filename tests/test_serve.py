@@ -271,6 +271,7 @@ def test_health_ready_metrics_page_and_no_model_loading_endpoint(model_client):
     assert "leanvision_request_seconds_bucket" in text
     page = model_client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text
+    assert "const WITH_TEXT = false;" in page.text  # the text box stays hidden
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # nothing from elsewhere
     # Every route is fixed; none has a path parameter or a field that names a model or URL.

@@ -174,7 +174,8 @@ def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSetti
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(page_html(name, explain=explainer is not None))
+        return HTMLResponse(page_html(name, explain=explainer is not None,
+                                      with_text=with_text))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

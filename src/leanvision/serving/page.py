@@ -49,6 +49,11 @@ _PAGE = """<!doctype html>
   <label>API key <input id="key" type="password" size="32"></label>
   <button type="submit">Use key</button>
 </form>
+<form id="textbox" autocomplete="off" hidden>
+  <label>Text with the image (optional) <input id="text" type="text" size="48"
+    placeholder="a title, caption or tags"></label>
+  <button type="submit">Classify again</button>
+</form>
 <label id="drop" for="file">Drop an image here, or choose one
   <input id="file" type="file" accept="image/*">
 </label>
@@ -63,6 +68,7 @@ _PAGE = """<!doctype html>
 <script>
 "use strict";
 const EXPLAIN = __EXPLAIN__;
+const WITH_TEXT = __TEXT__;  // an image + text model: its predictions read the text too
 const $ = (id) => document.getElementById(id);
 let current = null;
 let urls = [];
@@ -75,6 +81,8 @@ function setStatus(text, isError) {
 async function post(path, file) {
   const body = new FormData();
   body.append("file", file, file.name || "image");
+  const text = WITH_TEXT && path === "/v1/predict" ? $("text").value.trim() : "";
+  if (text) body.append("text", text);
   const headers = {};
   const key = sessionStorage.getItem("leanvision-key");
   if (key) headers["X-API-Key"] = key;
@@ -166,6 +174,11 @@ drop.addEventListener("drop", (e) => {
   const file = e.dataTransfer.files[0];
   if (file) classify(file);
 });
+$("textbox").hidden = !WITH_TEXT;
+$("textbox").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (current) classify(current);
+});
 $("keybox").addEventListener("submit", (e) => {
   e.preventDefault();
   sessionStorage.setItem("leanvision-key", $("key").value.trim());
@@ -178,6 +191,7 @@ $("keybox").addEventListener("submit", (e) => {
 """
 
 
-def page_html(model_name: str, explain: bool = True) -> str:
+def page_html(model_name: str, explain: bool = True, with_text: bool = False) -> str:
     return (_PAGE.replace("__NAME__", html.escape(model_name))
-            .replace("__EXPLAIN__", "true" if explain else "false"))
+            .replace("__EXPLAIN__", "true" if explain else "false")
+            .replace("__TEXT__", "true" if with_text else "false"))
