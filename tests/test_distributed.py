@@ -111,6 +111,43 @@ def test_distillation_fine_tunes_through_the_same_data_parallel_loop(runs):
         assert torch.allclose(tensor, b["model"][key], rtol=1e-3, atol=1e-5), key
 
 
+def test_prune_fine_tunes_through_the_same_data_parallel_loop(runs):
+    base = runs["one"]["artifact"]
+    # Two steps: the second prunes the fine-tuned network that rank 0 shares with the others.
+    # round_to 1: no multiple-of-8 width of this tiny GroupNorm net reaches the target.
+    settings = dict(ratio=0.3, steps=2, finetune_epochs=1, round_to=1, batch_size=8,
+                    precision="fp32", augment="none", progress=False)
+    one = lv.prune(base, out=runs["root"] / "pruned1", check=False, **settings)
+    two = lv.prune(base, out=runs["root"] / "pruned2", nproc=2, **settings)
+    assert two["stage"] == "prune" and two["training"]["processes"] == 2
+    a, b = lv.load(one["artifact"]), lv.load(two["artifact"])
+    assert a.card["transforms"] == b.card["transforms"]  # the same channels, exactly
+    assert two["pruning"]["flops_fraction"] == one["pruning"]["flops_fraction"]
+    for key, tensor in a.model.state_dict().items():
+        assert torch.allclose(tensor, b.model.state_dict()[key], rtol=1e-3, atol=1e-5), key
+    for x, y in zip(one["pruning"]["steps"], two["pruning"]["steps"], strict=True):
+        assert (x["val_top1_pruned"], x["val_top1_finetuned"]) == (
+            y["val_top1_pruned"], y["val_top1_finetuned"])
+    # rank 0 alone ran the checks and wrote: the same files, one metrics line per epoch
+    assert b.card["pruning"]["checks"]["forward"] is True
+    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*"))  # noqa: E731
+    assert files(Path(two["artifact"])) == files(Path(one["artifact"]))
+    for folder in (Path(two["artifact"]), Path(two["artifact"]) / "steps" / "step-1"):
+        assert [e["epoch"] for e in _epochs(folder)] == [1]
+        assert json.loads((folder / "config.json").read_text())["processes"] == 2
+
+
+def test_prune_refuses_bad_flags_before_any_process_starts(runs, tmp_path):
+    base, out = runs["one"]["artifact"], tmp_path / "pruned"
+    with pytest.raises(ConfigError, match="--batch-size 7 does not split evenly"):
+        lv.prune(base, out=out, nproc=2, batch_size=7, device="cpu")
+    with pytest.raises(ConfigError, match="--ratio must be between 0 and 1"):
+        lv.prune(base, out=out, nproc=2, ratio=1.5)
+    with pytest.raises(ConfigError, match="at least 1"):
+        lv.prune(base, out=out, nproc=0)
+    assert not out.exists()
+
+
 def test_an_error_in_the_workers_reaches_the_caller_as_itself(tmp_path):
     from conftest import make_image_folder
 

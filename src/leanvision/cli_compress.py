@@ -55,6 +55,8 @@ def prune_cmd(
     augment: str | None = typer.Option(None, help="none, light, strong."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    nproc: int = typer.Option(1, help="Data-parallel processes for the fine-tuning, as for train "
+                              "(--batch-size is global)."),
     track: bool = TRACK_OPT,
     track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
@@ -67,8 +69,8 @@ def prune_cmd(
     run_verb(lambda: prune(artifact, data, out, ratio=ratio, target=target, method=method,
                            importance=importance, scope=scope, steps=steps,
                            finetune_epochs=finetune_epochs, max_layer_ratio=max_layer_ratio,
-                           round_to=round_to, check=check, console=err_console, track=track,
-                           track_uri=track_uri, **settings),
+                           round_to=round_to, check=check, console=err_console, nproc=nproc,
+                           track=track, track_uri=track_uri, **settings),
              as_json, lambda r: out_console.print(
                  f"artifact: {r['artifact']} ({r['pruning']['flops_fraction']:.0%} of the FLOPs, "
                  f"{r['pruning']['params_fraction']:.0%} of the parameters)"))

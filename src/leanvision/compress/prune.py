@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..artifact import Artifact, load, make_card, require_image_only, save_artifact
+from ..artifact import (
+    Artifact,
+    load,
+    load_state_strict,
+    make_card,
+    read_card,
+    require_image_only,
+    save_artifact,
+)
 from ..data import ImageChecks, decode_images, load_data, normalize
 from ..data.partition import Partition, partition
 from ..errors import ConfigError
@@ -27,6 +35,7 @@ from ..evaluate import evaluate_records, model_cost
 from ..models import create_model
 from ..models.surgery import apply_transforms, structure_diff
 from ..tracking import tracked
+from ..training import distributed
 from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
@@ -101,14 +110,24 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
           ratio: float = 0.5, target: str | None = None, method: str = "structured",
           importance: str = "l2", scope: str = "global", steps: int = 1,
           finetune_epochs: int = 5, max_layer_ratio: float = 0.9, round_to: int = 8,
-          check: bool = True, console: Console | None = None, **train_settings: Any
-          ) -> dict[str, Any]:
+          check: bool = True, console: Console | None = None, nproc: int = 1,
+          **train_settings: Any) -> dict[str, Any]:
     """Prune ARTIFACT and fine-tune it on DATA (default: the data it was trained on); returns
-    a summary with the cost before and after and the accuracy after every step."""
+    a summary with the cost before and after and the accuracy after every step.
+
+    `nproc`: data-parallel processes for the fine-tuning, as for train (training/distributed.py;
+    also under torchrun). Rank 0 prunes and writes every file; the others fine-tune the network
+    it shares with them, and every process returns the same summary."""
+    flags = dict(ratio=ratio, target=target, method=method, importance=importance, scope=scope,
+                 steps=steps, finetune_epochs=finetune_epochs, max_layer_ratio=max_layer_ratio,
+                 round_to=round_to, check=check)
+    cfg = PruneConfig(**flags)  # a bad flag is refused here, before any process starts
+    if nproc != 1:  # check_nproc refuses 0 and below
+        return _launch(artifact, data, out, nproc, flags, train_settings)
+    world = distributed.join(train_settings.get("device", "auto"))
     console = console or Console(stderr=True)
-    cfg = PruneConfig(ratio=ratio, target=target, method=method, importance=importance,
-                      scope=scope, steps=steps, finetune_epochs=finetune_epochs,
-                      max_layer_ratio=max_layer_ratio, round_to=round_to, check=check)
+    if not world.main:
+        console = Console(stderr=True, quiet=True)
     started = time.perf_counter()
     art = load(artifact)
     require_image_only(art.card, art.path, "prune")
@@ -122,7 +141,8 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
         raise ConfigError("the artifact's card does not say which data it was trained on; "
                           "pass the data to fine-tune on (leanvision prune ARTIFACT --data DIR)")
     train_cfg = _finetune_config(art, data_spec, cfg, train_settings)
-    out_dir = Path(out) if out is not None else _default_out(art)
+    # Rank 0's folder: under torchrun each process's default name has its own time stamp.
+    out_dir = distributed.share(Path(out) if out is not None else _default_out(art.path), world)
     _check_fresh(out_dir)
     source = load_data(data_spec)
     if list(source.classes) != art.classes:
@@ -136,7 +156,9 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
     example = torch.randn(1, 3, h, w)
     base = pruning.measure(model, example)
     print_prune_plan(console, art, cfg, base, out_dir)
-    gradients = _taylor_gradients(parts, art) if cfg.importance == "taylor" else None
+    # Only rank 0 ranks channels (the others get its network), so Taylor's data runs once.
+    taylor = cfg.importance == "taylor" and world.main
+    gradients = _taylor_gradients(parts, art) if taylor else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pruning.layers_to_keep(model)
@@ -151,6 +173,8 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
     else:
         summary = _stepwise(art, model, example, base, cfg, source, parts, train_cfg, out_dir,
                             console, history, gradients)
+    if not world.main:  # rank 0 checks and writes the final artifact; the others get its summary
+        return distributed.share(None, world)
     final = load(out_dir)
     result = pruning.measure(final.model, example)
     checks = check_pruned(final, out_dir, example) if cfg.check else {}
@@ -164,47 +188,79 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
     save_artifact(out_dir, final.model, final.card)
     summary = {**summary, "pruning": record}
     print_prune_summary(console, summary, out_dir)
-    return summary
+    return distributed.share(summary, world)
 
 
 def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base, cfg: PruneConfig,
               source, parts: Partition, train_cfg: TrainConfig, out_dir: Path, console: Console,
               history: list, gradients) -> dict[str, Any]:
+    """Prune, fine-tune, repeat. With several processes rank 0 prunes, evaluates and writes;
+    all of them fine-tune (train_on is rank-aware) the network rank 0 shares."""
+    w = distributed.world()
     summary: dict[str, Any] = {}
     parent = str(art.path)
     for step in range(1, cfg.steps + 1):
         goal = cfg.goal(step)
-        release = None
-        if cfg.method == "structured":
-            cost = pruning.prune_to(model, example, base, target=cfg.target, goal=goal,
-                                    importance=cfg.importance, global_scope=cfg.scope == "global",
-                                    max_layer_ratio=cfg.max_layer_ratio,
-                                    round_to=cfg.round_to if cfg.round_to > 1 else None,
-                                    gradients=gradients)
-            check_forward(model, example, art.num_classes)
-        else:
-            masks = pruning.magnitude_masks(model, 1.0 - goal, cfg.scope == "global")
-            release = pruning.hold_masks(model, masks)
-            cost = pruning.measure(model, example)
-        transforms = _transforms(art, model)
+        masks = _prune_step(art, model, example, base, cfg, goal, gradients) if w.main else None
+        model, transforms, masks = _share_network(art, model, masks, w)
+        release = pruning.hold_masks(model, masks) if masks is not None else None
         step_dir = out_dir if step == cfg.steps else out_dir / "steps" / f"step-{step}"
         start = StartModel.from_artifact(art, model=model, transforms=transforms)
-        entry = {"step": step, "goal": goal, "flops": cost.flops, "params": cost.params,
-                 "sparsity": pruning.sparsity_of(model),
-                 "val_top1_pruned": _val_top1(start, art, parts, source)}
+        entry: dict[str, Any] = {}
+        if w.main:
+            cost = pruning.measure(model, example)
+            entry = {"step": step, "goal": goal, "flops": cost.flops, "params": cost.params,
+                     "sparsity": pruning.sparsity_of(model),
+                     "val_top1_pruned": _val_top1(start, art, parts, source)}
         if cfg.finetune_epochs:
             summary = train_on(source, train_cfg, step_dir, console=console, parts=parts,
                                start=start, stage="prune", parent=parent)
-        else:
+        elif w.main:
             summary = _save_untrained(start, art, source, parts, step_dir, train_cfg, parent)
         if release is not None:
             release()
-        entry["val_top1_finetuned"] = summary["metrics"].get("val", {}).get("top1")
-        entry["artifact"] = str(step_dir)
-        history.append(entry)
-        console.print(_step_line(entry, base, cfg))
+        if w.main:
+            entry["val_top1_finetuned"] = summary["metrics"].get("val", {}).get("top1")
+            entry["artifact"] = str(step_dir)
+            history.append(entry)
+            console.print(_step_line(entry, base, cfg))
         parent = str(step_dir)
     return summary
+
+
+def _prune_step(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base,
+                cfg: PruneConfig, goal: float, gradients) -> dict[str, torch.Tensor] | None:
+    """Remove channels from `model` in place (structured), or return the unstructured masks
+    that keep the fraction `goal` of the weights (held by the caller on every process)."""
+    if cfg.method != "structured":
+        return pruning.magnitude_masks(model, 1.0 - goal, cfg.scope == "global")
+    pruning.prune_to(model, example, base, target=cfg.target, goal=goal,
+                     importance=cfg.importance, global_scope=cfg.scope == "global",
+                     max_layer_ratio=cfg.max_layer_ratio,
+                     round_to=cfg.round_to if cfg.round_to > 1 else None, gradients=gradients)
+    check_forward(model, example, art.num_classes)
+    return None
+
+
+def _share_network(art: Artifact, model: torch.nn.Module, masks: dict | None,
+                   w: distributed.World) -> tuple[torch.nn.Module, list[dict], dict | None]:
+    """(model, transforms, masks) as rank 0 has them, on every process. The others rebuild
+    rank 0's network from its card transforms and weights instead of pruning themselves: a
+    ranking that differs in one tie (Taylor's gradients, GPU arithmetic) would give processes
+    differently shaped networks, and after a fine-tuning step only rank 0 holds the best
+    epoch's weights."""
+    transforms = _transforms(art, model) if w.main else None
+    if w.size == 1:
+        return model, transforms, masks
+    shared = distributed.share((transforms, model.state_dict(), masks) if w.main else None, w)
+    if w.main:
+        return model, transforms, masks
+    transforms, state, masks = shared
+    rebuilt = create_model(art.card["arch"], num_classes=art.num_classes,
+                           **art.card.get("arch_kwargs", {}))
+    apply_transforms(rebuilt, transforms, state)
+    load_state_strict(rebuilt, state, source="the network pruned by process 0")
+    return rebuilt.float().eval(), transforms, masks
 
 
 def _soft(art: Artifact, model: torch.nn.Module, example: torch.Tensor, cfg: PruneConfig,
@@ -218,8 +274,12 @@ def _soft(art: Artifact, model: torch.nn.Module, example: torch.Tensor, cfg: Pru
     round_to = cfg.round_to if cfg.round_to > 1 else None
     soft_dir = out_dir / "steps" / "soft-finetune"
     start = StartModel.from_artifact(art, model=model)
+    # Every process starts from the same file and zeroes the same filters each epoch: the
+    # ranking reads only the weights, which DistributedDataParallel keeps equal.
     summary = train_on(source, train_cfg, soft_dir, console=console, parts=parts, start=start,
                        stage="prune", parent=str(art.path), epoch_hook=zero)
+    if not distributed.world().main:  # rank 0 holds the best weights; it removes and writes
+        return summary
     model = model.cpu().float().eval()
     zero(cfg.finetune_epochs, model)
     base = pruning.measure(model, example)
@@ -312,9 +372,22 @@ def _check_fresh(out_dir: Path) -> None:
         raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
 
 
-def _default_out(art: Artifact) -> Path:
+def _launch(artifact: str | Path, data: str | Path | None, out: str | Path | None, nproc: int,
+            flags: dict[str, Any], train_settings: dict[str, Any]) -> dict[str, Any]:
+    """Run prune() in `nproc` local processes (see prune's docstring); rank 0's summary."""
+    distributed.check_nproc(nproc, train_settings.get("device", "auto"),
+                            train_settings.get("batch_size"))
+    # Named once, here: each worker would give the default name its own time stamp.
+    out_dir = Path(out) if out is not None else _default_out(read_card(artifact)[0])
+    _check_fresh(out_dir)
+    return distributed.launch(
+        prune, dict(artifact=artifact, data=data, out=out_dir, **flags, **train_settings),
+        nproc=nproc, what="pruning")
+
+
+def _default_out(folder: Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "prune" / f"{art.path.name}-pruned-{stamp}"
+    return Path("runs") / "prune" / f"{folder.name}-pruned-{stamp}"
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
