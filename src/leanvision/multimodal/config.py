@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..training.config import reject_unknown
 
 FUSIONS = ("early", "late", "attention", "text-only")
 TEXT_ENCODERS = ("hashed", "minilm")
@@ -81,12 +82,7 @@ class MultimodalConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MultimodalConfig:
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                hint = difflib.get_close_matches(key, sorted(known), n=1)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise ConfigError(f"unknown multimodal setting '{key}'{suggestion}")
+        reject_unknown(values, {f.name for f in fields(cls)}, "multimodal setting")
         return cls(**values)
 
 

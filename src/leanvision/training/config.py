@@ -123,12 +123,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                hint = difflib.get_close_matches(key, sorted(known), n=1)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise ConfigError(f"unknown training setting '{key}'{suggestion}")
+        reject_unknown(values, {f.name for f in fields(cls)}, "training setting")
         return cls(**values)
 
 
@@ -166,3 +161,12 @@ def _range(
         raise ConfigError(
             f"{_flag(name)} {value} is out of range; use a value in {left}{low}, {high}{right}"
         )
+
+
+def reject_unknown(values: dict[str, Any], known: set[str], what: str) -> None:
+    """An unknown key is an error that names the closest known one (a typo never passes)."""
+    for key in values:
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(f"unknown {what} '{key}'{suggestion}")
