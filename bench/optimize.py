@@ -51,8 +51,20 @@ def main() -> None:
     common = dict(base=base, max_drop=MAX_DROP, budget=budget, threads=args.threads)
 
     t0 = time.perf_counter()
+    space = None  # the default space for this base, unless narrowed below
+    if args.prune_ratios or args.students is not None:
+        from leanvision.artifact import read_card
+        from leanvision.search.space import PRUNE_RATIOS, default_students
+
+        card = read_card(base)[1]
+        students = (tuple(n for n in args.students.split(",") if n)
+                    if args.students is not None
+                    else default_students(card["arch"], min(card["input"]["size"])))
+        ratios = (tuple(float(r) for r in args.prune_ratios.split(","))
+                  if args.prune_ratios else PRUNE_RATIOS)
+        space = SearchSpace(prune_ratios=ratios, students=students)
     search = optimize(root, out=work / "search", trials=args.trials, timeout_s=args.timeout_s,
-                      **common)
+                      space=space, **common)
     search_s = time.perf_counter() - t0
     singles = {
         "ptq_only": single(root, work, "ptq-only", SearchSpace(
@@ -184,11 +196,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--base-epochs", type=int, default=None,
                    help="epochs of the base trained here (default: the recipe's)")
     p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--prune-ratios", default=None,
+                   help="narrow the main search's prune ratios, e.g. 0,0.7 (default: the "
+                   "space's 0,0.3,0.5,0.7); the pruning-only baseline always tries 0.3/0.5/0.7")
+    p.add_argument("--students", default=None,
+                   help="the main search's students, comma-separated ('' for none; default: "
+                   "the space's choice for the base)")
     p.add_argument("--timeout-s", type=float, default=None,
                    help="stop starting new trials of the main search after this long")
     p.add_argument("--finetune-epochs", type=int, default=5, help="after pruning")
     p.add_argument("--kd-epochs", type=int, default=5, help="distilling a pruned net")
-    p.add_argument("--student-epochs", type=int, default=20, help="distilling resnet8")
+    p.add_argument("--student-epochs", type=int, default=20,
+                   help="distilling a registry student from the base")
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--calibration-images", type=int, default=300)
     p.add_argument("--bench-iterations", type=int, default=100,
