@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import leanvision
 from leanvision.cli import app
 from leanvision.compress import prune
-from leanvision.compress.pruning import measure, refuse_attention
+from leanvision.compress.pruning import layers_to_keep, measure, refuse_attention
 from leanvision.errors import ConfigError, ModelError
 from leanvision.models import create_model
 from leanvision.models.surgery import apply_transforms
@@ -72,6 +72,23 @@ def test_iterative_schedule_records_accuracy_after_every_step(base, tmp_path):
     assert middle.card["stage"] == "prune"
     assert leanvision.load(out).card["parent"] == str(out / "steps" / "step-1")
     assert summary["pruning"]["params_fraction"] <= 0.61
+
+
+def test_auto_scope_keeps_the_pruning_that_loses_less_before_finetuning(base, tmp_path):
+    summary = prune(base, out=tmp_path / "auto", ratio=0.4, finetune_epochs=0, check=False,
+                    **TUNE)
+    step = summary["pruning"]["steps"][0]
+    scores = step["scope_val_top1"]
+    assert set(scores) == {"global", "layer"} and step["scope"] in scores
+    assert scores[step["scope"]] == max(scores.values())
+    assert step["val_top1_pruned"] == pytest.approx(scores[step["scope"]])
+
+
+def test_frozen_layers_are_kept_whole():
+    model = create_model("airnet_s", 10)  # its whitening filters are set from data, frozen
+    with pytest.warns(UserWarning, match="pruning skips 'whiten'.*frozen"):
+        kept = layers_to_keep(model)
+    assert model.whiten in kept
 
 
 @pytest.mark.parametrize("importance", ["bn", "taylor"])

@@ -42,7 +42,8 @@ def prune_cmd(
                                       "channels for soft, params for unstructured)."),
     method: str = typer.Option("structured", help="structured, unstructured or soft."),
     importance: str = typer.Option("l2", help="l1, l2, bn (batch-norm scale) or taylor."),
-    scope: str = typer.Option("global", help="global (rank channels across layers) or layer."),
+    scope: str = typer.Option("auto", help="global (rank channels across layers), layer, or "
+                              "auto (try both, keep the one that loses less val accuracy)."),
     steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning after each."),
     finetune_epochs: int = typer.Option(5, help="Fine-tuning epochs per step (0: none)."),
     max_layer_ratio: float = typer.Option(0.9, help="No layer loses more than this share."),

@@ -70,7 +70,17 @@ def layers_to_keep(model: nn.Module) -> list[nn.Module]:
     if isinstance(head, nn.Module):
         keep.append(head)
     for name, module in model.named_modules():
-        if isinstance(module, _PRUNABLE) or not list(module.parameters(recurse=False)):
+        own = list(module.parameters(recurse=False))
+        if (isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+                and not module.weight.requires_grad):
+            # A frozen layer (airnet's whitening filters, set from the data) cannot re-learn
+            # what losing channels takes away; cutting it left a pruned airnet_m at chance.
+            warnings.warn(f"pruning skips '{name}' ({type(module).__name__}): its weights are "
+                          "frozen, so fine-tuning could not make up for channels cut from it",
+                          stacklevel=2)
+            keep.append(module)
+            continue
+        if isinstance(module, _PRUNABLE) or not own:
             continue
         warnings.warn(f"pruning skips '{name}' ({type(module).__name__}): the dependency graph "
                       "cannot shrink it safely, so it and the channels coupled to it stay whole",
@@ -82,10 +92,13 @@ def layers_to_keep(model: nn.Module) -> list[nn.Module]:
 def new_pruner(model: nn.Module, example: torch.Tensor, importance: str, *, ratio: float,
                global_scope: bool, max_layer_ratio: float, steps: int,
                round_to: int | None) -> tp.pruner.MetaPruner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the caller reported the skipped layers once already
+        keep = layers_to_keep(model)
     return tp.pruner.MetaPruner(
         model, example, importance=build_importance(importance), global_pruning=global_scope,
         pruning_ratio=ratio, max_pruning_ratio=max_layer_ratio, iterative_steps=steps,
-        ignored_layers=layers_to_keep(model), round_to=round_to)
+        ignored_layers=keep, round_to=round_to)
 
 
 def prune_to(model: nn.Module, example: torch.Tensor, base: Cost, *, target: str, goal: float,

@@ -223,7 +223,7 @@ def prune_stage(parent: Path, data: str, folder: Path, *, ratio: float, epochs: 
     # check=False: the export and the fresh load of the benchmark that follows check the same
     # things, and a fresh-process reload per candidate costs seconds.
     prune(parent, data, folder, ratio=ratio, target="flops", method="structured",
-          importance="l2", scope="global", steps=1, finetune_epochs=epochs, round_to=8,
+          importance="l2", scope="auto", steps=1, finetune_epochs=epochs, round_to=8,
           check=False, console=QUIET, **{"progress": False, **settings})
 
 
