@@ -78,6 +78,10 @@ def test_static_quantisation_writes_qdq_model(tmp_path) -> None:
     got = ort_session(tmp_path / "model.int8.onnx").run(None, {"input": calibration[:3]})[0]
     assert got.shape == (3, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx"]
+    # The exporter's debugging records (stack traces, module names) are not shipped.
+    fp32, int8 = (onnx.load(str(tmp_path / n)) for n in ("model.onnx", "model.int8.onnx"))
+    assert any(n.metadata_props for n in fp32.graph.node)
+    assert not any(n.metadata_props or n.doc_string for n in int8.graph.node)
 
 
 def test_static_quantisation_refuses_unquantisable_or_missing_models(tmp_path) -> None:

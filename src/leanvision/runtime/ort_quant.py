@@ -111,6 +111,7 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calibratio
                 calibrate_method=CALIBRATION_METHODS[calibrate],
                 nodes_to_exclude=list(nodes_to_exclude) or None,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            strip_debug_info(tmp)
             q_nodes, dq_nodes = count_qdq(tmp)
             if q_nodes == 0 or dq_nodes == 0:
                 raise ArtifactError(f"ONNX Runtime's quantiser produced no QuantizeLinear/"
@@ -120,6 +121,18 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calibratio
             "calibration": {"method": calibrate, "images": int(len(calibration)),
                             "per_channel": per_channel},
             "nodes_to_exclude": list(nodes_to_exclude)}
+
+
+def strip_debug_info(path: str | Path) -> None:
+    """Drop what the exporter attached to each node for debugging (PyTorch stack traces, module
+    names and FX nodes, about 300 bytes per node): the shipped INT8 file runs the same without
+    them, is smaller (3.5% of a pruned airnet_m's), and does not carry the source paths of the
+    machine that built it. Node names stay: the accuracy guard refers to them."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *,
@@ -137,6 +150,7 @@ def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *,
         with atomic_path(out_path) as tmp, _quiet_root_logger():
             quantize_dynamic(str(prepared), str(tmp), per_channel=per_channel,
                              reduce_range=False, weight_type=QuantType.QInt8)
+            strip_debug_info(tmp)
             nodes = quant_node_counts(tmp)
             if not nodes:
                 raise ArtifactError(f"ONNX Runtime's dynamic quantiser left {fp32_path} without "
