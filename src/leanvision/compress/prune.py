@@ -263,10 +263,13 @@ def _prune_step(art: Artifact, model: torch.nn.Module, example: torch.Tensor, ba
         # Pruning is deterministic for a given scope, so each is tried on a copy, scored, and
         # the better one is then applied to the network itself.
         scores = {}
-        for scope in scopes:
-            trial = copy.deepcopy(model)
-            cut(trial, scope)
-            scores[scope] = score(trial)
+        # Scoring must not move the random state: on several processes only rank 0 scores,
+        # and every rank has to draw the same augmentations as one process would.
+        with torch.random.fork_rng():
+            for scope in scopes:
+                trial = copy.deepcopy(model)
+                cut(trial, scope)
+                scores[scope] = score(trial)
         chosen = max(scopes, key=lambda s: -1.0 if scores[s] is None else scores[s])
         record["scope"], record["scope_val_top1"] = chosen, scores
         cut(model, chosen)
