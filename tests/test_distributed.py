@@ -123,8 +123,10 @@ def test_prune_fine_tunes_through_the_same_data_parallel_loop(runs):
     a, b = lv.load(one["artifact"]), lv.load(two["artifact"])
     assert a.card["transforms"] == b.card["transforms"]  # the same channels, exactly
     assert two["pruning"]["flops_fraction"] == one["pruning"]["flops_fraction"]
+    # Two fine-tuning steps compound float-summation-order noise (all-reduce, thread counts):
+    # about 1e-4 on weights of 1e-2 in CI; a wrong network on a rank is off by far more.
     for key, tensor in a.model.state_dict().items():
-        assert torch.allclose(tensor, b.model.state_dict()[key], rtol=1e-3, atol=1e-5), key
+        assert torch.allclose(tensor, b.model.state_dict()[key], rtol=1e-2, atol=5e-4), key
     for x, y in zip(one["pruning"]["steps"], two["pruning"]["steps"], strict=True):
         assert (x["val_top1_pruned"], x["val_top1_finetuned"]) == (
             y["val_top1_pruned"], y["val_top1_finetuned"])
