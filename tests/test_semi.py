@@ -29,12 +29,48 @@ def flat_unlabeled(folder: Path, count: int, seed: int = 1) -> Path:
     return folder
 
 
-def _criterion(model, threshold: float) -> FixMatchCriterion:
+def _criterion(model, threshold: float, pseudo_labels: str = "step") -> FixMatchCriterion:
     unlabeled = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(0))
     return FixMatchCriterion(model, unlabeled, num_classes=3, mean=[0.5] * 3, std=[0.5] * 3,
                              hw=choose_hardware("cpu", "fp32", False), mu=2,
-                             threshold=threshold, lambda_u=1.0)
+                             threshold=threshold, lambda_u=1.0, pseudo_labels=pseudo_labels)
+
+
+def test_epoch_pool_holds_the_confident_images_and_trains_only_them():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    crit = _criterion(model, threshold=0.9, pseudo_labels="epoch")
+    with torch.no_grad():  # class 1 is certain for images brighter than average, else unsure
+        model[1].weight.zero_()
+        model[1].weight[1].fill_(0.6)
+        model[1].bias.zero_()
+    x = (crit.unlabeled.float() / 255 - 0.5) / 0.5
+    expected = (model(x).softmax(1).max(1).values >= 0.9).nonzero().flatten()
+    assert 0 < len(expected) < 20
+    state = torch.get_rng_state()
+    model.train()
+    crit.set_epoch(0)
+    assert model.training and torch.equal(torch.get_rng_state(), state)  # no draws, mode kept
+    assert torch.equal(crit.pool, expected) and (crit.pool_labels == 1).all()
+    assert crit.pool_shares == [len(expected) / 20]
+
+    seen = []
+    model.register_forward_pre_hook(lambda m, inp: seen.append(len(inp[0])))
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    loss = crit(logits, targets, torch.zeros(5, 3, 8, 8), torch.arange(5))
+    draws = round(2 * 5 * len(expected) / 20)  # mu * B * the share FixMatch's mask lets through
+    assert seen == [draws]
+    supervised = torch.nn.functional.cross_entropy(logits, targets)
+    assert loss.item() > supervised.item()
+    assert crit.record()["pool_share_by_epoch"] == crit.pool_shares
+
+    never = _criterion(model, threshold=1.0, pseudo_labels="epoch")
+    seen.clear()
+    never.set_epoch(0)
+    assert never(logits, targets, torch.zeros(5, 3, 8, 8), torch.arange(5)).item() == \
+        pytest.approx(supervised.item(), rel=1e-6)
+    assert seen == [len(crit.unlabeled)]  # the labelling pass only: nothing to train
 
 
 def test_only_confident_pseudo_labels_count():
@@ -76,6 +112,8 @@ def test_train_with_unlabeled_folder_records_fixmatch(tmp_path):
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     semi = card["semi_supervised"]
     assert semi["method"] == "fixmatch" and semi["images"] == 24 and semi["mu"] == 2
+    assert semi["pseudo_labels"] == "epoch"
+    assert len(semi["pool_share_by_epoch"]) == summary["training"]["epochs_run"]
     assert semi["unlabeled"] == str(unlabeled.resolve())
     assert semi["steps"] == summary["training"]["epochs_run"] * 2  # 18 train images, batch 8
     assert 0.0 <= semi["mask_rate_last10pct"] <= 1.0

@@ -119,6 +119,9 @@ def train_cmd(
     mu: int = typer.Option(7, help="--unlabeled: unlabelled images per labelled one per step."),
     threshold: float = typer.Option(0.95, help="--unlabeled: pseudo-label confidence needed."),
     lambda_u: float = typer.Option(1.0, help="--unlabeled: weight of the unlabelled loss."),
+    pseudo_labels: str = typer.Option("epoch", help="--unlabeled: epoch (labelled once per "
+                                      "epoch, only confident images trained: cheap) or step "
+                                      "(FixMatch's per-step labels)."),
     img_size: int | None = typer.Option(None, help="Input size; default: the model's."),
     val_fraction: float = typer.Option(0.1, help="Hold-out for data without a val split."),
     balance: str = typer.Option("none", help="none, loss (class weights) or sampler."),
@@ -161,8 +164,8 @@ def train_cmd(
             norm_lr_scale=norm_lr_scale, dropout=dropout, grad_clip=grad_clip, ema=ema,
             lookahead=lookahead, early_stop=early_stop, augment=augment, mixup=mixup,
             cutmix=cutmix, translate=translate, tta=tta, unlabeled=unlabeled, mu=mu,
-            threshold=threshold, lambda_u=lambda_u, img_size=img_size,
-            val_fraction=val_fraction, balance=balance,
+            threshold=threshold, lambda_u=lambda_u, pseudo_labels=pseudo_labels,
+            img_size=img_size, val_fraction=val_fraction, balance=balance,
             skip_bad_images=skip_bad_images, device=device, precision=precision, seed=seed)
     settings["progress"] = sys.stderr.isatty()
     if text_columns is not None or fusion or text_encoder:  # see leanvision.multimodal

@@ -19,6 +19,7 @@ RECIPES = ("auto", "standard", "fast")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 BALANCE = ("none", "loss", "sampler")
+PSEUDO_LABELS = ("epoch", "step")  # training/semi.py
 
 
 @dataclass
@@ -67,6 +68,9 @@ class TrainConfig:
     mu: int = 7  # unlabelled images per labelled one in each step
     threshold: float = 0.95  # confidence a pseudo-label needs to count
     lambda_u: float = 1.0  # weight of the unlabelled consistency loss
+    # "epoch": pseudo-labels taken once per epoch and only confident images forwarded (cheap);
+    # "step": the paper's per-step weak-view labels (see training/semi.py)
+    pseudo_labels: str = "epoch"
     # --- inference ---
     tta: str | None = None  # test-time augmentation, saved in the card for eval and predict
     # --- hardware ---
@@ -92,6 +96,7 @@ class TrainConfig:
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("device", self.device, DEVICES)
         _one_of("balance", self.balance, BALANCE)
+        _one_of("pseudo_labels", self.pseudo_labels, PSEUDO_LABELS)
         _range("val_fraction", self.val_fraction, 0.0, 0.9)
         _range("epochs", self.epochs, 1, 100_000)
         _range("batch_size", self.batch_size, 1, 1_000_000)

@@ -36,13 +36,15 @@ def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tup
     for note in unlabeled.notes:
         console.print(f"  unlabeled: {note}", style="dim")
     console.print(f"semi-supervised (FixMatch): {len(unlabeled)} unlabelled images, mu "
-                  f"{cfg.mu}, threshold {cfg.threshold}, lambda_u {cfg.lambda_u}")
+                  f"{cfg.mu}, threshold {cfg.threshold}, lambda_u {cfg.lambda_u}, pseudo-labels "
+                  f"per {cfg.pseudo_labels}")
     hw = choose_hardware(cfg.device, cfg.precision, cfg.channels_last)
     fixmatch = FixMatchCriterion(model, unlabeled.images, num_classes=num_classes,
                                  mean=pre["mean"], std=pre["std"], hw=hw, mu=cfg.mu,
                                  threshold=cfg.threshold, lambda_u=cfg.lambda_u, seed=cfg.seed,
                                  label_smoothing=cfg.label_smoothing or 0.0,
-                                 class_weights=class_weights)
+                                 class_weights=class_weights,
+                                 pseudo_labels=cfg.pseudo_labels)
 
     def epoch_start(epoch: int) -> None:
         on_epoch_start(epoch)
@@ -50,6 +52,6 @@ def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tup
 
     block = {"method": "fixmatch", "unlabeled": str(unlabeled.folder.resolve()),
              "images": len(unlabeled), "mu": cfg.mu, "threshold": cfg.threshold,
-             "lambda_u": cfg.lambda_u, "notes": unlabeled.notes,
+             "lambda_u": cfg.lambda_u, "pseudo_labels": cfg.pseudo_labels, "notes": unlabeled.notes,
              "skipped_images": [f"{item}: {reason}" for item, reason in unlabeled.skipped]}
     return SemiSupervised(fixmatch, block), fixmatch, epoch_start
