@@ -29,12 +29,14 @@ def flat_unlabeled(folder: Path, count: int, seed: int = 1) -> Path:
     return folder
 
 
-def _criterion(model, threshold: float, pseudo_labels: str = "step") -> FixMatchCriterion:
+def _criterion(model, threshold: float, pseudo_labels: str = "step",
+               labelled_per_epoch: int | None = None) -> FixMatchCriterion:
     unlabeled = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(0))
     return FixMatchCriterion(model, unlabeled, num_classes=3, mean=[0.5] * 3, std=[0.5] * 3,
                              hw=choose_hardware("cpu", "fp32", False), mu=2,
-                             threshold=threshold, lambda_u=1.0, pseudo_labels=pseudo_labels)
+                             threshold=threshold, lambda_u=1.0, pseudo_labels=pseudo_labels,
+                             labelled_per_epoch=labelled_per_epoch)
 
 
 def test_epoch_pool_holds_the_confident_images_and_trains_only_them():
@@ -71,6 +73,23 @@ def test_epoch_pool_holds_the_confident_images_and_trains_only_them():
     assert never(logits, targets, torch.zeros(5, 3, 8, 8), torch.arange(5)).item() == \
         pytest.approx(supervised.item(), rel=1e-6)
     assert seen == [len(crit.unlabeled)]  # the labelling pass only: nothing to train
+
+
+def test_epoch_labelling_moves_a_window_of_mu_images_per_labelled_one():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([9.0, 0.0, 0.0]))  # every image confidently class 0
+    crit = _criterion(model, threshold=0.9, pseudo_labels="epoch", labelled_per_epoch=3)
+    seen = []
+    model.register_forward_pre_hook(lambda m, inp: seen.append(len(inp[0])))
+    windows = []
+    for epoch in (0, 1, 3):
+        crit.set_epoch(epoch)
+        windows.append(crit.pool.tolist())
+    assert seen == [6, 6, 6]  # mu 2 x 3 labelled images, not the whole folder of 20
+    assert windows == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [18, 19, 0, 1, 2, 3]]
+    assert crit.pool_shares == [1.0, 1.0, 1.0]
 
 
 def test_only_confident_pseudo_labels_count():

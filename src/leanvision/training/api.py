@@ -196,7 +196,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
 
         semi, criterion, on_epoch_start = fixmatch_criterion(
             cfg, model, input_size, num_classes, pre, class_w, criterion, on_epoch_start,
-            console)
+            console, labelled_per_epoch=len(train_imgs))
         extra_card = {**(extra_card or {}), "semi_supervised": semi.block}
 
     w = distributed.world()

@@ -13,14 +13,16 @@ The weak and strong views go through the network in one batch; the labelled batc
 the loop, has its own batch-norm statistics (the paper interleaves all three).
 
 That is `pseudo_labels="step"`. The default, `"epoch"`, computes the same loss for a fraction of
-the work: at the start of each epoch the model (in eval mode) labels every unlabelled image once,
-and the confident ones form the epoch's pool; each step then draws as many images from the pool
-as FixMatch's mask would have let through on average (mu * B * pool share) and trains only their
-strong views. A step no longer forwards the weak views nor the strong views the mask would have
-zeroed: early in training, when few images pass the threshold, a step costs little more than a
-supervised one. The pseudo-labels are up to one epoch old (self-training's refresh rate); on a
-CPU budget that buys many more steps, which is what decides accuracy at a fixed time budget
-(bench/few_labels.py)."""
+the work: at the start of each epoch the model (in eval mode, clean images) labels the images
+FixMatch would draw in that epoch (mu per labelled image: a window that moves through the folder
+epoch by epoch, so every image is labelled in turn), and the confident ones form the epoch's pool;
+each step then draws as many images from the pool as FixMatch's mask would have let through on
+average (mu * B * pool share) and trains only their strong views. A step no longer forwards the
+weak views (labelling in eval mode without gradients costs about a third of a training pass) nor
+the strong views the mask would have zeroed: early in training, when few images pass the
+threshold, a step costs little more than a supervised one. The pseudo-labels are up to one epoch
+old (self-training's refresh rate); on a CPU budget that buys many more steps, which is what
+decides accuracy at a fixed time budget (bench/few_labels.py)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class FixMatchCriterion:
                  mean: list[float], std: list[float], hw: Hardware, mu: int, threshold: float,
                  lambda_u: float, seed: int = 0, label_smoothing: float = 0.0,
                  class_weights: torch.Tensor | None = None,
-                 pseudo_labels: str = "epoch") -> None:
+                 pseudo_labels: str = "epoch", labelled_per_epoch: int | None = None) -> None:
         self.model, self.hw, self.mean, self.std = model, hw, mean, std
         self.unlabeled = unlabeled.to(hw.device) if hw.device.type == "cuda" else unlabeled
         self.mu, self.threshold, self.lambda_u, self.seed = mu, threshold, lambda_u, seed
@@ -59,6 +61,8 @@ class FixMatchCriterion:
         self.class_weights = class_weights.to(hw.device) if class_weights is not None else None
         self.strong = BatchAugment("strong", num_classes=max(2, num_classes))
         self.pseudo_labels = pseudo_labels
+        # "epoch" labels this many images per epoch: what FixMatch's weak views would cover
+        self.window = min(len(unlabeled), mu * (labelled_per_epoch or len(unlabeled)))
         self.epoch, self.step = 0, 0
         self.mask_rates: list[float] = []
         self.unlabeled_losses: list[float] = []
@@ -70,19 +74,24 @@ class FixMatchCriterion:
         self.epoch, self.step = epoch, 0
         if self.pseudo_labels == "epoch":
             self.pool, self.pool_labels = self.confident_pool()
-            self.pool_shares.append(round(len(self.pool) / len(self.unlabeled), 4))
+            self.pool_shares.append(round(len(self.pool) / self.window, 4))
 
     @torch.no_grad()
     def confident_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices and pseudo-labels of the unlabelled images the model (eval mode, clean
-        image) labels with at least `threshold` confidence. Draws no random numbers, so a
-        resumed run rebuilds the same pool from the same weights."""
+        """Indices and pseudo-labels of this epoch's window of unlabelled images that the model
+        (eval mode, clean image) labels with at least `threshold` confidence. The window is a
+        function of the epoch and nothing random is drawn, so a resumed run rebuilds the same
+        pool from the same weights."""
+        total = len(self.unlabeled)
+        first = (self.epoch * self.window) % total
+        window = torch.arange(first, first + self.window) % total
         was_training = self.model.training
         self.model.eval()
         confidences, labels = [], []
         try:
-            for start in range(0, len(self.unlabeled), LABEL_BATCH):
-                raw = self.unlabeled[start:start + LABEL_BATCH].to(self.hw.device)
+            for start in range(0, len(window), LABEL_BATCH):
+                rows = window[start:start + LABEL_BATCH].to(self.unlabeled.device)
+                raw = self.unlabeled[rows].to(self.hw.device)
                 x = normalize(raw, self.mean, self.std)
                 if self.hw.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -95,7 +104,7 @@ class FixMatchCriterion:
             self.model.train(was_training)
         confidence, label = torch.cat(confidences), torch.cat(labels)
         keep = (confidence >= self.threshold).nonzero().flatten()
-        return keep, label[keep]
+        return window[keep], label[keep]
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor,
                  indices: torch.Tensor) -> torch.Tensor:
@@ -127,7 +136,7 @@ class FixMatchCriterion:
         """FixMatch's unlabelled term over mu * batch draws, of which only the pool's share
         (the images the mask would pass) is forwarded; the sum is still divided by all draws."""
         draws = self.mu * batch
-        share = len(self.pool) / len(self.unlabeled)
+        share = len(self.pool) / self.window
         count = round(draws * share)
         self.mask_rates.append(share)
         if count < MIN_POOL_DRAW:

@@ -25,7 +25,8 @@ class SemiSupervised:
 
 def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tuple[int, int],
                        num_classes: int, pre: dict[str, Any], class_weights, criterion,
-                       on_epoch_start: Callable[[int], None], console: Console):
+                       on_epoch_start: Callable[[int], None], console: Console,
+                       labelled_per_epoch: int):
     if criterion is not None:
         raise ConfigError("--unlabeled trains with its own loss (FixMatch) and cannot be "
                           "combined with this stage's; train with --unlabeled first, then run "
@@ -44,7 +45,8 @@ def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tup
                                  threshold=cfg.threshold, lambda_u=cfg.lambda_u, seed=cfg.seed,
                                  label_smoothing=cfg.label_smoothing or 0.0,
                                  class_weights=class_weights,
-                                 pseudo_labels=cfg.pseudo_labels)
+                                 pseudo_labels=cfg.pseudo_labels,
+                                 labelled_per_epoch=labelled_per_epoch)
 
     def epoch_start(epoch: int) -> None:
         on_epoch_start(epoch)
