@@ -3,7 +3,9 @@ each sending one image per request as fast as answers come back, against the run
 batch throughput for the same model measured in the same run.
 
 - the server is `leanvision.serving.serve` in a subprocess (its own interpreter, as in use),
-  bound to 127.0.0.1 with --max-batch / --max-wait-ms / --threads as given;
+  bound to 127.0.0.1 with --max-batch / --max-wait-ms / --threads as given; `--spin off,on`
+  runs the whole load twice, with ONNX Runtime's worker threads sleeping between batches
+  (serve's default) and spin-waiting (ORT's own default);
 - the baseline is `Predictor.run_normalised` at batch --max-batch in this process, before the
   load starts (the network call alone, as `leanvision bench` times it);
 - each level is bounded: --requests requests or --seconds seconds, whichever comes first, after
@@ -54,8 +56,33 @@ def main() -> None:
                   f"{args.max_batch} ({args.threads} threads)")
     runtime_used = predictor.runtime
     del predictor
+    variants = {}
+    for spin in [v.strip() for v in args.spin.split(",")]:
+        if spin not in ("on", "off"):
+            die(f"--spin {spin!r}: each value must be on or off")
+        console.print(f"server with ONNX Runtime spinning {spin}:")
+        variants[f"spin-{spin}"] = run_levels(args, images, baseline, spin == "on")
+    # The server's default (spinning off) carries the target when it was run.
+    main_levels = variants.get("spin-off") or next(iter(variants.values()))
+    figures = {"runtime": runtime_used, "runtime_images_per_s": baseline,
+               "levels": main_levels, "target": target(main_levels),
+               "variants": {name: {"share_at_32": levels.get("32", {}).get("share_of_runtime"),
+                                   "levels": levels} for name, levels in variants.items()}}
+    print_table(f"serve under load ({runtime_used}, batch {args.max_batch}, "
+                f"{args.threads} threads; runtime alone {baseline:,.0f} images/s)",
+                ["server", "clients", "req/s", "p50 ms", "p99 ms", "errors",
+                 "share of runtime"],
+                [[name, c, v["requests_per_s"], v["p50_ms"], v["p99_ms"], v["errors"],
+                  v["share_of_runtime"]]
+                 for name, levels in variants.items()
+                 for c, v in levels.items() if c.isdigit()])
+    write_result(args.name, result_record("serve_load", figures, vars(args)))
+
+
+def run_levels(args: argparse.Namespace, images: list[bytes], baseline: float,
+               spin: bool) -> dict[str, Any]:
     port = free_port()
-    server = start_server(args, port)
+    server = start_server(args, port, spin)
     levels: dict[str, Any] = {}
     try:
         wait_ready(server, port)
@@ -80,14 +107,7 @@ def main() -> None:
         levels["server_metrics"] = batch_sizes(port)
     finally:
         stop_server(server)
-    figures = {"runtime": runtime_used, "runtime_images_per_s": baseline,
-               "levels": levels, "target": target(levels)}
-    print_table(f"serve under load ({runtime_used}, batch {args.max_batch}, "
-                f"{args.threads} threads)",
-                ["clients", "req/s", "p50 ms", "p99 ms", "errors", "share of runtime"],
-                [[c, v["requests_per_s"], v["p50_ms"], v["p99_ms"], v["errors"],
-                  v["share_of_runtime"]] for c, v in levels.items() if c.isdigit()])
-    write_result(args.name, result_record("serve_load", figures, vars(args)))
+    return levels
 
 
 def runtime_throughput(predictor: Predictor, batch: int) -> float:
@@ -217,12 +237,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, spin: bool) -> subprocess.Popen:
     code = ("import sys; from leanvision.serving import serve; "
             f"serve({str(Path(args.artifact).resolve())!r}, host={HOST!r}, port={port}, "
             f"runtime={args.runtime!r}, max_batch={args.max_batch}, "
             f"max_wait_ms={args.max_wait_ms}, threads={args.threads}, explain=False, "
-            "log_level='warning')")
+            f"log_level='warning', spin={spin})")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.Popen([sys.executable, "-c", code], env=env)
 
@@ -275,6 +295,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", default="cifar10",
                    help="cifar10 (test JPEGs), synthetic (random PNGs) or a folder")
     p.add_argument("--image-count", type=int, default=256)
+    p.add_argument("--spin", default="off",
+                   help="ONNX Runtime thread spinning in the server: off (serve's default), "
+                        "on, or off,on to compare both in one run")
     p.add_argument("--name", default="serve_load", help="results file name")
     args = p.parse_args()
     if args.requests < 1 or args.seconds <= 0:

@@ -132,6 +132,21 @@ def test_auto_follows_the_card_then_the_files(exported, tmp_path) -> None:
         Predictor.from_artifact(folder, runtime="tensorrt")
 
 
+def test_onnx_threads_spin_unless_told_not_to(exported) -> None:
+    # The server turns spinning off: between batches its cores parse HTTP and decode images.
+    def spinning(predictor: Predictor) -> str:
+        options = predictor._runner.session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    folder = exported["folder"]
+    assert spinning(Predictor.from_artifact(folder, runtime="onnx-int8", threads=1)) == "1"
+    calm = Predictor.from_artifact(folder, runtime="onnx-fp32", threads=1, spin=False)
+    assert spinning(calm) == "0"
+    x = np.zeros((2, 3, *calm.input_size), dtype=np.uint8)
+    busy = Predictor.from_artifact(folder, runtime="onnx-fp32", threads=1)
+    np.testing.assert_allclose(calm.logits(x), busy.logits(x), rtol=1e-6)
+
+
 def test_card_preprocessing_that_cannot_be_honoured_is_refused(exported, tmp_path) -> None:
     folder = _copy(exported["folder"], tmp_path / "squash")
     _edit_card(folder, input__resize="squash")

@@ -131,7 +131,8 @@ def test_train_with_unlabeled_folder_records_fixmatch(tmp_path):
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     semi = card["semi_supervised"]
     assert semi["method"] == "fixmatch" and semi["images"] == 24 and semi["mu"] == 2
-    assert semi["pseudo_labels"] == "epoch"
+    assert semi["pseudo_labels"] == "epoch" and semi["labelled_by"] == "ema"
+    assert card["config"]["label_smoothing"] == 0.0  # smoothing would cap the confidence
     assert len(semi["pool_share_by_epoch"]) == summary["training"]["epochs_run"]
     assert semi["unlabeled"] == str(unlabeled.resolve())
     assert semi["steps"] == summary["training"]["epochs_run"] * 2  # 18 train images, batch 8
@@ -145,6 +146,11 @@ def test_unusable_unlabeled_folder_is_refused_before_writing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="--unlabeled folder .* holds no images.*at least 16"):
         lv.train(str(data), tmp_path / "run", unlabeled=str(tmp_path / "empty"), **FAST)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"--threshold 0.95 is out of reach: --label-smoothing "
+                                          r"0.1 .* 0.933 .*3 classes"):
+        lv.train(str(data), tmp_path / "run", unlabeled=str(flat_unlabeled(tmp_path / "u", 20)),
+                 label_smoothing=0.1, threshold=0.95, **FAST)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="--threshold 1.5 is out of range"):
         lv.train(str(data), tmp_path / "run", unlabeled=str(tmp_path / "empty"), threshold=1.5,

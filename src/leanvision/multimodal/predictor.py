@@ -38,7 +38,8 @@ class FusedPredictor(Predictor):
 
     @classmethod
     def from_artifact(cls, path: str | os.PathLike, runtime: str = "auto",
-                      threads: int | None = None, device: str = "cpu") -> FusedPredictor:
+                      threads: int | None = None, device: str = "cpu",
+                      spin: bool = True) -> FusedPredictor:
         folder, card = read_card(path)
         threads = threads or physical_cores()
         if runtime == "auto":
@@ -54,7 +55,7 @@ class FusedPredictor(Predictor):
             if not model_file.is_file():
                 raise ArtifactError(f"{folder} has no {ONNX_FILE} for --runtime onnx-fp32; "
                                     "create it with `leanvision export`")
-            runner = _onnx_runner(model_file, threads, device)
+            runner = _onnx_runner(model_file, threads, device, spin)
         else:
             model_file = folder / WEIGHTS_FILE
             runner = _torch_runner(folder, threads, device)
@@ -117,12 +118,13 @@ class FusedPredictor(Predictor):
         return records
 
 
-def _onnx_runner(path: Path, threads: int, device: str):
+def _onnx_runner(path: Path, threads: int, device: str, spin: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")

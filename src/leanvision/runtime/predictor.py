@@ -80,16 +80,19 @@ class Predictor:
 
     @classmethod
     def from_artifact(cls, path: str | os.PathLike, runtime: str = "auto",
-                      threads: int | None = None, device: str = "cpu") -> Predictor:
+                      threads: int | None = None, device: str = "cpu",
+                      spin: bool = True) -> Predictor:
         """Open the artifact folder at `path` with `runtime` ("auto" or one of RUNTIMES).
 
         "auto" takes the card's "recommended_runtime" when its file is there, else onnx-int8,
-        onnx-fp32, torch, whichever file exists first. `threads` None: the physical cores."""
+        onnx-fp32, torch, whichever file exists first. `threads` None: the physical cores.
+        `spin` False: ONNX Runtime's worker threads sleep between calls instead of spin-waiting
+        (a server whose cores also parse HTTP and decode images wants them back)."""
         folder, card = read_card(path)
         if "multimodal" in card:  # images with text: two inputs, a tokenizer
             from ..multimodal.predictor import FusedPredictor
 
-            return FusedPredictor.from_artifact(path, runtime, threads, device)
+            return FusedPredictor.from_artifact(path, runtime, threads, device, spin)
         _check_preprocessing(folder, card)
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r} must be cpu or cuda")
@@ -101,7 +104,7 @@ class Predictor:
             model_file = folder / ONNX_FILES[chosen]
             check_onnx(model_file, folder, num_classes=len(card["classes"]),
                        input_size=tuple(card["input"]["size"]))
-            runner = _onnx_runner(model_file, threads, device)
+            runner = _onnx_runner(model_file, threads, device, spin)
         else:
             model_file = folder / WEIGHTS_FILE
             runner = _torch_runner(folder, threads, device, compiled=chosen == "torch-compile")
@@ -231,12 +234,15 @@ def _choose_runtime(folder: Path, card: dict[str, Any], runtime: str) -> str:
     return runtime
 
 
-def _onnx_runner(path: Path, threads: int, device: str) -> Runner:
+def _onnx_runner(path: Path, threads: int, device: str, spin: bool = True) -> Runner:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # one image graph: no independent branches worth a pool
+    # Spinning (ORT's default) shaves the wake-up off back-to-back calls but burns the cores
+    # while the caller does anything else between them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
@@ -256,6 +262,7 @@ def _onnx_runner(path: Path, threads: int, device: str) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         return session.run([output_name], {input_name: x})[0]
 
+    run.session = session  # type: ignore[attr-defined]  # its options, for whoever asks
     return run
 
 

@@ -59,7 +59,7 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
           api_key: str | None = None, runtime: str = "auto", max_batch: int = 32,
           max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 10.0,
           max_body_mb: float = 20.0, threads: int | None = None, top_k: int = 5,
-          explain: bool = True, log_level: str = "info") -> None:
+          explain: bool = True, log_level: str = "info", spin: bool = False) -> None:
     """Serve the artifact folder over HTTP until SIGTERM / Ctrl-C.
 
     Binds 127.0.0.1 unless told otherwise; any other address needs an API key (`api_key` or
@@ -67,7 +67,8 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
     key = resolve_api_key(host, api_key)
     app = create_app(artifact, api_key=key, runtime=runtime, max_batch=max_batch,
                      max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
-                     max_body_mb=max_body_mb, threads=threads, top_k=top_k, explain=explain)
+                     max_body_mb=max_body_mb, threads=threads, top_k=top_k, explain=explain,
+                     spin=spin)
     run_app(app, host=host, port=port, log_level=log_level)
 
 

@@ -90,12 +90,14 @@ def create_app(artifact: str | os.PathLike | None = None, *, api_key: str | None
                runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 5.0,
                queue_size: int = 256, timeout_s: float = 10.0, max_body_mb: float = 20.0,
                threads: int | None = None, top_k: int = 5, predictor: Runtime | None = None,
-               explain: bool = True) -> FastAPI:
+               explain: bool = True, spin: bool = False) -> FastAPI:
     """The app for the artifact folder `artifact`, loaded now (errors surface before binding).
 
     `api_key` is used as given (serve() reads $LEANVISION_API_KEY); `predictor` replaces the
     runtime the artifact would get (a test seam); `explain=False` skips loading the PyTorch
-    model that /v1/explain needs (it then answers 501)."""
+    model that /v1/explain needs (it then answers 501). `spin` lets ONNX Runtime's threads
+    spin-wait between batches; off by default, since between two batches the same cores parse
+    requests and decode images (bench/serve_load.py --spin off,on compares both)."""
     settings = ServeSettings(api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              queue_size=queue_size, timeout_s=timeout_s,
                              max_body_mb=max_body_mb, top_k=top_k)
@@ -104,7 +106,8 @@ def create_app(artifact: str | os.PathLike | None = None, *, api_key: str | None
             raise ConfigError("no artifact given; pass the artifact folder to serve")
         from ..runtime.predictor import Predictor
 
-        predictor = Predictor.from_artifact(artifact, runtime=runtime, threads=threads)
+        predictor = Predictor.from_artifact(artifact, runtime=runtime, threads=threads,
+                                            spin=spin)
     explainer = Explainer.load(artifact) if explain and artifact is not None else None
     return _build(predictor, explainer, settings, name=_model_name(artifact, predictor))
 

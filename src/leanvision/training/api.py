@@ -209,6 +209,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
                            train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
                            class_weights=class_w, sample_weights=sample_w,
                            on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
+                           on_ema=semi.criterion.use_teacher if semi is not None else None,
                            criterion=criterion, init_from_data=fresh),
                  cfg, hw, out_dir, resume=state, console=console)
     if not w.main:  # rank 0 evaluates and writes the artifact; the others get its summary

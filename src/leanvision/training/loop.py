@@ -67,6 +67,9 @@ class FitInputs:
     # into `train`, so per-image caches such as teacher logits can be looked up)
     criterion: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                         torch.Tensor] | None = None
+    # called once with the EMA copy of the model when the recipe keeps one (semi-supervised
+    # training labels the unlabelled images with it)
+    on_ema: Callable[[torch.nn.Module], None] | None = None
     # False when the model arrives trained (a stage fine-tuning its parent): a data-dependent
     # initialisation would overwrite learned weights
     init_from_data: bool = True
@@ -119,6 +122,8 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                           step_size=cfg.step_size, gamma=cfg.gamma)
     scaler = torch.amp.GradScaler(hw.device.type, enabled=hw.needs_grad_scaler())
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    if ema is not None and inputs.on_ema is not None:
+        inputs.on_ema(ema.module)
     lookahead = Lookahead(cfg.epochs * steps_per_epoch) if cfg.lookahead else None
     augment = BatchAugment(cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
                            num_classes=inputs.num_classes, translate=cfg.translate)

@@ -88,6 +88,10 @@ def resolve_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, lis
         _fast(cfg, stats, pick)
     else:
         _standard(cfg, stats, pick, chosen)
+    if cfg.unlabeled and cfg.label_smoothing is None:  # overrides the recipe's own choice
+        notes[:] = [n for n in notes if not n.startswith("label_smoothing =")]
+        pick("label_smoothing", 0.0, "--unlabeled: a pseudo-label needs confidence above "
+             "--threshold, and smoothing caps it (at 0.91 for 0.1 over 10 classes)")
     return replace(cfg, **chosen), notes
 
 

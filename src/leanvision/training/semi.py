@@ -68,6 +68,7 @@ class FixMatchCriterion:
         self.unlabeled_losses: list[float] = []
         self.pool_shares: list[float] = []  # per epoch, "epoch" mode
         self.pool = torch.empty(0, dtype=torch.long)
+        self.teacher: nn.Module | None = None  # the EMA weights, when the recipe keeps them
         self.pool_labels = torch.empty(0, dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,6 +76,11 @@ class FixMatchCriterion:
         if self.pseudo_labels == "epoch":
             self.pool, self.pool_labels = self.confident_pool()
             self.pool_shares.append(round(len(self.pool) / self.window, 4))
+
+    def use_teacher(self, module: nn.Module) -> None:
+        """Label with `module` (the loop's EMA copy of the model): averaged weights are the
+        steadier teacher (Mean Teacher; they also score higher on validation here)."""
+        self.teacher = module
 
     @torch.no_grad()
     def confident_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +91,9 @@ class FixMatchCriterion:
         total = len(self.unlabeled)
         first = (self.epoch * self.window) % total
         window = torch.arange(first, first + self.window) % total
-        was_training = self.model.training
-        self.model.eval()
+        net = self.teacher if self.teacher is not None else self.model
+        was_training = net.training
+        net.eval()
         confidences, labels = [], []
         try:
             for start in range(0, len(window), LABEL_BATCH):
@@ -96,12 +103,12 @@ class FixMatchCriterion:
                 if self.hw.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.hw.autocast():
-                    probs = self.model(x).float().softmax(1)
+                    probs = net(x).float().softmax(1)
                 confidence, label = probs.max(1)
                 confidences.append(confidence.cpu())
                 labels.append(label.cpu())
         finally:
-            self.model.train(was_training)
+            net.train(was_training)
         confidence, label = torch.cat(confidences), torch.cat(labels)
         keep = (confidence >= self.threshold).nonzero().flatten()
         return window[keep], label[keep]
@@ -160,7 +167,9 @@ class FixMatchCriterion:
         """What the card keeps: the share of unlabelled images that passed the threshold (it
         rises as the model grows confident) at the start and end of training."""
         tenth = max(1, len(self.mask_rates) // 10)
-        extra = {"pool_share_by_epoch": self.pool_shares} if self.pool_shares else {}
+        extra = {"pool_share_by_epoch": self.pool_shares,
+                 "labelled_by": "ema" if self.teacher is not None else "model"} \
+            if self.pseudo_labels == "epoch" else {}
         return {"steps": len(self.mask_rates), "pseudo_labels": self.pseudo_labels, **extra,
                 "mask_rate_first10pct": _mean(self.mask_rates[:tenth]),
                 "mask_rate_last10pct": _mean(self.mask_rates[-tenth:]),

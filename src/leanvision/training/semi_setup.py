@@ -31,6 +31,7 @@ def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tup
         raise ConfigError("--unlabeled trains with its own loss (FixMatch) and cannot be "
                           "combined with this stage's; train with --unlabeled first, then run "
                           "the stage on the result")
+    _check_threshold_reachable(cfg, num_classes)
     unlabeled = load_unlabeled(cfg.unlabeled, input_size, min_images=MIN_UNLABELED_IMAGES,
                                role="--unlabeled", need="for semi-supervised training",
                                skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
@@ -57,3 +58,15 @@ def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tup
              "lambda_u": cfg.lambda_u, "pseudo_labels": cfg.pseudo_labels, "notes": unlabeled.notes,
              "skipped_images": [f"{item}: {reason}" for item, reason in unlabeled.skipped]}
     return SemiSupervised(fixmatch, block), fixmatch, epoch_start
+
+
+def _check_threshold_reachable(cfg: TrainConfig, num_classes: int) -> None:
+    """Label smoothing e trains the model towards 1 - e + e/K for the true class: a threshold
+    at or above that is (almost) never met, and the unlabelled images would be ignored."""
+    smoothing = cfg.label_smoothing or 0.0
+    cap = 1.0 - smoothing + smoothing / max(num_classes, 1)
+    if smoothing > 0 and cfg.threshold >= cap:
+        raise ConfigError(f"--threshold {cfg.threshold:g} is out of reach: --label-smoothing "
+                          f"{smoothing:g} trains the model towards {cap:.3f} confidence at most "
+                          f"({num_classes} classes), so almost no pseudo-label would count; "
+                          f"lower --threshold under {cap:.3f} or set --label-smoothing 0")
