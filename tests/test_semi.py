@@ -30,13 +30,14 @@ def flat_unlabeled(folder: Path, count: int, seed: int = 1) -> Path:
 
 
 def _criterion(model, threshold: float, pseudo_labels: str = "step",
-               labelled_per_epoch: int | None = None) -> FixMatchCriterion:
+               labelled_per_epoch: int | None = None, thresholds: str = "fixed"
+               ) -> FixMatchCriterion:
     unlabeled = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(0))
     return FixMatchCriterion(model, unlabeled, num_classes=3, mean=[0.5] * 3, std=[0.5] * 3,
                              hw=choose_hardware("cpu", "fp32", False), mu=2,
                              threshold=threshold, lambda_u=1.0, pseudo_labels=pseudo_labels,
-                             labelled_per_epoch=labelled_per_epoch)
+                             labelled_per_epoch=labelled_per_epoch, thresholds=thresholds)
 
 
 def test_epoch_pool_holds_the_confident_images_and_trains_only_them():
@@ -92,6 +93,18 @@ def test_epoch_labelling_moves_a_window_of_mu_images_per_labelled_one():
     assert crit.pool_shares == [1.0, 1.0, 1.0]
 
 
+def test_flex_thresholds_are_lower_for_classes_the_model_has_learnt_less():
+    crit = _criterion(torch.nn.Identity(), threshold=0.9, thresholds="flex")
+    confidence = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.6, 0.7, 0.3])
+    label = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    # confident: class 0 three, class 1 one, class 2 none; 3 unconfident images
+    # b = [1, 1/3, 0] -> 0.9 * b / (2 - b) = [0.9, 0.18, 0], floored at 0.5
+    assert crit.class_thresholds(confidence, label).tolist() == pytest.approx([0.9, 0.5, 0.5])
+    # Nothing confident yet: no bar is lowered (a fresh model's labels are noise).
+    assert crit.class_thresholds(torch.tensor([0.4, 0.8]), torch.tensor([0, 1])).tolist() == \
+        pytest.approx([0.9, 0.9, 0.9])
+
+
 def test_only_confident_pseudo_labels_count():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
@@ -132,6 +145,7 @@ def test_train_with_unlabeled_folder_records_fixmatch(tmp_path):
     semi = card["semi_supervised"]
     assert semi["method"] == "fixmatch" and semi["images"] == 24 and semi["mu"] == 2
     assert semi["pseudo_labels"] == "epoch" and semi["labelled_by"] == "ema"
+    assert semi["thresholds"] == "flex" and len(semi["class_thresholds_last_epoch"][0]) == 3
     assert card["config"]["label_smoothing"] == 0.0  # smoothing would cap the confidence
     assert len(semi["pool_share_by_epoch"]) == summary["training"]["epochs_run"]
     assert semi["unlabeled"] == str(unlabeled.resolve())

@@ -122,6 +122,9 @@ def train_cmd(
     pseudo_labels: str = typer.Option("epoch", help="--unlabeled: epoch (labelled once per "
                                       "epoch, only confident images trained: cheap) or step "
                                       "(FixMatch's per-step labels)."),
+    thresholds: str = typer.Option("flex", help="--unlabeled: flex (FlexMatch's class-wise "
+                                   "thresholds, low while a class is little learnt) or fixed "
+                                   "(--threshold for all)."),
     img_size: int | None = typer.Option(None, help="Input size; default: the model's."),
     val_fraction: float = typer.Option(0.1, help="Hold-out for data without a val split."),
     balance: str = typer.Option("none", help="none, loss (class weights) or sampler."),
@@ -165,6 +168,7 @@ def train_cmd(
             lookahead=lookahead, early_stop=early_stop, augment=augment, mixup=mixup,
             cutmix=cutmix, translate=translate, tta=tta, unlabeled=unlabeled, mu=mu,
             threshold=threshold, lambda_u=lambda_u, pseudo_labels=pseudo_labels,
+            thresholds=thresholds,
             img_size=img_size, val_fraction=val_fraction, balance=balance,
             skip_bad_images=skip_bad_images, device=device, precision=precision, seed=seed)
     settings["progress"] = sys.stderr.isatty()

@@ -20,6 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 BALANCE = ("none", "loss", "sampler")
 PSEUDO_LABELS = ("epoch", "step")  # training/semi.py
+THRESHOLDS = ("flex", "fixed")
 
 
 @dataclass
@@ -71,6 +72,9 @@ class TrainConfig:
     # "epoch": pseudo-labels taken once per epoch and only confident images forwarded (cheap);
     # "step": the paper's per-step weak-view labels (see training/semi.py)
     pseudo_labels: str = "epoch"
+    # "flex": FlexMatch's class-wise thresholds, low while a class is little learnt, rising to
+    # `threshold`; "fixed": `threshold` for every class. Applies to pseudo_labels="epoch".
+    thresholds: str = "flex"
     # --- inference ---
     tta: str | None = None  # test-time augmentation, saved in the card for eval and predict
     # --- hardware ---
@@ -97,6 +101,7 @@ class TrainConfig:
         _one_of("device", self.device, DEVICES)
         _one_of("balance", self.balance, BALANCE)
         _one_of("pseudo_labels", self.pseudo_labels, PSEUDO_LABELS)
+        _one_of("thresholds", self.thresholds, THRESHOLDS)
         _range("val_fraction", self.val_fraction, 0.0, 0.9)
         _range("epochs", self.epochs, 1, 100_000)
         _range("batch_size", self.batch_size, 1, 1_000_000)

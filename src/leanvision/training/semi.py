@@ -42,6 +42,7 @@ MIN_UNLABELED_IMAGES = 16
 # images normalises them to nothing useful.
 MIN_POOL_DRAW = 2
 LABEL_BATCH = 512
+FLEX_FLOOR = 0.5
 
 
 class FixMatchCriterion:
@@ -53,7 +54,8 @@ class FixMatchCriterion:
                  mean: list[float], std: list[float], hw: Hardware, mu: int, threshold: float,
                  lambda_u: float, seed: int = 0, label_smoothing: float = 0.0,
                  class_weights: torch.Tensor | None = None,
-                 pseudo_labels: str = "epoch", labelled_per_epoch: int | None = None) -> None:
+                 pseudo_labels: str = "epoch", labelled_per_epoch: int | None = None,
+                 thresholds: str = "flex") -> None:
         self.model, self.hw, self.mean, self.std = model, hw, mean, std
         self.unlabeled = unlabeled.to(hw.device) if hw.device.type == "cuda" else unlabeled
         self.mu, self.threshold, self.lambda_u, self.seed = mu, threshold, lambda_u, seed
@@ -61,6 +63,10 @@ class FixMatchCriterion:
         self.class_weights = class_weights.to(hw.device) if class_weights is not None else None
         self.strong = BatchAugment("strong", num_classes=max(2, num_classes))
         self.pseudo_labels = pseudo_labels
+        self.num_classes = num_classes
+        # "flex": FlexMatch's class-wise thresholds ("epoch" mode); "fixed": `threshold` for all
+        self.thresholds = thresholds
+        self.threshold_history: list[list[float]] = []
         # "epoch" labels this many images per epoch: what FixMatch's weak views would cover
         self.window = min(len(unlabeled), mu * (labelled_per_epoch or len(unlabeled)))
         self.epoch, self.step = 0, 0
@@ -110,8 +116,26 @@ class FixMatchCriterion:
         finally:
             net.train(was_training)
         confidence, label = torch.cat(confidences), torch.cat(labels)
-        keep = (confidence >= self.threshold).nonzero().flatten()
+        needed = self.class_thresholds(confidence, label) if self.thresholds == "flex" \
+            else torch.full((self.num_classes,), self.threshold)
+        self.threshold_history.append([round(float(t), 3) for t in needed])
+        keep = (confidence >= needed[label]).nonzero().flatten()
         return window[keep], label[keep]
+
+    def class_thresholds(self, confidence: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """FlexMatch's curriculum thresholds (Zhang et al., 2021), one per class: a class
+        whose images rarely reach `threshold` yet is "learnt" less and gets a lower bar,
+        threshold * b / (2 - b) with b its count of confident images over the largest class
+        count (or over the unconfident count, while that is larger: the warm-up). Every bar
+        rises to `threshold` as the model learns. Floor FLEX_FLOOR: a pseudo-label must be
+        the model's majority belief; no bar at all while nothing reaches `threshold`."""
+        confident = confidence >= self.threshold
+        learnt = torch.bincount(label[confident], minlength=self.num_classes).float()
+        if learnt.sum() == 0:
+            return torch.full((self.num_classes,), self.threshold)
+        unused = float((~confident).sum())
+        beta = learnt / max(float(learnt.max()), unused)
+        return (self.threshold * beta / (2 - beta)).clamp(min=FLEX_FLOOR)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor,
                  indices: torch.Tensor) -> torch.Tensor:
@@ -168,7 +192,9 @@ class FixMatchCriterion:
         rises as the model grows confident) at the start and end of training."""
         tenth = max(1, len(self.mask_rates) // 10)
         extra = {"pool_share_by_epoch": self.pool_shares,
-                 "labelled_by": "ema" if self.teacher is not None else "model"} \
+                 "labelled_by": "ema" if self.teacher is not None else "model",
+                 "thresholds": self.thresholds,
+                 "class_thresholds_last_epoch": self.threshold_history[-1:]} \
             if self.pseudo_labels == "epoch" else {}
         return {"steps": len(self.mask_rates), "pseudo_labels": self.pseudo_labels, **extra,
                 "mask_rate_first10pct": _mean(self.mask_rates[:tenth]),

@@ -47,7 +47,9 @@ def fixmatch_criterion(cfg: TrainConfig, model: torch.nn.Module, input_size: tup
                                  label_smoothing=cfg.label_smoothing or 0.0,
                                  class_weights=class_weights,
                                  pseudo_labels=cfg.pseudo_labels,
-                                 labelled_per_epoch=labelled_per_epoch)
+                                 labelled_per_epoch=labelled_per_epoch,
+                                 thresholds=cfg.thresholds if cfg.pseudo_labels == "epoch"
+                                 else "fixed")
 
     def epoch_start(epoch: int) -> None:
         on_epoch_start(epoch)
