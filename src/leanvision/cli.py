@@ -122,7 +122,7 @@ def train_cmd(
     pseudo_labels: str = typer.Option("epoch", help="--unlabeled: epoch (labelled once per "
                                       "epoch, only confident images trained: cheap) or step "
                                       "(FixMatch's per-step labels)."),
-    thresholds: str = typer.Option("flex", help="--unlabeled: flex (FlexMatch's class-wise "
+    thresholds: str = typer.Option("fixed", help="--unlabeled: flex (FlexMatch's class-wise "
                                    "thresholds, low while a class is little learnt) or fixed "
                                    "(--threshold for all)."),
     img_size: int | None = typer.Option(None, help="Input size; default: the model's."),

@@ -74,7 +74,7 @@ class TrainConfig:
     pseudo_labels: str = "epoch"
     # "flex": FlexMatch's class-wise thresholds, low while a class is little learnt, rising to
     # `threshold`; "fixed": `threshold` for every class. Applies to pseudo_labels="epoch".
-    thresholds: str = "flex"
+    thresholds: str = "fixed"
     # --- inference ---
     tta: str | None = None  # test-time augmentation, saved in the card for eval and predict
     # --- hardware ---

@@ -55,7 +55,7 @@ class FixMatchCriterion:
                  lambda_u: float, seed: int = 0, label_smoothing: float = 0.0,
                  class_weights: torch.Tensor | None = None,
                  pseudo_labels: str = "epoch", labelled_per_epoch: int | None = None,
-                 thresholds: str = "flex") -> None:
+                 thresholds: str = "fixed") -> None:
         self.model, self.hw, self.mean, self.std = model, hw, mean, std
         self.unlabeled = unlabeled.to(hw.device) if hw.device.type == "cuda" else unlabeled
         self.mu, self.threshold, self.lambda_u, self.seed = mu, threshold, lambda_u, seed
@@ -80,7 +80,10 @@ class FixMatchCriterion:
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.step = epoch, 0
         if self.pseudo_labels == "epoch":
-            self.pool, self.pool_labels = self.confident_pool()
+            # The first epoch is supervised only: an untrained model can still be "confident"
+            # (a random network put 0.95 on some images here), and its labels are noise.
+            self.pool, self.pool_labels = self.confident_pool() if epoch > 0 else \
+                (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
             self.pool_shares.append(round(len(self.pool) / self.window, 4))
 
     def use_teacher(self, module: nn.Module) -> None:
