@@ -78,7 +78,7 @@ def main() -> None:
                "supervised_epoch_seconds": round(epoch_s, 2),
                "supervised_fixed_seconds": round(fixed_s, 1),
                "labels": args.labels_per_class * len(CLASSES),
-               "unlabelled": sum(1 for _ in unlabelled.iterdir())}
+               "unlabelled": sum(1 for f in unlabelled.iterdir() if not f.name.startswith("."))}
     figures["gain_points"] = round(100 * (figures["semi"]["test_top1"]
                                           - figures["alone"]["test_top1"]), 2)
     figures["target_met"] = figures["gain_points"] >= TARGET_POINTS
