@@ -514,3 +514,19 @@ def test_settings_are_validated():
         create_app(predictor=FakeRuntime(), max_batch=0)
     with pytest.raises(ConfigError, match="no artifact"):
         create_app()
+
+
+def test_the_server_asks_for_a_runtime_that_does_not_spin_between_batches(monkeypatch):
+    # Between two batches the same cores parse and decode requests: the server's default.
+    from leanvision.runtime.predictor import Predictor
+
+    asked = []
+
+    def fake_from_artifact(artifact, **kwargs):
+        asked.append(kwargs)
+        return FakeRuntime()
+
+    monkeypatch.setattr(Predictor, "from_artifact", staticmethod(fake_from_artifact))
+    create_app("some-artifact", explain=False)
+    create_app("some-artifact", explain=False, spin=True)
+    assert [kwargs["spin"] for kwargs in asked] == [False, True]

@@ -78,6 +78,9 @@ def serve_cmd(
     top_k: int = typer.Option(5, help="Default classes per image."),
     explain: bool = typer.Option(True, help="Serve /v1/explain (Grad-CAM) too."),
     log_level: str = typer.Option("info"),
+    spin: bool = typer.Option(False, help="Let ONNX Runtime's threads spin-wait between "
+                              "batches (off: the cores parse and decode requests meanwhile; "
+                              "bench/serve_load.py --spin off,on measures both)."),
 ) -> None:
     """An HTTP service and a web page for ARTIFACT (FastAPI on uvicorn, dynamic batching)."""
     from .serving import serve
@@ -85,5 +88,6 @@ def serve_cmd(
     run_verb(lambda: serve(artifact, host=host, port=port, api_key=api_key, runtime=runtime,
                            max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                            timeout_s=timeout_s, max_body_mb=max_body_mb, threads=threads,
-                           top_k=top_k, explain=explain, log_level=log_level), False,
+                           top_k=top_k, explain=explain, log_level=log_level, spin=spin),
+             False,
              lambda r: None)
