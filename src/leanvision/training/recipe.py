@@ -80,18 +80,18 @@ def resolve_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, lis
     chosen: dict = {"recipe": recipe}
 
     def pick(name: str, value, why: str) -> None:
-        if getattr(cfg, name) is None:
+        # The first choice stands: the user's, then the earliest pick with a reason.
+        if getattr(cfg, name) is None and name not in chosen:
             chosen[name] = value
             notes.append(f"{name} = {value}: {why}")
 
+    if cfg.unlabeled:
+        pick("label_smoothing", 0.0, "--unlabeled: a pseudo-label needs confidence above "
+             "--threshold, and smoothing caps it (at 0.91 for 0.1 over 10 classes)")
     if recipe == "fast":
         _fast(cfg, stats, pick)
     else:
         _standard(cfg, stats, pick, chosen)
-    if cfg.unlabeled and cfg.label_smoothing is None:  # overrides the recipe's own choice
-        notes[:] = [n for n in notes if not n.startswith("label_smoothing =")]
-        pick("label_smoothing", 0.0, "--unlabeled: a pseudo-label needs confidence above "
-             "--threshold, and smoothing caps it (at 0.91 for 0.1 over 10 classes)")
     return replace(cfg, **chosen), notes
 
 
