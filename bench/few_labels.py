@@ -1,7 +1,9 @@
 """Learning from few labels on CIFAR-10 (issue 9's "Few labels" target): 4,000 labels (400 per
 class) and the other 46,000 training images unlabelled.
 
-- semi: `train DATA --unlabeled DIR` (FixMatch style) for --epochs passes over the labelled set;
+- semi: `train DATA --unlabeled DIR --pseudo-labels teacher` (self-training: a teacher trained
+  on the labels, then --rounds students on labels + the teacher's most confident pseudo-labels,
+  --epochs each; `--pseudo-labels epoch|step` runs FixMatch for --epochs passes instead);
 - alone: the same model and recipe on the 4,000 labels only, for as many epochs as fit in the
   semi run's wall time (two short probe runs measure the supervised run's fixed and per-epoch
   seconds first), so both get the same time budget on this machine.
@@ -49,11 +51,16 @@ def main() -> None:
     for stale in ("semi", "alone"):  # the bench's own scratch from an earlier run
         shutil.rmtree(work / stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    common = dict(model=args.model, progress=False, seed=args.seed)
+    common = dict(model=args.model, recipe=args.recipe, progress=False, seed=args.seed)
+    if args.pseudo_labels == "teacher":
+        method = dict(rounds=args.rounds, pseudo_share=args.pseudo_share,
+                      teacher_epochs=args.teacher_epochs, threshold=args.threshold)
+    else:
+        method = dict(mu=args.mu, threshold=args.threshold or 0.95)
 
     t0 = time.perf_counter()
     semi = leanvision.train(labelled, work / "semi", epochs=args.epochs, unlabeled=unlabelled,
-                            mu=args.mu, threshold=args.threshold, console=QUIET, **common)
+                            pseudo_labels=args.pseudo_labels, console=QUIET, **method, **common)
     semi_s = time.perf_counter() - t0
 
     # Two probes split a supervised run's wall time into a fixed part (decoding, the final test,
@@ -118,11 +125,20 @@ def outcome(summary: dict[str, Any], seconds: float, epochs: int) -> dict[str, A
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--labels-per-class", type=int, default=400)
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=20,
-                   help="semi-supervised passes over the labelled images")
-    p.add_argument("--mu", type=int, default=7, help="unlabelled images per labelled one")
-    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--model", default="airnet_s")
+    p.add_argument("--recipe", default="fast", help="both runs' recipe")
+    p.add_argument("--pseudo-labels", default="teacher", choices=("teacher", "epoch", "step"))
+    p.add_argument("--epochs", type=int, default=12,
+                   help="teacher: each student's epochs; epoch/step: passes over the labels")
+    p.add_argument("--rounds", type=int, default=2, help="teacher: students trained")
+    p.add_argument("--teacher-epochs", type=int, default=None,
+                   help="teacher: the teacher's epochs (default: the recipe's)")
+    p.add_argument("--pseudo-share", type=float, default=0.5,
+                   help="teacher: most confident share of each class labelled")
+    p.add_argument("--mu", type=int, default=7, help="epoch/step: unlabelled per labelled one")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="pseudo-label confidence floor (default: 0.95 for epoch/step, none "
+                   "for teacher)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(CACHE / "few-labels"))

@@ -117,11 +117,22 @@ def train_cmd(
                                          "images of the same classes: semi-supervised training "
                                          "(FixMatch)."),
     mu: int = typer.Option(7, help="--unlabeled: unlabelled images per labelled one per step."),
-    threshold: float = typer.Option(0.95, help="--unlabeled: pseudo-label confidence needed."),
+    threshold: float | None = typer.Option(None, help="--unlabeled: pseudo-label confidence "
+                                           "needed (default 0.95; none with a teacher)."),
     lambda_u: float = typer.Option(1.0, help="--unlabeled: weight of the unlabelled loss."),
     pseudo_labels: str = typer.Option("epoch", help="--unlabeled: epoch (labelled once per "
-                                      "epoch, only confident images trained: cheap) or step "
-                                      "(FixMatch's per-step labels)."),
+                                      "epoch, only confident images trained: cheap), step "
+                                      "(FixMatch's per-step labels) or teacher (self-training: "
+                                      "a teacher trained on the labels labels every image "
+                                      "once, a student learns from both)."),
+    rounds: int = typer.Option(2, help="--pseudo-labels teacher: students trained, each the "
+                               "next round's teacher."),
+    teacher_epochs: int | None = typer.Option(None, help="--pseudo-labels teacher: the "
+                                              "teacher's epochs (default: the recipe's)."),
+    teacher: str | None = typer.Option(None, help="--pseudo-labels teacher: an artifact to use "
+                                       "as the first teacher instead of training one."),
+    pseudo_share: float = typer.Option(0.5, help="--pseudo-labels teacher: the most confident "
+                                       "share of each class's images that gets a label."),
     thresholds: str = typer.Option("fixed", help="--unlabeled: flex (FlexMatch's class-wise "
                                    "thresholds, low while a class is little learnt) or fixed "
                                    "(--threshold for all)."),
@@ -168,7 +179,8 @@ def train_cmd(
             lookahead=lookahead, early_stop=early_stop, augment=augment, mixup=mixup,
             cutmix=cutmix, translate=translate, tta=tta, unlabeled=unlabeled, mu=mu,
             threshold=threshold, lambda_u=lambda_u, pseudo_labels=pseudo_labels,
-            thresholds=thresholds,
+            thresholds=thresholds, rounds=rounds, teacher_epochs=teacher_epochs,
+            teacher=teacher, pseudo_share=pseudo_share,
             img_size=img_size, val_fraction=val_fraction, balance=balance,
             skip_bad_images=skip_bad_images, device=device, precision=precision, seed=seed)
     settings["progress"] = sys.stderr.isatty()

@@ -31,6 +31,7 @@ class UnlabeledImages:
     notes: list[str] = field(default_factory=list)  # how the images were made to fit
     sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> count, of the files read
     modes: dict[str, int] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)  # the file of each decoded image, in order
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -41,6 +42,24 @@ def load_unlabeled(folder: str | Path, input_size: tuple[int, int], *, min_image
                    progress: bool = False) -> UnlabeledImages:
     """Decode the folder for a model of `input_size` (H, W); refuse a missing, empty or too
     small folder with one message that says how many images are needed (`need`: why)."""
+    path, files, need = find_unlabeled(folder, min_images=min_images, role=role, need=need)
+    records = ImageRecords(list(files), np.zeros(len(files), dtype=np.int64), str(path))
+    decoded = decode_images(records, input_size, ImageChecks(), skip_bad=skip_bad_images,
+                            progress=progress)
+    if len(decoded) < min_images:
+        raise DatasetError(f"only {len(decoded)} of the {len(files)} images in '{folder}' "
+                           f"could be decoded; {need}")
+    sizes, modes = _describe([files[int(i)] for i in decoded.kept[:DESCRIBE_FILES]])
+    return UnlabeledImages(path, decoded.images, len(files), decoded.bad,
+                           _notes(sizes, modes, input_size), sizes, modes,
+                           [str(files[int(i)]) for i in decoded.kept])
+
+
+def find_unlabeled(folder: str | Path, *, min_images: int, role: str = "target",
+                   need: str = "") -> tuple[Path, list, str]:
+    """The folder's image files, none decoded yet: the checks a run makes before it spends
+    time (a missing, empty or too small folder is refused with the count needed), and the
+    `need` sentence for later messages."""
     path = Path(folder).expanduser()
     if not path.exists():
         raise DatasetError(f"{role} folder '{folder}' does not exist; pass a folder of "
@@ -55,15 +74,7 @@ def load_unlabeled(folder: str | Path, input_size: tuple[int, int], *, min_image
                            f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in subfolders too); {need}")
     if len(files) < min_images:
         raise DatasetError(f"{role} folder '{folder}' holds only {len(files)} image(s); {need}")
-    records = ImageRecords(list(files), np.zeros(len(files), dtype=np.int64), str(path))
-    decoded = decode_images(records, input_size, ImageChecks(), skip_bad=skip_bad_images,
-                            progress=progress)
-    if len(decoded) < min_images:
-        raise DatasetError(f"only {len(decoded)} of the {len(files)} images in '{folder}' "
-                           f"could be decoded; {need}")
-    sizes, modes = _describe([files[int(i)] for i in decoded.kept[:DESCRIBE_FILES]])
-    return UnlabeledImages(path, decoded.images, len(files), decoded.bad,
-                        _notes(sizes, modes, input_size), sizes, modes)
+    return path, files, need
 
 
 def _describe(files: list[str]) -> tuple[dict[str, int], dict[str, int]]:

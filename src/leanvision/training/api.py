@@ -109,6 +109,11 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
     distributed.check_nproc(nproc, cfg.device, cfg.batch_size)
     if cfg.unlabeled and (nproc > 1 or distributed.launched()):
         raise ConfigError("--unlabeled (FixMatch) trains in one process; drop --nproc")
+    if state is not None and cfg.unlabeled and cfg.pseudo_labels == "teacher":
+        raise ConfigError(f"--resume continues one network's run; a self-training run trains "
+                          f"several. Start it again with --teacher "
+                          f"{out_dir / 'self-training' / 'teacher'} to reuse its teacher if "
+                          "that one finished")
     if nproc > 1:
         if resume is None:
             _check_fresh(out_dir)
@@ -129,8 +134,14 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
         params = {**cfg.to_dict(), "processes": w.size}
         with tracking.tracked_run(track and w.main, track_uri if w.main else None,
                                   stage="train", params=params, folder=out_dir) as run:
-            summary = train_on(source, cfg, out_dir, state=state, console=console,
-                               on_epoch_end=on_epoch_end)
+            if cfg.unlabeled and cfg.pseudo_labels == "teacher":
+                from .self_training import self_train
+
+                summary = self_train(source, cfg, out_dir, console=console,
+                                     on_epoch_end=on_epoch_end)
+            else:
+                summary = train_on(source, cfg, out_dir, state=state, console=console,
+                                   on_epoch_end=on_epoch_end)
             if run is not None:
                 run.finish(out_dir)
         return summary

@@ -19,7 +19,7 @@ RECIPES = ("auto", "standard", "fast")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 BALANCE = ("none", "loss", "sampler")
-PSEUDO_LABELS = ("epoch", "step")  # training/semi.py
+PSEUDO_LABELS = ("epoch", "step", "teacher")  # training/semi.py, training/self_training.py
 THRESHOLDS = ("flex", "fixed")
 
 
@@ -67,11 +67,17 @@ class TrainConfig:
     # --- semi-supervised (FixMatch): unlabelled images of the same classes ---
     unlabeled: str | None = None  # folder of unlabelled images; None: supervised only
     mu: int = 7  # unlabelled images per labelled one in each step
-    threshold: float = 0.95  # confidence a pseudo-label needs to count
+    # confidence a pseudo-label needs to count; None: 0.95 (FixMatch), none (teacher)
+    threshold: float | None = None
     lambda_u: float = 1.0  # weight of the unlabelled consistency loss
     # "epoch": pseudo-labels taken once per epoch and only confident images forwarded (cheap);
-    # "step": the paper's per-step weak-view labels (see training/semi.py)
+    # "step": the paper's per-step weak-view labels (see training/semi.py); "teacher": a
+    # converged teacher labels every image once per round (training/self_training.py)
     pseudo_labels: str = "epoch"
+    rounds: int = 2  # "teacher": students trained, each the next one's teacher
+    teacher_epochs: int | None = None  # "teacher": the teacher's epochs; None: the recipe's
+    teacher: str | None = None  # "teacher": an artifact to use as the first teacher
+    pseudo_share: float = 0.5  # "teacher": the most confident share of each class kept
     # "flex": FlexMatch's class-wise thresholds, low while a class is little learnt, rising to
     # `threshold`; "fixed": `threshold` for every class. Applies to pseudo_labels="epoch".
     thresholds: str = "fixed"
@@ -89,7 +95,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Paths given through the Python API are kept as text: the config goes into JSON
         # (checkpoint, card) and must read back the same.
-        for name in ("data", "cache_dir", "unlabeled"):
+        for name in ("data", "cache_dir", "unlabeled", "teacher"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 setattr(self, name, str(value))
@@ -127,6 +133,9 @@ class TrainConfig:
         _range("mu", self.mu, 1, 64)
         _range("threshold", self.threshold, 0.0, 1.0, low_open=True)
         _range("lambda_u", self.lambda_u, 0.0, 100.0)
+        _range("rounds", self.rounds, 1, 20)
+        _range("pseudo_share", self.pseudo_share, 0.0, 1.0, low_open=True)
+        _range("teacher_epochs", self.teacher_epochs, 1, 100_000)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

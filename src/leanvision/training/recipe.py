@@ -63,6 +63,9 @@ def has_local_weights(model: str) -> bool:
     return False
 
 
+FIXMATCH_THRESHOLD = 0.95
+
+
 def choose_recipe(cfg: TrainConfig, stats: DataStats) -> str:
     if cfg.recipe != "auto":
         return cfg.recipe
@@ -85,7 +88,8 @@ def resolve_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, lis
             chosen[name] = value
             notes.append(f"{name} = {value}: {why}")
 
-    if cfg.unlabeled:
+    if cfg.unlabeled:  # FixMatch (self-training's students and teacher train supervised)
+        pick("threshold", FIXMATCH_THRESHOLD, "FixMatch's threshold")
         pick("label_smoothing", 0.0, "--unlabeled: a pseudo-label needs confidence above "
              "--threshold, and smoothing caps it (at 0.91 for 0.1 over 10 classes)")
     if recipe == "fast":
