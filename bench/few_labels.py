@@ -130,7 +130,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pseudo-labels", default="teacher", choices=("teacher", "epoch", "step"))
     p.add_argument("--epochs", type=int, default=12,
                    help="teacher: each student's epochs; epoch/step: passes over the labels")
-    p.add_argument("--rounds", type=int, default=2, help="teacher: students trained")
+    p.add_argument("--rounds", type=int, default=1, help="teacher: students trained")
     p.add_argument("--teacher-epochs", type=int, default=None,
                    help="teacher: the teacher's epochs (default: the recipe's)")
     p.add_argument("--pseudo-share", type=float, default=0.5,

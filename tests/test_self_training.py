@@ -109,3 +109,18 @@ def test_a_given_teacher_is_used_and_an_unusable_one_refused_before_writing(tmp_
     with pytest.raises(ConfigError, match="--rounds 0 is out of range"):
         lv.train(data, tmp_path / "run2", unlabeled=unlabeled, pseudo_labels="teacher",
                  rounds=0, **FAST)
+
+
+def test_cli_self_training_flags_reach_the_run(tmp_path):
+    from test_cli import FAST_FLAGS, run_json
+
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    unlabeled = flat_unlabeled(tmp_path / "unlabeled", 20)
+    teacher = lv.train(data, tmp_path / "teacher", **FAST)["artifact"]
+    summary = run_json("train", str(data), "--out", str(tmp_path / "run"), *FAST_FLAGS,
+                       "--unlabeled", str(unlabeled), "--pseudo-labels", "teacher",
+                       "--teacher", str(teacher), "--rounds", "1", "--pseudo-share", "0.5")
+    block = json.loads((tmp_path / "run" / "model.json").read_text())["semi_supervised"]
+    assert summary["ok"] and block["pseudo_share"] == 0.5 and len(block["rounds"]) == 1
+    # half of each predicted class, rounded: never more than half the folder plus one per class
+    assert 0 < block["rounds"][0]["pseudo_labelled"] <= 10 + 3

@@ -125,7 +125,7 @@ def train_cmd(
                                       "(FixMatch's per-step labels) or teacher (self-training: "
                                       "a teacher trained on the labels labels every image "
                                       "once, a student learns from both)."),
-    rounds: int = typer.Option(2, help="--pseudo-labels teacher: students trained, each the "
+    rounds: int = typer.Option(1, help="--pseudo-labels teacher: students trained, each the "
                                "next round's teacher."),
     teacher_epochs: int | None = typer.Option(None, help="--pseudo-labels teacher: the "
                                               "teacher's epochs (default: the recipe's)."),
