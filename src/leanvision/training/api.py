@@ -109,11 +109,6 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
     distributed.check_nproc(nproc, cfg.device, cfg.batch_size)
     if cfg.unlabeled and (nproc > 1 or distributed.launched()):
         raise ConfigError("--unlabeled (FixMatch) trains in one process; drop --nproc")
-    if state is not None and cfg.unlabeled and cfg.pseudo_labels == "teacher":
-        raise ConfigError(f"--resume continues one network's run; a self-training run trains "
-                          f"several. Start it again with --teacher "
-                          f"{out_dir / 'self-training' / 'teacher'} to reuse its teacher if "
-                          "that one finished")
     if nproc > 1:
         if resume is None:
             _check_fresh(out_dir)
