@@ -26,15 +26,14 @@ import torch
 from rich.console import Console
 
 from ..artifact import Artifact, load, require_image_only
-from ..data import DataSource, normalize
+from ..data import DataSource
 from ..data.partition import concat_records, partition
 from ..data.sources import ImageRecords
 from ..data.unlabeled import find_unlabeled, load_unlabeled
 from ..errors import ConfigError
 from ..hardware import Hardware, choose_hardware
-from ..tta import tta_logits
 from .config import TrainConfig
-from .semi import MIN_UNLABELED_IMAGES
+from .semi import MIN_UNLABELED_IMAGES, predict_confidence
 
 STUDENT_AUGMENT = "strong"
 SUBFOLDER = "self-training"
@@ -105,20 +104,12 @@ def pseudo_label(teacher: Artifact, images: torch.Tensor, hw: Hardware,
     teacher's own test-time augmentation (its card's), in the run's precision (bf16 labels 46k
     CIFAR images about 3x faster than fp32 on this CPU; a confidence off by 1e-3 moves few
     images across the cut)."""
-    model = teacher.model.to(hw.device).eval()
+    model = teacher.model.to(hw.device)
     if hw.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    confidences, labels = [], []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(hw.device), teacher.mean, teacher.std)
-        if hw.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with hw.autocast():
-            probs = tta_logits(model, x, teacher.tta).float().softmax(1)
-        confidence, label = probs.max(1)
-        confidences.append(confidence.cpu())
-        labels.append(label.cpu())
-    return (torch.cat(labels).numpy().astype(np.int64), torch.cat(confidences).numpy())
+    confidence, label = predict_confidence(model, images, teacher.mean, teacher.std, hw,
+                                           tta=teacher.tta, batch_size=batch_size)
+    return label.numpy().astype(np.int64), confidence.numpy()
 
 
 def select_confident(labels: np.ndarray, confidence: np.ndarray, share: float, floor: float,

@@ -35,6 +35,7 @@ from torch import nn
 from ..data import BatchAugment, normalize
 from ..data.augment import random_shift_flip
 from ..hardware import Hardware
+from ..tta import tta_logits
 
 # A folder with fewer unlabelled images than this adds nothing a labelled batch does not.
 MIN_UNLABELED_IMAGES = 16
@@ -101,24 +102,8 @@ class FixMatchCriterion:
         first = (self.epoch * self.window) % total
         window = torch.arange(first, first + self.window) % total
         net = self.teacher if self.teacher is not None else self.model
-        was_training = net.training
-        net.eval()
-        confidences, labels = [], []
-        try:
-            for start in range(0, len(window), LABEL_BATCH):
-                rows = window[start:start + LABEL_BATCH].to(self.unlabeled.device)
-                raw = self.unlabeled[rows].to(self.hw.device)
-                x = normalize(raw, self.mean, self.std)
-                if self.hw.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with self.hw.autocast():
-                    probs = net(x).float().softmax(1)
-                confidence, label = probs.max(1)
-                confidences.append(confidence.cpu())
-                labels.append(label.cpu())
-        finally:
-            net.train(was_training)
-        confidence, label = torch.cat(confidences), torch.cat(labels)
+        confidence, label = predict_confidence(net, self.unlabeled[window.to(
+            self.unlabeled.device)], self.mean, self.std, self.hw)
         needed = self.class_thresholds(confidence, label) if self.thresholds == "flex" \
             else torch.full((self.num_classes,), self.threshold)
         self.threshold_history.append([round(float(t), 3) for t in needed])
@@ -203,6 +188,30 @@ class FixMatchCriterion:
                 "mask_rate_first10pct": _mean(self.mask_rates[:tenth]),
                 "mask_rate_last10pct": _mean(self.mask_rates[-tenth:]),
                 "unlabeled_loss_last10pct": _mean(self.unlabeled_losses[-tenth:])}
+
+
+@torch.no_grad()
+def predict_confidence(net: nn.Module, images: torch.Tensor, mean: list[float], std: list[float],
+                       hw: Hardware, tta: str | None = None,
+                       batch_size: int = LABEL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, label) on CPU for uint8 images, predicted in eval mode on the clean images
+    (with `tta` views if given) in the run's precision; the network's mode is restored."""
+    was_training = net.training
+    net.eval()
+    confidences, labels = [], []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start:start + batch_size].to(hw.device), mean, std)
+            if hw.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with hw.autocast():
+                probs = tta_logits(net, x, tta).float().softmax(1)
+            confidence, label = probs.max(1)
+            confidences.append(confidence.cpu())
+            labels.append(label.cpu())
+    finally:
+        net.train(was_training)
+    return torch.cat(confidences), torch.cat(labels)
 
 
 def _mean(values: list[float]) -> float | None:
