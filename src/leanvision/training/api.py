@@ -223,6 +223,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
 
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     model.load_state_dict(result.best_state)
+    for note in result.notes:
+        console.print(f"  {note}", style="dim")
     card = make_card(arch=start.arch, arch_kwargs=start.arch_kwargs, classes=source.classes,
                      input_size=input_size, mean=pre["mean"], std=pre["std"], stage=stage,
                      parent=parent, config=cfg.to_dict(), interpolation=pre["interpolation"],
@@ -299,6 +301,7 @@ def _training_record(result: FitResult, strategy: str, skipped: list, hw, starte
         "best_epoch": result.best_epoch,
         "weights": result.best_source,
         "stopped": result.stopped,
+        "selection": result.notes,
         "finetune": strategy,
         "device": str(hw.device),
         "precision": hw.precision,
