@@ -234,7 +234,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                     vloss, vtop1 = distributed.validate(
                         quick_validate, net, inputs.val, w, hw.device, inputs.mean, inputs.std,
                         hw, tta=cfg.tta, extra=inputs.val_extra)
-                    prefix = "val" if name == "model" else "ema_val"
+                    prefix = _val_prefix(name)
                     record[f"{prefix}_loss"], record[f"{prefix}_top1"] = vloss, vtop1
                     if not math.isfinite(vloss):
                         continue
@@ -295,8 +295,7 @@ def prefer_final(best: dict[str, Any], best_state: dict[str, torch.Tensor],
     CIFAR-10 with 400 validation images (bench/few_labels.py) the best-by-validation epoch 18
     of 24 (81.5% val) scored 77.1% on the test set where the final weights (79.8% val) scored
     78.9%: 1.75 points of validation gap, under the 2.0-point standard error."""
-    scores = {name: last.get(f"{'val' if name == 'model' else 'ema_val'}_top1")
-              for name in candidates}
+    scores = {name: last.get(f"{_val_prefix(name)}_top1") for name in candidates}
     scores = {name: v for name, v in scores.items() if v is not None and math.isfinite(v)}
     if not scores or best["epoch"] == last["epoch"]:
         return best, best_state, None
@@ -310,6 +309,11 @@ def prefer_final(best: dict[str, Any], best_state: dict[str, torch.Tensor],
             "images)")
     return ({"top1": final, "epoch": last["epoch"], "source": source},
             _cpu_state(candidates[source]), note)
+
+
+def _val_prefix(candidate: str) -> str:
+    """The epoch record's key prefix for a scored net: "val" for the model, "ema_val" for EMA."""
+    return "val" if candidate == "model" else "ema_val"
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
