@@ -124,3 +124,20 @@ def test_cli_self_training_flags_reach_the_run(tmp_path):
     assert summary["ok"] and block["pseudo_share"] == 0.5 and len(block["rounds"]) == 1
     # half of each predicted class, rounded: never more than half the folder plus one per class
     assert 0 < block["rounds"][0]["pseudo_labelled"] <= 10 + 3
+
+
+def test_unlabeled_defaults_to_self_training_and_refuses_the_other_methods_settings(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    unlabeled = flat_unlabeled(tmp_path / "unlabeled", 20)
+    # FixMatch's mu would be ignored by the default method: refused with the fix, nothing written
+    with pytest.raises(ConfigError, match=r"--mu applies to FixMatch \(--pseudo-labels "
+                                          r"epoch\|step\), not to --pseudo-labels teacher: "
+                                          r"drop --mu or pass --pseudo-labels epoch"):
+        lv.train(data, tmp_path / "run", unlabeled=unlabeled, mu=2, **FAST)
+    with pytest.raises(ConfigError, match=r"--pseudo-share applies to self-training .* not to "
+                                          r"--pseudo-labels step: .* --pseudo-labels teacher"):
+        lv.train(data, tmp_path / "run", unlabeled=unlabeled, pseudo_labels="step",
+                 pseudo_share=0.3, **FAST)
+    assert not (tmp_path / "run").exists()
+    # without --unlabeled neither family's settings are read, so neither is refused
+    assert lv.TrainConfig(mu=2, rounds=3).pseudo_labels == "teacher"

@@ -141,7 +141,7 @@ def test_train_with_unlabeled_folder_records_fixmatch(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=8)
     unlabeled = flat_unlabeled(tmp_path / "unlabeled", 24)
     # Paths, as a Python caller passes them: the config must still be written as JSON.
-    summary = lv.train(data, tmp_path / "run", unlabeled=unlabeled, mu=2,
+    summary = lv.train(data, tmp_path / "run", unlabeled=unlabeled, pseudo_labels="epoch", mu=2,
                        threshold=0.5, **FAST)
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     semi = card["semi_supervised"]
@@ -166,7 +166,7 @@ def test_unusable_unlabeled_folder_is_refused_before_writing(tmp_path):
     with pytest.raises(ConfigError, match=r"--threshold 0.95 is out of reach: --label-smoothing "
                                           r"0.1 .* 0.933 .*3 classes"):
         lv.train(str(data), tmp_path / "run", unlabeled=str(flat_unlabeled(tmp_path / "u", 20)),
-                 label_smoothing=0.1, threshold=0.95, **FAST)
+                 pseudo_labels="epoch", label_smoothing=0.1, threshold=0.95, **FAST)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="--threshold 1.5 is out of range"):
         lv.train(str(data), tmp_path / "run", unlabeled=str(tmp_path / "empty"), threshold=1.5,

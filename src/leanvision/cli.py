@@ -115,16 +115,16 @@ def train_cmd(
                                    "flip-translate, multi-crop."),
     unlabeled: str | None = typer.Option(None, "--unlabeled", help="Folder of unlabelled "
                                          "images of the same classes: semi-supervised training "
-                                         "(FixMatch)."),
-    mu: int = typer.Option(7, help="--unlabeled: unlabelled images per labelled one per step."),
+                                         "(self-training with a teacher, or FixMatch)."),
+    mu: int = typer.Option(7, help="FixMatch: unlabelled images per labelled one per step."),
     threshold: float | None = typer.Option(None, help="--unlabeled: pseudo-label confidence "
                                            "needed (default 0.95; none with a teacher)."),
-    lambda_u: float = typer.Option(1.0, help="--unlabeled: weight of the unlabelled loss."),
-    pseudo_labels: str = typer.Option("epoch", help="--unlabeled: epoch (labelled once per "
-                                      "epoch, only confident images trained: cheap), step "
-                                      "(FixMatch's per-step labels) or teacher (self-training: "
+    lambda_u: float = typer.Option(1.0, help="FixMatch: weight of the unlabelled loss."),
+    pseudo_labels: str = typer.Option("teacher", help="--unlabeled: teacher (self-training: "
                                       "a teacher trained on the labels labels every image "
-                                      "once, a student learns from both)."),
+                                      "once, a student learns from both), epoch (FixMatch, "
+                                      "labelled once per epoch, only confident images trained) "
+                                      "or step (FixMatch's per-step labels)."),
     rounds: int = typer.Option(1, help="--pseudo-labels teacher: students trained, each the "
                                "next round's teacher."),
     teacher_epochs: int | None = typer.Option(None, help="--pseudo-labels teacher: the "
@@ -133,7 +133,7 @@ def train_cmd(
                                        "as the first teacher instead of training one."),
     pseudo_share: float = typer.Option(0.5, help="--pseudo-labels teacher: the most confident "
                                        "share of each class's images that gets a label."),
-    thresholds: str = typer.Option("fixed", help="--unlabeled: flex (FlexMatch's class-wise "
+    thresholds: str = typer.Option("fixed", help="FixMatch: flex (FlexMatch's class-wise "
                                    "thresholds, low while a class is little learnt) or fixed "
                                    "(--threshold for all)."),
     img_size: int | None = typer.Option(None, help="Input size; default: the model's."),

@@ -49,7 +49,7 @@ def self_train(source: DataSource, cfg: TrainConfig, out_dir: Path, *, console: 
                    need="for self-training")
     parts = partition(source, cfg.val_fraction, cfg.seed)
     work = out_dir / SUBFOLDER
-    supervised = replace(cfg, unlabeled=None, teacher=None, pseudo_labels="epoch")
+    supervised = replace(cfg, unlabeled=None, teacher=None)
     if cfg.teacher:
         teacher = _given_teacher(cfg.teacher, source)
         console.print(f"self-training: teacher {cfg.teacher} (given)")

@@ -12,17 +12,17 @@ its confidence reaches `threshold` (0.95); the strong view is trained towards it
 The weak and strong views go through the network in one batch; the labelled batch, forwarded by
 the loop, has its own batch-norm statistics (the paper interleaves all three).
 
-That is `pseudo_labels="step"`. The default, `"epoch"`, computes the same loss for a fraction of
-the work: at the start of each epoch the model (in eval mode, clean images) labels the images
+That is `pseudo_labels="step"`. The cheaper mode, `"epoch"`, computes the same loss for a fraction
+of the work: at the start of each epoch the model (in eval mode, clean images) labels the images
 FixMatch would draw in that epoch (mu per labelled image: a window that moves through the folder
 epoch by epoch, so every image is labelled in turn), and the confident ones form the epoch's pool;
 each step then draws as many images from the pool as FixMatch's mask would have let through on
 average (mu * B * pool share) and trains only their strong views. A step no longer forwards the
 weak views (labelling in eval mode without gradients costs about a third of a training pass) nor
-the strong views the mask would have zeroed: early in training, when few images pass the
-threshold, a step costs little more than a supervised one. The pseudo-labels are up to one epoch
-old (self-training's refresh rate); on a CPU budget that buys many more steps, which is what
-decides accuracy at a fixed time budget (bench/few_labels.py)."""
+the strong views the mask would have zeroed: early in training, when few images pass the threshold,
+a step costs little more than a supervised one. The pseudo-labels are up to one epoch old
+(self-training's refresh rate); on a CPU budget that buys many more steps, which is what decides
+accuracy at a fixed time budget (bench/few_labels.py)."""
 
 from __future__ import annotations
 
