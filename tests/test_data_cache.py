@@ -30,13 +30,13 @@ def _dataset(root, bad=0):
 
 def _count_loads(monkeypatch):
     calls = []
-    real = cache.load_rgb
+    real = cache.decode_resized
 
-    def counting(source, checks):
+    def counting(source, size, checks):
         calls.append(source)
-        return real(source, checks)
+        return real(source, size, checks)
 
-    monkeypatch.setattr(cache, "load_rgb", counting)
+    monkeypatch.setattr(cache, "decode_resized", counting)
     return calls
 
 

@@ -253,7 +253,11 @@ def predict_cmd(
 
     run_verb(call, as_json, _show_predictions)
     if failed:
-        err_console.print(f"{len(failed)} of {len(images)} images could not be read")
+        answered = len(images) - len(failed)
+        rest = (f"the other {answered} were answered" if answered
+                else "so there are no answers")
+        err_console.print(f"{len(failed)} of {len(images)} images could not be used (each is "
+                          f"listed with its reason); {rest}", highlight=False)
         raise typer.Exit(1)
 
 

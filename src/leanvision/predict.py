@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from .artifact import Artifact, load, read_card
-from .data import BadImageError, ImageChecks, load_rgb, to_tensor_resized
+from .data import BadImageError, ImageChecks
+from .data.images import decode_resized
 from .errors import ConfigError
 from .evaluate import predict_logits
 from .hardware import choose_hardware
@@ -59,7 +60,7 @@ def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k:
     for path in images:
         results.append({"image": str(path)})
         try:
-            tensors.append(to_tensor_resized(load_rgb(path, ImageChecks()), art.input_size))
+            tensors.append(decode_resized(path, art.input_size, ImageChecks()))
             rows.append(len(results) - 1)
         except BadImageError as exc:
             results[-1]["error"] = exc.reason

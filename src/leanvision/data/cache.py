@@ -25,10 +25,10 @@ import torch
 
 from ..errors import DatasetError
 from ..io import atomic_path, write_json
-from .images import BadImageError, ImageChecks, load_rgb, to_tensor_resized
+from .images import BadImageError, ImageChecks, decode_resized
 from .sources import ImageRecords
 
-_FORMAT = 1  # bump when the decoded pixels of the same input would change
+_FORMAT = 2  # bump when the decoded pixels of the same input would change
 _MEMORY_ENTRIES = 4
 _SHOW_BAD = 10
 _CHUNK = 32
@@ -231,7 +231,7 @@ def _decode_into(out: np.ndarray, records: ImageRecords, size: tuple[int, int],
             out[i] = item.transpose(2, 0, 1)  # built-in arrays already at size: no PIL trip
             return None
         try:
-            out[i] = to_tensor_resized(load_rgb(item, checks), size).numpy()
+            out[i] = decode_resized(item, size, checks).numpy()
         except BadImageError as exc:
             return exc.reason
         except MemoryError:

@@ -26,9 +26,12 @@ class BadImageError(DatasetError):
         super().__init__(f"{source}: {reason}" if source else reason)
 
 
-def load_rgb(source: str | os.PathLike | np.ndarray,
-             checks: ImageChecks = ImageChecks()) -> Image.Image:
-    """Decode `source` to an upright 8-bit RGB PIL image; never modifies the file."""
+def load_rgb(source: str | os.PathLike | np.ndarray, checks: ImageChecks = ImageChecks(),
+             draft_to: tuple[int, int] | None = None) -> Image.Image:
+    """Decode `source` to an upright 8-bit RGB PIL image; never modifies the file.
+
+    draft_to = (H, W): the picture is only needed at that size, so a large JPEG may decode
+    smaller (see `_draft`); the size checks still see the file's full size."""
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, checks)
     path = os.fspath(source)
@@ -48,6 +51,7 @@ def load_rgb(source: str | os.PathLike | np.ndarray,
         with Image.open(path) as im:
             # Header only so far: refuse giant images before a single pixel is decoded.
             _check_size(im.size, checks, name)
+            _draft(im, draft_to)
             try:
                 im.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -71,9 +75,13 @@ def load_rgb(source: str | os.PathLike | np.ndarray,
         raise BadImageError(_decode_reason(exc), name) from None
 
 
-def pil_to_rgb(image: Image.Image, checks: ImageChecks = ImageChecks()) -> Image.Image:
-    """The checks and colour handling `load_rgb` gives a file, for an image already in memory."""
+def pil_to_rgb(image: Image.Image, checks: ImageChecks = ImageChecks(),
+               draft_to: tuple[int, int] | None = None) -> Image.Image:
+    """The checks and colour handling `load_rgb` gives a file, for an image already in memory.
+    draft_to as for `load_rgb`; it changes how a not-yet-loaded `image` will decode, so pass it
+    only for an image the caller owns."""
     _check_size(image.size, checks, "")
+    _draft(image, draft_to)
     try:
         image.load()
     except (OSError, ValueError, EOFError) as exc:
@@ -81,22 +89,65 @@ def pil_to_rgb(image: Image.Image, checks: ImageChecks = ImageChecks()) -> Image
     return _to_rgb(_upright(image), "")
 
 
+def decode_resized(source: str | os.PathLike | np.ndarray, size: tuple[int, int],
+                   checks: ImageChecks = ImageChecks()) -> torch.Tensor:
+    """uint8 [3, H, W] at `size` = (H, W), decoded as training does (draft, then the exact
+    resize); any way the file fails to decode is a BadImageError."""
+    try:
+        return to_tensor_resized(load_rgb(source, checks, draft_to=size), size)
+    except (BadImageError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad file must not cost the others' answers
+        name = "" if isinstance(source, np.ndarray) else str(source)
+        raise BadImageError(f"could not be decoded ({type(exc).__name__}: {exc})", name) from None
+
+
 def to_tensor_resized(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [3, H, W]: scale so the image covers (H, W), then center-crop to exactly that."""
     out_h, out_w = int(size[0]), int(size[1])
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    w, h = img.size
-    if (w, h) != (out_w, out_h):
-        scale = max(out_h / h, out_w / w)
-        crop_w, crop_h = out_w / scale, out_h / scale
-        left, top = (w - crop_w) / 2, (h - crop_h) / 2
-        # Resizing straight from the crop box resamples once, with PIL's antialiasing filter
-        # support scaled to the reduction, instead of resizing and then cropping.
-        img = img.resize((out_w, out_h), Image.Resampling.BILINEAR,
-                         box=(left, top, left + crop_w, top + crop_h))
-    array = np.array(img, dtype=np.uint8)  # [H, W, 3], a writable copy
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    try:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if img.size != (out_w, out_h):
+            # Resizing straight from the crop box resamples once, with PIL's antialiasing
+            # filter support scaled to the reduction, instead of resizing and then cropping.
+            img = img.resize((out_w, out_h), Image.Resampling.BILINEAR,
+                             box=crop_box(img.size, (out_h, out_w)))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # A lazily decoded picture can fail here; callers expect one error type per image.
+        raise BadImageError(_decode_reason(exc)) from None
+    # numpy makes the [H, W, 3] -> [3, H, W] copy: torch's would go through its intra-op
+    # thread pool, which on a busy machine waits on descheduled threads for a tiny copy.
+    array = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    return torch.from_numpy(array)
+
+
+def crop_box(wh: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The centred box of image size `wh` = (w, h) with the aspect of `size` = (H, W), as
+    large as fits: (left, top, right, bottom), always inside [0, w] x [0, h]."""
+    w, h = wh
+    out_h, out_w = size
+    # The side that binds is chosen in exact integer arithmetic and spans the image exactly;
+    # float division there would leave an edge a rounding error outside (PIL then refuses it).
+    if out_w * h >= out_h * w:
+        crop_w, crop_h = float(w), min(float(h), w * out_h / out_w)
+    else:
+        crop_w, crop_h = min(float(w), h * out_w / out_h), float(h)
+    left, top = max(0.0, (w - crop_w) / 2), max(0.0, (h - crop_h) / 2)
+    return left, top, min(float(w), left + crop_w), min(float(h), top + crop_h)
+
+
+def _draft(im: Image.Image, draft_to: tuple[int, int] | None) -> None:
+    """Ask a JPEG decoder for a 1/2, 1/4 or 1/8 scale (done in the DCT domain, several times
+    faster than a full decode) that still leaves at least twice the target on each side, so the
+    exact antialiased resize afterwards still has real detail to average. Both sides are held to
+    twice the larger target side because EXIF rotation, applied after decoding, may swap them.
+    Formats other than JPEG (and its MPO variant) ignore the request."""
+    if not draft_to:
+        return
+    side = 2 * max(int(draft_to[0]), int(draft_to[1]))
+    if side > 0:
+        im.draft("RGB", (side, side))
 
 
 def _mp(pixels: float) -> str:

@@ -89,11 +89,17 @@ def explain(artifact: str | Path | Artifact, images: Sequence[str | Path], *,
                           "reads images only (drop --text)")
     parent_art, parent_note = _resolve_parent(art, parent)
     paths = [Path(p) for p in images]
-    pictures = _decode_all(paths)
+    pictures = _decode_all(paths, art.input_size)
     hw = choose_hardware(device, "fp32")
     child = _prepare(art, pictures, method, hw.device)
     wanted = _target_indices(target, art.classes)
-    other = _prepare(parent_art, pictures, method, hw.device) if parent_art else None
+    other = None
+    if parent_art:
+        # JPEGs decode at a scale that depends on the input size (see load_rgb's draft_to);
+        # each model sees the pixels predict would give it.
+        same = tuple(parent_art.input_size) == tuple(art.input_size)
+        other = _prepare(parent_art, pictures if same else
+                         _decode_all(paths, parent_art.input_size), method, hw.device)
     out_dir = Path(out) if out is not None else _default_out(art.path)
 
     settings = dict(method=method, samples=samples, grid=grid, seed=seed)
@@ -204,12 +210,13 @@ def _prepare(art: Artifact, pictures: list[Image.Image], method: str,
     return _Explainer(art=art, images=images, layer=layer, device=device)
 
 
-def _decode_all(paths: list[Path]) -> list[Image.Image]:
-    """Decode every image the way predict does; one DatasetError naming the bad ones."""
+def _decode_all(paths: list[Path], size: tuple[int, int]) -> list[Image.Image]:
+    """Decode every image the way predict does for a model of input `size`; one DatasetError
+    naming the bad ones."""
     pictures, bad = [], []
     for path in paths:
         try:
-            pictures.append(load_rgb(path, ImageChecks()))
+            pictures.append(load_rgb(path, ImageChecks(), draft_to=size))
         except BadImageError as exc:
             bad.append(f"{path}: {exc.reason}")
     if bad:

@@ -87,9 +87,10 @@ def token_attributions(art: Artifact, image: str | Path, encoded,  # noqa: ANN00
     class. For WordPiece, [CLS] and [SEP] are left out of the list."""
     from captum.attr import FeatureAblation
 
-    from ..data import load_rgb, normalize, to_tensor_resized
+    from ..data import normalize
+    from ..data.images import decode_resized
 
-    x = normalize(to_tensor_resized(load_rgb(image), art.input_size), art.mean, art.std)[None]
+    x = normalize(decode_resized(image, art.input_size), art.mean, art.std)[None]
     ids = encoded.ids  # [1, L] or [1, L, K]
     positions = torch.arange(ids.shape[1]).view(1, -1, *([1] * (ids.ndim - 2))).expand_as(ids)
 

@@ -6,7 +6,7 @@
         ├─ "onnx-fp32"      ONNX Runtime on model.onnx
         └─ "onnx-int8"      ONNX Runtime on model.int8.onnx (QDQ)
 
-Images are decoded exactly as `leanvision predict` does (load_rgb + to_tensor_resized with the
+Images are decoded exactly as `leanvision predict` does (decode_resized with the
 same checks), normalised with the card's mean / std, and the card's test-time augmentation is
 applied around whichever runtime runs the network, so runtimes differ only in the network call.
 OpenVINO (2026.4, reading the same ONNX files) is not offered: at the same precision it was not
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from ..artifact import CARD_FILE, WEIGHTS_FILE, read_card
-from ..data import BadImageError, load_rgb, normalize, to_tensor_resized
-from ..data.images import pil_to_rgb
+from ..data import BadImageError, normalize, to_tensor_resized
+from ..data.images import decode_resized, pil_to_rgb
 from ..errors import ArtifactError, ConfigError
 from ..hardware import physical_cores
 from ..tta import TTA_MODES, tta_logits
@@ -146,8 +146,10 @@ class Predictor:
             name = str(item) if not isinstance(item, Image.Image) else f"<PIL {item.size}>"
             records.append({"image": name})
             try:
-                picture = pil_to_rgb(item) if isinstance(item, Image.Image) else load_rgb(item)
-                tensors.append(to_tensor_resized(picture, self.input_size))
+                if isinstance(item, Image.Image):
+                    tensors.append(to_tensor_resized(pil_to_rgb(item), self.input_size))
+                else:
+                    tensors.append(decode_resized(item, self.input_size))
             except BadImageError as exc:
                 records[-1]["error"] = exc.reason
         h, w = self.input_size

@@ -128,7 +128,7 @@ def decode_upload(data: bytes, size: tuple[int, int],
             # Past PIL's warning threshold our own (lower) cap refuses the image anyway.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                return to_tensor_resized(pil_to_rgb(image, checks), size)
+                return to_tensor_resized(pil_to_rgb(image, checks, draft_to=size), size)
     except UnidentifiedImageError:
         raise BadImageError("not an image") from None
     except Image.DecompressionBombError as exc:
