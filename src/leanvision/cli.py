@@ -350,6 +350,7 @@ def lr_find_cmd(
     start_lr: float = typer.Option(1e-7, help="Rate of the first step."),
     end_lr: float = typer.Option(10.0, help="Rate of the last step."),
     steps: int = typer.Option(100, help="Mini-batches in the sweep (it stops early on blow-up)."),
+    skip_bad_images: bool = typer.Option(False, help="Leave out images that cannot be decoded."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
     as_json: bool = JSON_OPT,
@@ -359,7 +360,8 @@ def lr_find_cmd(
 
     run_verb(lambda: lr_find(data, out, model=model, optimizer=optimizer, batch_size=batch_size,
                              start_lr=start_lr, end_lr=end_lr, steps=steps, device=device,
-                             seed=seed, progress=sys.stderr.isatty(), console=err_console),
+                             seed=seed, skip_bad_images=skip_bad_images,
+                             progress=sys.stderr.isatty(), console=err_console),
              as_json, lambda r: out_console.print(
                  f"suggested lr {r['suggested_lr']:.3g} for {r['optimizer']} "
                  f"(min-loss lr / 10: {r['min_loss_lr']:.3g}); plot {r['plot']}"))
@@ -376,6 +378,7 @@ def compare_cmd(
     find_steps: int = typer.Option(100, help="Steps of each learning-rate range test."),
     val_fraction: float = typer.Option(0.1, help="Hold-out for data without a val split."),
     out: Path | None = OUT_OPT,
+    skip_bad_images: bool = typer.Option(False, help="Leave out images that cannot be decoded."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
     as_json: bool = JSON_OPT,
@@ -386,7 +389,8 @@ def compare_cmd(
     run_verb(lambda: compare(data, optimizers, out, epochs=epochs, model=model,
                              batch_size=batch_size, find_steps=find_steps,
                              val_fraction=val_fraction, device=device, seed=seed,
-                             progress=sys.stderr.isatty(), console=err_console),
+                             skip_bad_images=skip_bad_images, progress=sys.stderr.isatty(),
+                             console=err_console),
              as_json, lambda r: out_console.print(
                  f"best: {r['best']} ({' > '.join(r['ranking'])}); {r['json']}"))
 

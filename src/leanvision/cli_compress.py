@@ -21,6 +21,11 @@ from .cli import (
 
 DATA_OPT = typer.Option(None, "--data", help="Data to fine-tune on (default: the data named "
                         "in the artifact's card).")
+# Tri-state: unset, a stage reads the data as its parent artifact was trained (with or without
+# the unreadable images); either flag given wins.
+SKIP_BAD_OPT = typer.Option(None, "--skip-bad-images/--no-skip-bad-images", help="Leave out "
+                            "images that cannot be decoded (default: as the parent artifact "
+                            "was trained).")
 
 
 def finetune_settings(**values: Any) -> dict[str, Any]:
@@ -58,6 +63,7 @@ def prune_cmd(
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
     nproc: int = typer.Option(1, help="Data-parallel processes for the fine-tuning, as for train "
                               "(--batch-size is global)."),
+    skip_bad_images: bool | None = SKIP_BAD_OPT,
     track: bool = TRACK_OPT,
     track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
@@ -66,7 +72,8 @@ def prune_cmd(
     from .compress import prune
 
     settings = finetune_settings(batch_size=batch_size, lr=lr, optimizer=optimizer,
-                                 augment=augment, device=device, precision=precision)
+                                 augment=augment, device=device, precision=precision,
+                                 skip_bad_images=skip_bad_images)
     run_verb(lambda: prune(artifact, data, out, ratio=ratio, target=target, method=method,
                            importance=importance, scope=scope, steps=steps,
                            finetune_epochs=finetune_epochs, max_layer_ratio=max_layer_ratio,
@@ -104,6 +111,7 @@ def distill_cmd(
     seed: int | None = typer.Option(None),
     nproc: int = typer.Option(1, help="Data-parallel processes, as for train (--batch-size is "
                               "global)."),
+    skip_bad_images: bool | None = SKIP_BAD_OPT,
     track: bool = TRACK_OPT,
     track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
@@ -114,7 +122,7 @@ def distill_cmd(
     settings = finetune_settings(epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, augment=augment,
                                  val_fraction=val_fraction, device=device, precision=precision,
-                                 seed=seed)
+                                 seed=seed, skip_bad_images=skip_bad_images)
     run_verb(lambda: distill(data, teacher, student, out, loss=loss, temperature=temperature,
                              alpha=alpha, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta,
                              dkd_warmup_epochs=dkd_warmup_epochs, cache_teacher=cache_teacher,
@@ -139,6 +147,7 @@ def quantize_cmd(
     epochs: int | None = typer.Option(None, help="qat: fine-tuning epochs (default 2)."),
     lr: float | None = typer.Option(None, help="qat: rate (default: the parent's / 20)."),
     batch_size: int | None = typer.Option(None, help="qat: fine-tuning batch size."),
+    skip_bad_images: bool | None = SKIP_BAD_OPT,
     track: bool = TRACK_OPT,
     track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
@@ -147,6 +156,8 @@ def quantize_cmd(
     from .compress import quantize
 
     settings = finetune_settings(batch_size=batch_size) if method == "qat" else {}
+    if skip_bad_images is not None:
+        settings["skip_bad_images"] = skip_bad_images
     run_verb(lambda: quantize(artifact, data, out, method=method, epochs=epochs, lr=lr,
                               calibration_images=calibration_images, calibrate=calibrate,
                               max_drop=max_drop, console=err_console, track=track,
@@ -181,6 +192,10 @@ def optimize_cmd(
     seed: int = typer.Option(0),
     quick: bool = typer.Option(False, help="Smaller budgets: a first look in minutes."),
     explain_images: int = typer.Option(0, help="Explanation gallery size in the report."),
+    skip_bad_images: bool | None = typer.Option(None, "--skip-bad-images/--no-skip-bad-images",
+                                                help="Leave out images that cannot be decoded, "
+                                                "in the base's training and every trial "
+                                                "(default: as --base was trained; no without)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """The smallest, fastest model that meets the constraints: search pruning, distillation
@@ -193,7 +208,8 @@ def optimize_cmd(
                               trials=trials, timeout_s=timeout_s, storage=storage,
                               study_name=study_name, workers=workers, threads=threads,
                               seed=seed, quick=quick, explain_images=explain_images,
-                              console=err_console, **extra), as_json, _show_optimize)
+                              skip_bad_images=skip_bad_images, console=err_console, **extra),
+             as_json, _show_optimize)
 
 
 def _show_optimize(result: dict[str, Any]) -> None:

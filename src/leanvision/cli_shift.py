@@ -64,7 +64,8 @@ def adapt_cmd(
     augment: str | None = typer.Option(None, help="DANN: none, light, strong."),
     domain_weight: float = typer.Option(1.0, help="DANN: weight of the domain loss."),
     target_bn: bool = typer.Option(True, help="DANN: finish with AdaBN on the target."),
-    skip_bad_images: bool = typer.Option(False, help="Adapt without unreadable target images."),
+    skip_bad_images: bool = typer.Option(False, help="Adapt without unreadable images "
+                                         "(target, and DANN's source data)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str | None = typer.Option(None, help="DANN: auto, fp32, bf16 or fp16."),
     seed: int = typer.Option(0),

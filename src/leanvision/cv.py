@@ -10,7 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .data import load_data
+from .data import decoding_for, load_data
 from .data.partition import cv_partitions
 from .io import write_json
 from .training.api import _check_fresh, default_run_dir, train_on
@@ -19,6 +19,7 @@ from .training.config import TrainConfig
 CV_METRICS = ("top1", "macro_f1", "ece", "loss")
 
 
+@decoding_for("cross-validate")
 def cross_validate(data: str | Path = "builtin:digits", folds: int = 5,
                    out: str | Path | None = None, *, console: Console | None = None,
                    **settings: Any) -> dict[str, Any]:

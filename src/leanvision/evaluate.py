@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import (
 )
 
 from .artifact import WEIGHTS_FILE, Artifact, load
-from .data import ImageChecks, decode_images, load_data, normalize
+from .data import ImageChecks, decode_images, decoding_for, load_data, normalize
 from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
 from .errors import DatasetError
@@ -100,6 +100,7 @@ def remap_labels(records: ImageRecords, data_classes: list[str],
     return ImageRecords(records.items, lut[records.labels], records.root, records.texts)
 
 
+@decoding_for("evaluate")
 def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
              split: str = "auto", batch_size: int = 256, skip_bad_images: bool = False,
              device: str = "auto", tta: str | None = None) -> dict[str, Any]:

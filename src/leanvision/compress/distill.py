@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from ..artifact import Artifact, load, require_image_only
-from ..data import DataSource, load_data, normalize
+from ..data import DataSource, decoding_for, load_data, normalize
 from ..data.partition import partition
 from ..errors import ConfigError
 from ..hardware import Hardware, choose_hardware
@@ -147,6 +147,7 @@ class DistillCriterion:
 
 # The student's artifact when it is one (a pruned model), else the teacher's.
 @tracked("distill", ("student", "teacher"))
+@decoding_for("distill")
 def distill(data: str | Path, teacher: str | Path, student: str | Path,
             out: str | Path | None = None, *, loss: str = "kd", temperature: float = 4.0,
             alpha: float = 0.9, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
@@ -157,7 +158,8 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
     TEACHER's logits as soft targets; writes a "distill" artifact and returns train's summary
     plus a "distill" block. `train_settings` are TrainConfig fields (epochs, lr, augment, ...).
     Every check (classes, names, flags) runs before anything is written. `nproc`: data-parallel
-    processes, as for train (training/distributed.py)."""
+    processes, as for train (training/distributed.py). skip_bad_images, unless given, is True
+    when the teacher (or student artifact) was trained with it, on the same data."""
     if nproc > 1:
         distributed.check_nproc(nproc, train_settings.get("device", "auto"),
                                 train_settings.get("batch_size"))
@@ -189,6 +191,10 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
     else:
         arch = str(student)
         model_preprocessing(arch)  # an unknown name raises here, with close matches
+    if train_settings.get("skip_bad_images") is None:  # not chosen: the parents' choice
+        train_settings["skip_bad_images"] = any(
+            bool(used.card.get("config", {}).get("skip_bad_images"))
+            for used in (teacher_art, student_art) if used is not None)
     cfg = TrainConfig.from_dict({"data": str(data), "model": arch, **train_settings})
     source = load_data(cfg.data)
     _check_classes("teacher", teacher_art, source)

@@ -30,7 +30,7 @@ from ..artifact import (
     require_image_only,
     save_artifact,
 )
-from ..data import ImageChecks, decode_images, load_data, normalize
+from ..data import ImageChecks, decode_images, decoding_for, load_data, normalize
 from ..data.partition import Partition, partition
 from ..errors import ConfigError
 from ..evaluate import evaluate_records, model_cost
@@ -42,7 +42,7 @@ from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
 from .checks import check_forward, check_pruned
-from .report import print_prune_plan, print_prune_summary
+from .report import print_prune_plan, print_prune_summary, prune_step_line
 
 METHODS = ("structured", "unstructured", "soft")
 TARGETS = ("flops", "params", "channels")
@@ -111,6 +111,7 @@ class PruneConfig:
 
 
 @tracked("prune", "artifact")
+@decoding_for("prune")
 def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path | None = None, *,
           ratio: float = 0.5, target: str | None = None, method: str = "structured",
           importance: str = "l2", scope: str = "auto", steps: int = 1,
@@ -122,7 +123,8 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
 
     `nproc`: data-parallel processes for the fine-tuning, as for train (training/distributed.py;
     also under torchrun). Rank 0 prunes and writes every file; the others fine-tune the network
-    it shares with them, and every process returns the same summary."""
+    it shares with them, and every process returns the same summary. skip_bad_images, unless
+    given, is the parent's (the data it was trained without its unreadable images)."""
     flags = dict(ratio=ratio, target=target, method=method, importance=importance, scope=scope,
                  steps=steps, finetune_epochs=finetune_epochs, max_layer_ratio=max_layer_ratio,
                  round_to=round_to, check=check)
@@ -235,7 +237,7 @@ def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base
             entry["val_top1_finetuned"] = summary["metrics"].get("val", {}).get("top1")
             entry["artifact"] = str(step_dir)
             history.append(entry)
-            console.print(_step_line(entry, base, cfg))
+            console.print(prune_step_line(entry, base, cfg))
         parent = str(step_dir)
     return summary
 
@@ -392,9 +394,10 @@ def _taylor_gradients(parts: Partition, art: Artifact):
 def _finetune_config(art: Artifact, data_spec: str, cfg: PruneConfig,
                      settings: dict[str, Any]) -> TrainConfig:
     parent = art.card.get("config", {})
-    # The parent's split seed and hold-out share: its validation images stay unseen.
+    # The parent's split (seed, hold-out: its val images stay unseen) and skip-bad choice.
     base = {"data": data_spec, "model": art.card["arch"],
             "seed": parent.get("seed", 0), "val_fraction": parent.get("val_fraction", 0.1),
+            "skip_bad_images": bool(parent.get("skip_bad_images", False)),
             "epochs": max(1, cfg.finetune_epochs), "warmup_epochs": 0.0}
     if "optimizer" not in settings and "lr" not in settings:
         # A trained network needs a gentle rate; 1e-3 AdamW recovers pruned CNNs within epochs.
@@ -434,15 +437,3 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _short(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
-
-
-def _step_line(entry: dict, base, cfg: PruneConfig) -> str:
-    acc = entry.get("val_top1_finetuned")
-    before = entry.get("val_top1_pruned")
-    return (f"step {entry['step']}/{cfg.steps}: FLOPs {entry['flops'] / base.flops:.0%}, params "
-            f"{entry['params'] / base.params:.0%} of the original; val top-1 "
-            f"{_pct(before)} pruned → {_pct(acc)} fine-tuned")
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"

@@ -141,11 +141,12 @@ def _ptq_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: Path,
     parent_cfg = art.card.get("config", {})
     seed = int(parent_cfg.get("seed", 0))
     parts = partition(source, float(parent_cfg.get("val_fraction", 0.1)), seed)
-    _copy_weights(art, out_dir)
-    exported = export_onnx(art.model, art.input_size, out_dir / ONNX_FILE)
+    # Decoded first: an unreadable image is reported before any export work.
     splits = {name: scoring_set(art, records, name, pcfg.skip_bad_images)
               for name in ("val", "test")
               if (records := getattr(parts, name)) is not None and len(records)}
+    _copy_weights(art, out_dir)
+    exported = export_onnx(art.model, art.input_size, out_dir / ONNX_FILE)
     guard_set = splits.get("val") or splits.get("test")
     fp32 = {name: onnx_top1(out_dir / ONNX_FILE, s) for name, s in splits.items()}
     calibration = None

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from ..artifact import CARD_FILE, Artifact, load, require_image_only
-from ..data import load_data
+from ..data import decoding_for, load_data
 from ..errors import ConfigError
 from ..tracking import tracked
 from .ptq import PTQ_METHODS, PTQConfig, run_ptq
@@ -28,6 +28,7 @@ _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
 
 
 @tracked("quantize", "artifact")
+@decoding_for("quantize")
 def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
              lr: float | None = None, calibration_images: int | None = None,
@@ -41,11 +42,14 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
     300 (ptq) / 512 (qat). `data` defaults to the data the artifact was trained on. `settings`:
     for ptq / dynamic, PTQConfig fields (threads, timing_runs, max_rounds, sensitivity_images,
     skip_bad_images); for qat, TrainConfig fields overriding the fine-tune's defaults.
-    Returns {"artifact", "metrics", "quantization", ...}."""
+    skip_bad_images, unless given, is the parent's: data it was trained without its unreadable
+    images is read the same way. Returns {"artifact", "metrics", "quantization", ...}."""
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not a quantization method; choose one of "
                           f"{', '.join(METHODS)}")
     console = console or Console(stderr=True)
+    if settings.get("skip_bad_images") is None:  # None: not chosen, so the parent's choice
+        settings.pop("skip_bad_images", None)
     if method in PTQ_METHODS:
         pcfg = _ptq_config(method, epochs, lr, calibration_images, calibrate, max_drop,
                            settings)
@@ -62,6 +66,8 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
     else:
         art = load(artifact)
         require_image_only(art.card, art.path, "quantize")
+    if method in PTQ_METHODS and "skip_bad_images" not in settings:  # QAT: qat.INHERITED
+        pcfg.skip_bad_images = bool(art.card.get("config", {}).get("skip_bad_images", False))
     data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
     if not data_spec:
         raise ConfigError(f"the card of {art.path} does not name its training data; pass "

@@ -42,6 +42,14 @@ def print_prune_summary(console: Console, summary: dict[str, Any], out_dir: Path
     print_outputs(console, out_dir, [WEIGHTS_FILE, CARD_FILE, "metrics.jsonl"])
 
 
+def prune_step_line(entry: dict[str, Any], base, cfg) -> str:
+    acc = entry.get("val_top1_finetuned")
+    before = entry.get("val_top1_pruned")
+    return (f"step {entry['step']}/{cfg.steps}: FLOPs {entry['flops'] / base.flops:.0%}, params "
+            f"{entry['params'] / base.params:.0%} of the original; val top-1 "
+            f"{_pct(before)} pruned → {_pct(acc)} fine-tuned")
+
+
 def _checks(checks: dict[str, Any]) -> str:
     if not checks:
         return "off"

@@ -4,7 +4,13 @@ This package knows nothing of models, training or the CLI; they import from here
 """
 
 from .augment import AUGMENT_PRESETS, BatchAugment, normalize
-from .cache import DecodedImages, clear_decode_cache, decode_images, default_memory_budget
+from .cache import (
+    DecodedImages,
+    clear_decode_cache,
+    decode_images,
+    decoding_for,
+    default_memory_budget,
+)
 from .images import BadImageError, ImageChecks, load_rgb, to_tensor_resized
 from .sources import IMAGE_EXTENSIONS, DataSource, ImageRecords, load_data
 from .splits import stratified_holdout, stratified_kfold
@@ -20,6 +26,7 @@ __all__ = [
     "ImageRecords",
     "clear_decode_cache",
     "decode_images",
+    "decoding_for",
     "default_memory_budget",
     "load_data",
     "load_rgb",

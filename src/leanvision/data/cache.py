@@ -15,8 +15,10 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,16 +61,33 @@ class _Decoded:
 
 _memory: OrderedDict[str, _Decoded] = OrderedDict()
 _memory_lock = threading.Lock()
+# What the user is doing, for "Pass --skip-bad-images to <verb> without them": set by each verb's
+# API function (decoding_for), read wherever the scan happens to run, however deep.
+_verb: ContextVar[str | None] = ContextVar("leanvision_decoding_for", default=None)
+
+
+@contextmanager
+def decoding_for(verb: str) -> Iterator[None]:
+    """Name `verb` ("quantize", "evaluate", ...) in the scan's message within the block, or
+    the function it decorates. The outermost one wins: optimize's quantize stage says
+    "optimize", because that is the command the user ran and the flag is passed to."""
+    token = _verb.set(_verb.get() or verb)
+    try:
+        yield
+    finally:
+        _verb.reset(token)
 
 
 def decode_images(records: ImageRecords, size: tuple[int, int],
                   checks: ImageChecks = ImageChecks(), *, skip_bad: bool = False,
                   cache_dir: str | Path | None = None, progress: bool = False,
-                  workers: int | None = None,
-                  memory_budget: int | None = None) -> DecodedImages:
+                  workers: int | None = None, memory_budget: int | None = None,
+                  verb: str | None = None) -> DecodedImages:
     """Decode all records to uint8 [N, 3, H, W] at `size` = (H, W), collecting every failure.
 
     memory_budget (bytes; default 25% of RAM): above it the pixels go to a memory-mapped file.
+    verb: what the message about bad files says the flag lets the user do (default: the verb
+    set by decoding_for, else "train").
     """
     n = len(records)
     if n == 0:
@@ -89,7 +108,7 @@ def decode_images(records: ImageRecords, size: tuple[int, int],
         else:
             entry = _decode_to_file(records, size, checks, progress, workers, Path(folder), key)
         _remember(key, entry, budget)
-    return _apply_policy(entry, records, skip_bad)
+    return _apply_policy(entry, records, skip_bad, verb or _verb.get() or "train")
 
 
 def clear_decode_cache() -> None:
@@ -114,7 +133,8 @@ def default_cache_dir() -> Path:
 # ---- policy -----------------------------------------------------------------------------------
 
 
-def _apply_policy(entry: _Decoded, records: ImageRecords, skip_bad: bool) -> DecodedImages:
+def _apply_policy(entry: _Decoded, records: ImageRecords, skip_bad: bool,
+                  verb: str) -> DecodedImages:
     n = len(records)
     bad = [(records.describe(int(i)), r) for i, r in zip(entry.bad_index, entry.bad_reason,
                                                           strict=True)]
@@ -125,7 +145,7 @@ def _apply_policy(entry: _Decoded, records: ImageRecords, skip_bad: bool) -> Dec
             raise DatasetError(f"none of the {n} images could be decoded, so there is nothing "
                                f"to train on; check the data path and files:\n{shown}{more}")
         raise DatasetError(f"{len(bad)} of {n} images could not be decoded. Pass "
-                           f"--skip-bad-images to train without them, or fix or remove them:"
+                           f"--skip-bad-images to {verb} without them, or fix or remove them:"
                            f"\n{shown}{more}")
     labels = torch.from_numpy(records.labels[entry.kept].astype(np.int64))
     return DecodedImages(entry.images, labels, entry.kept.copy(), bad)

@@ -43,23 +43,16 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ..artifact import read_card, require_image_only
-from ..data import load_data
+from ..artifact import read_card
+from ..data import decoding_for, load_data
 from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
+from .base import check_base, data_identity, make_base, skip_bad_choice
 from .constraints import Constraints
 from .objective import Objective, SearchContext, counted_trials, shipped_top1
 from .output import finish
 from .space import Budget, SearchSpace, default_students
-from .stages import (
-    StageCache,
-    artifact_identity,
-    copy_artifact,
-    host_id,
-    pid_alive,
-    stage_key,
-    train_base,
-)
+from .stages import host_id, pid_alive, stage_key
 
 DEFAULT_RUNTIMES = ("onnx-fp32", "onnx-int8")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # val top-1, latency ms, size MB
@@ -67,6 +60,7 @@ HEARTBEAT_S = 60  # an RDB worker that stops beating this long (x2) has its tria
 SQLITE_WAIT_S = 60  # workers on one SQLite file wait this long for each other's writes
 
 
+@decoding_for("optimize")
 def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Path | None = None,
              max_drop: float = 1.0, max_latency_ms: float | None = None,
              max_size_mb: float | None = None, trials: int = 12,
@@ -75,7 +69,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
              runtimes: tuple[str, ...] | list[str] = DEFAULT_RUNTIMES,
              threads: int | None = None, seed: int = 0, console: Console | None = None,
              quick: bool = False, budget: Budget | None = None,
-             space: SearchSpace | None = None, explain_images: int = 0) -> dict[str, Any]:
+             space: SearchSpace | None = None, explain_images: int = 0,
+             skip_bad_images: bool | None = None) -> dict[str, Any]:
     """Search pruning, distillation and INT8 pipelines from a base model on DATA for the
     fastest model within the constraints, measured on this machine.
 
@@ -88,6 +83,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     `workers`: local worker processes. `runtimes`: those candidates may use (torch, onnx-fp32,
     onnx-int8). `threads`: benchmark threads (default: the physical cores). `quick` (or an
     explicit `budget`): stage budgets; `space`: the search space (default: see space.py).
+    `skip_bad_images`: leave out unreadable images in the base's training and every stage
+    (default: what `base` was trained with; no when training the base here).
     Returns {"report", "chosen", "pareto", "met", "statement", "trials", "seconds",
     "storage", ...}."""
     started = time.perf_counter()
@@ -102,13 +99,15 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
                           f"(space.runtimes={space.runtimes}, runtimes={tuple(runtimes)})")
     data_spec = str(data)
     source = load_data(data_spec)
-    data_id = _data_id(data_spec, source)
+    data_id = data_identity(data_spec, source)
     if base is not None:
-        _check_base(Path(base), source.classes, data_spec)
+        check_base(Path(base), source.classes, data_spec)
+    skip_bad = skip_bad_choice(skip_bad_images, base)
     out_dir = Path(out) if out is not None else Path("runs") / "optimize" / _slug(data_spec)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    base_folder, base_id = _base(base, data_spec, data_id, out_dir, budget, console)
+    base_folder, base_id = make_base(base, data_spec, data_id, out_dir, budget, console,
+                                     skip_bad)
     _, base_card = read_card(base_folder)
     base_val = shipped_top1(base_card, "torch", "val")
     if base_val is None:
@@ -124,7 +123,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     ctx = SearchContext(data=data_spec, data_id=data_id, out=out_dir, base=base_folder,
                         base_id=base_id, base_val=base_val, n_train=n_train, split=split,
                         constraints=constraints, space=space, budget=budget, threads=threads,
-                        base_tta=base_card.get("inference", {}).get("tta") or "none")
+                        base_tta=base_card.get("inference", {}).get("tta") or "none",
+                        skip_bad_images=skip_bad)
 
     storage_url = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
     study_name = study_name or default_study_name(data_spec, base_id, space)
@@ -256,7 +256,8 @@ def _stop_at(total: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], N
 
 
 def _worker_process(job: WorkerJob, barrier: Any) -> None:
-    run_worker(job, Console(stderr=True), barrier)
+    with decoding_for("optimize"):  # a spawned process starts without the caller's context
+        run_worker(job, Console(stderr=True), barrier)
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
@@ -273,43 +274,6 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
             study.tell(t.number, state=TrialState.FAIL)
             failed.append(t.number)
     return failed
-
-
-# ---- the base --------------------------------------------------------------------------------
-
-def _check_base(base: Path, classes: list[str], data_spec: str) -> None:
-    _, card = read_card(base)
-    require_image_only(card, base, "optimize")
-    if list(card["classes"]) != list(classes):
-        raise ConfigError(f"--base {base} is a base artifact from other data: its classes "
-                          f"({_names(card['classes'])}) are not those of {data_spec} "
-                          f"({_names(classes)}). Pass an artifact trained on {data_spec}, or "
-                          "leave --base out to train one")
-
-
-def _base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Path, budget: Budget,
-          console: Console) -> tuple[Path, str]:
-    """OUT/base: a copy of --base (so that exports and measurements stay inside OUT), or a
-    base trained with the default recipe; either is made once and reused on resume."""
-    folder = out_dir / "base"
-    cache = StageCache(out_dir / "stages")
-    if base is not None:
-        identity = artifact_identity(base)
-        run = cache.run("base", "external", {"identity": identity},
-                        lambda f: copy_artifact(Path(base), f), folder=folder)
-        console.print(f"base: {base} ({identity[:19]}), copied to {folder}")
-        return folder, run.key
-    settings = dict(budget.base_settings)
-    console.print(f"base: training with the default recipe into {folder} (once)")
-    run = cache.run("train", "data", {"data": data_id, "settings": settings},
-                    lambda f: train_base(data_spec, f, settings), folder=folder)
-    console.print(f"base: {'reused' if run.cached else f'trained in {run.seconds:.0f} s'}")
-    return folder, run.key
-
-
-def _data_id(spec: str, source) -> str:
-    counts = [len(r) for r in (source.train, source.val, source.test) if r is not None]
-    return f"{spec}|{stage_key('', 'classes', {'c': list(source.classes)})[:8]}|{counts}"
 
 
 def default_study_name(data_spec: str, base_id: str, space: SearchSpace) -> str:
@@ -391,10 +355,6 @@ def _slug(spec: str) -> str:
     name = Path(spec.replace("builtin:", "")).name or "data"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
-
-def _names(names: list[str], shown: int = 5) -> str:
-    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
-                                       else "")
 
 
 def _limits_line(c: Constraints) -> str:

@@ -24,6 +24,7 @@ from ..artifact import read_card
 from ..errors import ArtifactError, LeanvisionError
 from ..hardware import physical_cores
 from ..io import write_json
+from .base import skip_bad_setting
 from .constraints import Constraints
 from .space import INT8_RUNTIME, Budget, Pipeline, SearchSpace
 from .stages import (
@@ -59,6 +60,8 @@ class SearchContext:
     # way the base is (a fast-recipe student would otherwise pick flip + shifts for itself and
     # look better than a base scored on one view).
     base_tta: str = "none"
+    # Leave out unreadable images in every stage, as the base did (see base.skip_bad_choice).
+    skip_bad_images: bool = False
 
 
 def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None:
@@ -165,8 +168,12 @@ class Objective:
 
     def _build(self, trial: optuna.Trial, p: Pipeline, stages: list[dict[str, Any]]) -> Path:
         ctx, budget = self.ctx, self.ctx.budget
-        settings = {"tta": ctx.base_tta, **budget.train_settings}
-        common = {"data": ctx.data_id, "settings": settings}
+        # Every fine-tune gets the choice explicitly (a stage would otherwise take its parent's,
+        # and an explicit --no-skip-bad-images must win); the keys hold it only when set.
+        keyed = {"tta": ctx.base_tta, **budget.train_settings,
+                 **skip_bad_setting(ctx.skip_bad_images)}
+        settings = {**keyed, "skip_bad_images": ctx.skip_bad_images}
+        common = {"data": ctx.data_id, "settings": keyed}
         state: dict[str, Any] = {"folder": ctx.base, "id": ctx.base_id, "chain": []}
 
         def step(name: str, config: dict[str, Any], build: Callable[[Path, Path], None]) -> None:
@@ -216,7 +223,8 @@ class Objective:
                  lambda parent, f: ptq_stage(parent, ctx.data, f, max_drop=max_drop,
                                              calibration_images=budget.calibration_images,
                                              timing_runs=budget.ptq_timing_runs,
-                                             threads=ctx.threads))
+                                             threads=ctx.threads,
+                                             skip_bad_images=ctx.skip_bad_images))
         elif p.quant == "qat":
             step("qat", {"epochs": budget.qat_epochs,
                          "calibration_images": budget.calibration_images},

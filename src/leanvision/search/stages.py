@@ -241,12 +241,13 @@ def distill_stage(teacher: Path, student: str | Path, data: str, folder: Path, *
 
 
 def ptq_stage(parent: Path, data: str, folder: Path, *, max_drop: float,
-              calibration_images: int, timing_runs: int, threads: int | None) -> None:
+              calibration_images: int, timing_runs: int, threads: int | None,
+              skip_bad_images: bool = False) -> None:
     from ..compress import quantize
 
     quantize(parent, data, folder, method="ptq", max_drop=max_drop,
              calibration_images=calibration_images, timing_runs=timing_runs, threads=threads,
-             console=QUIET)
+             skip_bad_images=skip_bad_images, console=QUIET)
 
 
 def qat_stage(parent: Path, data: str, folder: Path, *, epochs: int, calibration_images: int,

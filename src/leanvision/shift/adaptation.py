@@ -33,6 +33,7 @@ from ..artifact import (
     require_image_only,
     save_artifact,
 )
+from ..data import decoding_for
 from ..data.unlabeled import UnlabeledImages, load_unlabeled
 from ..errors import ConfigError, DatasetError
 from ..evaluate import evaluate_records, evaluation_records, model_cost
@@ -70,6 +71,7 @@ class AdaptConfig:
             raise ConfigError(f"--domain-weight must be > 0, got {self.domain_weight}")
 
 
+@decoding_for("adapt")
 def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path | None = None,
           *, method: str = "adabn", data: str | Path | None = None,
           min_target_images: int = MIN_TARGET_IMAGES, batch_size: int | None = None,
@@ -99,7 +101,9 @@ def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path |
     if cfg.method == "dann":
         from .dann_stage import plan_dann  # the recipe and data checks DANN alone needs
 
-        dann_plan = plan_dann(art, data_spec, batch_size, train_settings, seed=seed,
+        # The flag covers the labelled source images DANN trains on, too.
+        skip = {"skip_bad_images": True} if skip_bad_images else {}
+        dann_plan = plan_dann(art, data_spec, batch_size, {**train_settings, **skip}, seed=seed,
                               device=device, progress=progress)
     out_dir = Path(out) if out is not None else default_adapt_dir(art, cfg.method)
     created = _claim(out_dir)

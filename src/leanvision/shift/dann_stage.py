@@ -49,7 +49,9 @@ def plan_dann(art: Artifact, data_spec: str | None, batch_size: int | None,
         "data": data_spec, "model": art.card["arch"], "seed": seed,
         # the parent's hold-out: its validation images stay unseen by the fine-tuning too
         "val_fraction": parent.get("val_fraction", 0.1), "epochs": DANN_EPOCHS,
-        "warmup_epochs": 0.0, "tta": art.tta, "device": device, "progress": progress}
+        "warmup_epochs": 0.0, "tta": art.tta, "device": device, "progress": progress,
+        # a parent trained without its unreadable images reads the same data the same way
+        "skip_bad_images": bool(parent.get("skip_bad_images", False))}
     if "optimizer" not in settings and "lr" not in settings:
         # a trained network needs a gentle rate, as in pruning's fine-tuning
         base.update({"optimizer": "adamw", "lr": 1e-3})

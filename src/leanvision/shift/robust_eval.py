@@ -23,7 +23,7 @@ from rich.table import Table
 
 from .._version import __version__
 from ..artifact import Artifact, load, require_image_only
-from ..data import ImageChecks, decode_images
+from ..data import ImageChecks, decode_images, decoding_for
 from ..errors import ConfigError
 from ..evaluate import evaluation_records, predict_logits
 from ..hardware import choose_hardware
@@ -57,6 +57,7 @@ class RobustnessConfig:
             raise ConfigError(f"--max-images must be at least 1, got {self.max_images}")
 
 
+@decoding_for("measure robustness")
 def robustness(artifact: str | Path | Artifact, data: str | Path | None = None, *,
                out: str | Path | None = None, split: str = "auto",
                severities: tuple[int, ...] | list[int] | str = (1, 3, 5),

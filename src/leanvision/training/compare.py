@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..data import load_data
+from ..data import decoding_for, load_data
 from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
 from ..io import read_jsonl, write_atomic, write_json
@@ -24,6 +24,7 @@ from .report import print_outputs
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
 
 
+@decoding_for("compare optimizers")
 def compare(data: str | Path, optimizers: tuple[str, ...] | list[str] | str = DEFAULT_OPTIMIZERS,
             out: str | Path | None = None, *, epochs: int | None = None,
             find_steps: int = 100, console: Console | None = None,

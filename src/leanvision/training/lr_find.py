@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data import BatchAugment, DataSource, load_data, normalize
+from ..data import BatchAugment, DataSource, decoding_for, load_data, normalize
 from ..data.partition import Partition, partition
 from ..errors import ConfigError, DatasetError
 from ..hardware import choose_hardware, describe_machine
@@ -44,6 +44,7 @@ class RangeTest:
     seconds: float
 
 
+@decoding_for("find a learning rate")
 def lr_find(data: str | Path, out: str | Path | None = None, *, model: str | None = None,
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
             batch_size: int | None = None, optimizer: str | None = None,

@@ -1,0 +1,73 @@
+"""The base model of a search: the user's --base (checked, copied into OUT/base) or one trained
+with the default recipe, made once and reused on resume; and the settings every stage built on
+it reads the data with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from ..artifact import read_card, require_image_only
+from ..errors import ConfigError
+from .space import Budget
+from .stages import StageCache, artifact_identity, copy_artifact, stage_key, train_base
+
+
+def check_base(base: Path, classes: list[str], data_spec: str) -> None:
+    _, card = read_card(base)
+    require_image_only(card, base, "optimize")
+    if list(card["classes"]) != list(classes):
+        raise ConfigError(f"--base {base} is a base artifact from other data: its classes "
+                          f"({_names(card['classes'])}) are not those of {data_spec} "
+                          f"({_names(classes)}). Pass an artifact trained on {data_spec}, or "
+                          "leave --base out to train one")
+
+
+def skip_bad_choice(explicit: bool | None, base: str | Path | None) -> bool:
+    """Whether the search leaves out unreadable images: the user's flag, else what --base was
+    trained with (its trials re-read the data it was trained on: a base trained without 18
+    unreadable images had every INT8 trial fail on them), else no."""
+    if explicit is not None:
+        return bool(explicit)
+    if base is None:
+        return False
+    return bool(read_card(base)[1].get("config", {}).get("skip_bad_images", False))
+
+
+def skip_bad_setting(skip_bad_images: bool) -> dict[str, bool]:
+    """The TrainConfig field for stage settings and keys, present only when set: the keys of
+    searches that read every image stay those made before the choice existed, so their
+    OUT/base and stages are still found on resume."""
+    return {"skip_bad_images": True} if skip_bad_images else {}
+
+
+def make_base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Path,
+              budget: Budget, console: Console, skip_bad_images: bool = False) -> tuple[Path, str]:
+    """OUT/base: a copy of --base (so that exports and measurements stay inside OUT), or a
+    base trained with the default recipe; either is made once and reused on resume."""
+    folder = out_dir / "base"
+    cache = StageCache(out_dir / "stages")
+    if base is not None:
+        identity = artifact_identity(base)
+        run = cache.run("base", "external", {"identity": identity},
+                        lambda f: copy_artifact(Path(base), f), folder=folder)
+        console.print(f"base: {base} ({identity[:19]}), copied to {folder}")
+        return folder, run.key
+    settings = {**budget.base_settings, **skip_bad_setting(skip_bad_images)}
+    console.print(f"base: training with the default recipe into {folder} (once)")
+    run = cache.run("train", "data", {"data": data_id, "settings": settings},
+                    lambda f: train_base(data_spec, f, settings), folder=folder)
+    console.print(f"base: {'reused' if run.cached else f'trained in {run.seconds:.0f} s'}")
+    return folder, run.key
+
+
+def data_identity(spec: str, source) -> str:
+    """What the data is (spec, classes, image counts): part of every stage key."""
+    counts = [len(r) for r in (source.train, source.val, source.test) if r is not None]
+    return f"{spec}|{stage_key('', 'classes', {'c': list(source.classes)})[:8]}|{counts}"
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown
+                                       else "")
