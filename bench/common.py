@@ -191,3 +191,31 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
     return "-" if value is None else str(value)
+
+
+CLOTHING_TARBALL = REPO.parent / "shared" / "data" / "clothing-jpg.tar.gz"
+
+
+def clothing() -> Path:
+    """The extracted clothing photo set (train/ val/ test/, 400x533 JPEGs), extracted once;
+    $LEANVISION_CLOTHING may name an extracted folder instead."""
+    given = os.environ.get("LEANVISION_CLOTHING")
+    if given:
+        return Path(given).expanduser()
+    if not CLOTHING_TARBALL.is_file():
+        die(f"{CLOTHING_TARBALL} not found; set LEANVISION_CLOTHING to an extracted folder")
+    target = CACHE / "clothing"
+    marker = target / ".complete"
+    if marker.is_file() and marker.read_text() == _stamp(CLOTHING_TARBALL):
+        return target
+    console.print(f"extracting {CLOTHING_TARBALL} to {target} (once) ...")
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=CACHE))
+    try:
+        subprocess.run(["tar", "xzf", str(CLOTHING_TARBALL), "-C", str(staging)], check=True)
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / "clothing").rename(target)
+        marker.write_text(_stamp(CLOTHING_TARBALL))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

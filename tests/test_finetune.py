@@ -30,7 +30,7 @@ def _grouped(groups) -> int:
 
 
 def test_auto_resolves_by_pretraining_and_data_size():
-    assert FINETUNE_STRATEGIES == ("full", "probe", "freeze", "lower-lr", "auto")
+    assert FINETUNE_STRATEGIES == ("full", "probe", "lp-ft", "freeze", "lower-lr", "auto")
     plan = dict(images_per_class=10, epochs=20)
     assert plan_finetune("auto", pretrained=False, **plan) == "full"
     assert plan_finetune("auto", pretrained=True, **plan) == "probe-then-lower-lr"

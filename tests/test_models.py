@@ -291,7 +291,8 @@ def test_lite0_weights_that_do_not_fit_are_refused(tmp_path, monkeypatch):
     key = "_blocks.3._project_conv.weight"
     shipped[key] = shipped[key][:-1]
     torch.save(shipped, tmp_path / "lite0.pth")
-    monkeypatch.setattr(pretrained_mod, "lite0_weights_path", lambda: tmp_path / "lite0.pth")
+    monkeypatch.setattr(pretrained_mod, "packaged_weights_path",
+                        lambda arch: tmp_path / "lite0.pth")
     with pytest.raises(
         ModelError, match=r"do not fit this efficientnet_lite0: _blocks.3._project_conv"
     ):

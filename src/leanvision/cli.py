@@ -83,7 +83,7 @@ def train_cmd(
     model: str | None = typer.Option(None, help="Model name (leanvision models); default "
                                      "from the image size."),
     pretrained: str | None = typer.Option(None, help="auto, yes, no, or a weights file."),
-    finetune: str = typer.Option("auto", help="auto, full, probe, freeze, lower-lr."),
+    finetune: str = typer.Option("auto", help="auto, full, probe, lp-ft, freeze, lower-lr."),
     freeze_stages: int = typer.Option(2, help="Stages kept frozen by --finetune freeze."),
     epochs: int | None = typer.Option(None, help="Default: from the data's size."),
     batch_size: int | None = typer.Option(None, help="Default: from the data's size."),
@@ -107,6 +107,8 @@ def train_cmd(
     lookahead: bool | None = typer.Option(None, help="Average weights every 5 steps and copy "
                                           "back (airbench)."),
     early_stop: int | None = typer.Option(None, help="Stop after N epochs without val gain."),
+    time_budget: float | None = typer.Option(None, help="Minutes for the whole run (probe, "
+                                             "lp-ft): epochs are sized to fit."),
     augment: str = typer.Option("light", help="none, light (crop+flip), strong."),
     mixup: float = typer.Option(0.0, help="MixUp alpha (0: off)."),
     cutmix: float = typer.Option(0.0, help="CutMix alpha (0: off)."),
@@ -176,7 +178,8 @@ def train_cmd(
             schedule=schedule, momentum=momentum, weight_decay=weight_decay, l1=l1,
             warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
             norm_lr_scale=norm_lr_scale, dropout=dropout, grad_clip=grad_clip, ema=ema,
-            lookahead=lookahead, early_stop=early_stop, augment=augment, mixup=mixup,
+            lookahead=lookahead, early_stop=early_stop, time_budget=time_budget,
+            augment=augment, mixup=mixup,
             cutmix=cutmix, translate=translate, tta=tta, unlabeled=unlabeled, mu=mu,
             threshold=threshold, lambda_u=lambda_u, pseudo_labels=pseudo_labels,
             thresholds=thresholds, rounds=rounds, teacher_epochs=teacher_epochs,

@@ -4,7 +4,9 @@ full       everything trains at `lr` (also what "from scratch" means)
 probe      only the classifier trains (a linear probe on frozen features)
 freeze     stem + first `freeze_stages` stages frozen, the rest at `lr`
 lower-lr   everything trains; the backbone at `lr * backbone_lr_scale`, the head at `lr`
-auto       chosen by `plan_finetune` from the data size
+lp-ft      probe, then the top stages fine-tune on cached activations of the frozen lower part
+           (training/transfer.py); probe and lp-ft run the frozen part once, not per epoch
+auto       chosen by `plan_finetune` from the data size and the network
 probe-then-lower-lr   (what "auto" picks for small data) probe first, then `unfreeze` and
            switch to lower-lr at `FinetunePlan.unfreeze_at_epoch`
 """
@@ -19,7 +21,7 @@ from torch import nn
 
 from leanvision.errors import ConfigError, ModelError
 
-FINETUNE_STRATEGIES = ("full", "probe", "freeze", "lower-lr", "auto")
+FINETUNE_STRATEGIES = ("full", "probe", "lp-ft", "freeze", "lower-lr", "auto")
 PROBE_THEN_LOWER_LR = "probe-then-lower-lr"
 
 # Below ~30 images per class full fine-tuning overfits and, with a random head, the first large
@@ -46,8 +48,13 @@ def plan_finetune(
     images_per_class: float,
     epochs: int,
     freeze_stages: int = 2,
+    cached_top: bool = False,
 ) -> str:
-    """Resolve "auto" into a concrete strategy; other strategies are returned as given."""
+    """Resolve "auto" into a concrete strategy; other strategies are returned as given.
+
+    `cached_top`: the network can be cut for LP-FT and its images are photos, not thumbnails;
+    on a CPU that trains a better model in minutes than any strategy that runs the whole net
+    every epoch (bench/results/transfer.json)."""
     _check_strategy(strategy, allow_resolved=True)
     if freeze_stages < 0:
         raise ConfigError(f"freeze_stages must be >= 0, got {freeze_stages}; pass e.g. 2")
@@ -55,6 +62,8 @@ def plan_finetune(
         return strategy
     if not pretrained:
         return "full"  # nothing to protect in random weights
+    if cached_top:
+        return "lp-ft"
     if images_per_class < FEW_IMAGES_PER_CLASS:
         # one epoch leaves no room for a second phase
         return "probe" if epochs < 2 else PROBE_THEN_LOWER_LR

