@@ -99,7 +99,8 @@ def run_arm(arm: str, data: Path, out: Path, seconds: float | None) -> dict:
     if arm == "probe":
         settings["finetune"] = "probe"
     elif arm == "full":
-        settings.update(finetune="lower-lr", epochs=_full_epochs(data, seconds or 600.0))
+        settings.update(finetune="lower-lr", batch_size=32,
+                        epochs=_full_epochs(data, seconds or 600.0))
     summary = lv.train(data, out / "run", **settings)
     m = summary["metrics"]
     transfer = summary["training"].get("transfer", {})
