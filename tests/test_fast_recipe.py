@@ -131,7 +131,7 @@ def test_fast_recipe_trains_and_eval_reproduces_tta(tmp_path):
 
 
 def test_norm_lr_scale_applies_to_norm_layers_only():
-    from leanvision.training.api import _scale_norm_lr
+    from leanvision.training.param_setup import _scale_norm_lr
 
     model = lv.create_model("airnet_s", 10)
     groups = _scale_norm_lr(model, param_groups(model, "full", lr=1.0, weight_decay=0.0), 64.0)

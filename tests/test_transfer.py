@@ -161,3 +161,39 @@ def test_packaged_lite_weights_load_tensor_for_tensor(arch):
     ours = list(model.state_dict().values())
     assert len(shipped) == len(ours)
     assert all(torch.equal(a, b) for a, b in zip(shipped, ours, strict=True))
+
+
+def test_epochs_are_sized_to_the_budget_from_the_measured_step(monkeypatch):
+    from rich.console import Console
+
+    from leanvision.hardware import choose_hardware
+    from leanvision.training import transfer_run
+    from leanvision.training.transfer import Cached
+
+    monkeypatch.setattr(transfer_run, "_seconds_per_step", lambda *a: 0.5)
+    train = Cached([torch.zeros(320, 4)], torch.zeros(320, dtype=torch.long))
+    cfg = TrainConfig(data="x", epochs=8, batch_size=32)  # 10 steps of 0.5 s an epoch
+    hw, quiet = choose_hardware("cpu"), Console(quiet=True)
+    record: dict = {}
+    assert transfer_run._fit_epochs(cfg, None, train, hw, None, record, quiet) is cfg
+    assert transfer_run._fit_epochs(cfg, None, train, hw, 100.0, record, quiet) is cfg
+    fewer = transfer_run._fit_epochs(cfg, None, train, hw, 31.0, record, quiet)
+    assert fewer.epochs == 6 and "6 of the recipe's 8 epochs" in record["budget_note"]
+    assert transfer_run._fit_epochs(cfg, None, train, hw, 4.0, record, quiet) is None
+    assert "the probe is kept" in record["budget_note"]
+
+
+def test_probe_head_with_two_classes_matches_the_binary_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 25)
+    feats = rng.normal(size=(50, 6)) + labels[:, None] * 0.8
+    split = probe_split(create_model("resnet18", 2))
+    split.top.classifier = torch.nn.Linear(6, 2)
+    fit_probe_head(split, feats, labels, num_classes=2)
+    with torch.no_grad():
+        ours = split.top.classifier(torch.as_tensor(feats, dtype=torch.float32)).softmax(1)
+    mu, sd = feats.mean(0), feats.std(0) + 1e-6
+    theirs = LogisticRegression(C=0.03, max_iter=1000).fit((feats - mu) / sd, labels)
+    assert np.allclose(ours.numpy(), theirs.predict_proba((feats - mu) / sd), atol=1e-4)

@@ -94,6 +94,13 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
         return _probe_result(model, record), record
     for p in split.top.parameters():
         p.requires_grad_(True)
+    class_weights = inputs.class_weights
+    if cfg.balance == "sampler":
+        # cached activations are drawn by a plain shuffle; the same balance comes from the loss
+        counts = torch.bincount(train.labels, minlength=inputs.num_classes).float().clamp(min=1)
+        class_weights = counts.sum() / (inputs.num_classes * counts)
+        record["balance_note"] = "--balance sampler applied as class weights in the loss"
+        console.print(f"  {record['balance_note']}")
     budget_s = _remaining(cfg, started)
     cfg = _fit_epochs(cfg, split, train, hw, budget_s, record, console)
     if cfg is None:
@@ -101,7 +108,7 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
     steps = cfg.epochs * max(1, n_train // min(cfg.batch_size, n_train))
     with _bar(console, cfg, "fine-tuning the top", steps) as advance:
         result, plan = train_top(split, train, val, cfg, hw, out,
-                                 class_weights=inputs.class_weights,
+                                 class_weights=class_weights,
                                  progress=lambda k, info: advance(k),
                                  probe_val_top1=record.get("probe_val_top1"),
                                  budget_s=_remaining(cfg, started))
