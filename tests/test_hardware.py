@@ -47,3 +47,11 @@ def test_choose_hardware_on_cpu_is_fp32_without_native_bf16(monkeypatch):
     monkeypatch.setattr("leanvision.hardware.cpu_has_bf16", lambda: False)
     hw = choose_hardware("cpu")
     assert hw.device.type == "cpu" and hw.precision == "fp32" and hw.channels_last
+
+
+def test_inference_batches_are_capped_in_pixels_not_images():
+    from leanvision.hardware import pixel_capped_batch
+
+    assert pixel_capped_batch(256, 32, 32) == 256  # thumbnails: unchanged
+    assert pixel_capped_batch(256, 224, 224) == 20
+    assert pixel_capped_batch(500, 4000, 3000) == 1

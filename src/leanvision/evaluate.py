@@ -23,13 +23,10 @@ from .data import ImageChecks, decode_images, decoding_for, load_data, normalize
 from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
 from .errors import DatasetError
-from .hardware import choose_hardware
+from .hardware import choose_hardware, pixel_capped_batch
 from .tta import check_tta, tta_logits
 
 CALIBRATION_BINS = 15
-
-
-MAX_BATCH_PIXELS = 256 * 64 * 64
 
 
 @torch.no_grad()
@@ -39,10 +36,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: list[floa
     """fp32 logits [N, C] for uint8 images [N, 3, H, W]; the reference path for every figure."""
     model.eval()
     device = torch.device(device)
-    # A batch of 224 px photos holds ~12x the activations of one of 64 px images; capping the
-    # pixels per batch keeps peak memory flat whatever the input size.
-    pixels = images.shape[-2] * images.shape[-1]
-    batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, pixels)))
+    batch_size = pixel_capped_batch(batch_size, images.shape[-2], images.shape[-1])
     # channels_last lets oneDNN / cuDNN use their fastest convolution kernels.
     model.to(device, memory_format=torch.channels_last)
     out = []

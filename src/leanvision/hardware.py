@@ -63,6 +63,15 @@ def keep_freed_memory() -> None:
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+# Inference batches are capped in pixels, not images: a batch of 224 px photos holds ~12x the
+# activations of one of 64 px images, so a fixed image count sized for thumbnails runs a photo
+# run out of memory.
+MAX_BATCH_PIXELS = 256 * 64 * 64
+
+
+def pixel_capped_batch(batch: int, height: int, width: int) -> int:
+    """`batch`, lowered so that a batch holds at most MAX_BATCH_PIXELS pixels (at least 1)."""
+    return max(1, min(batch, MAX_BATCH_PIXELS // max(1, height * width)))
 _ALLOCATOR_TUNED = False
 
 

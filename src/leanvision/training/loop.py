@@ -19,7 +19,7 @@ from timm.utils import ModelEmaV3
 from .. import tracking
 from ..artifact import save_weights
 from ..data import BatchAugment, DecodedImages, normalize
-from ..hardware import Hardware
+from ..hardware import Hardware, pixel_capped_batch
 from ..io import append_jsonl
 from ..tta import tta_logits
 from . import distributed
@@ -338,6 +338,7 @@ def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float
     figures in the card come from evaluate(), in fp32, on the saved artifact."""
     was_training = model.training
     model.eval()
+    batch = pixel_capped_batch(batch, data.images.shape[-2], data.images.shape[-1])
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data.labels), batch):
         x = data.images[start:start + batch].to(hw.device)
