@@ -159,13 +159,16 @@ def git_revision() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def result_record(name: str, figures: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def result_record(name: str, figures: dict[str, Any], config: dict[str, Any],
+                  revision: str | None = None) -> dict[str, Any]:
+    """`revision`: git_revision() taken when the run started (the code that was measured);
+    without it, the tree as it is when the record is written."""
     return {
         "benchmark": name,
         "figures": figures,
         "config": config,
         "leanvision": leanvision.__version__,
-        "git": git_revision(),
+        "git": revision or git_revision(),
         "time_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "hardware": describe_machine(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

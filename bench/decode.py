@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CACHE, REPO, CpuShare, console, die, print_table, result_record, write_result
+from common import (
+    CACHE,
+    REPO,
+    CpuShare,
+    console,
+    die,
+    git_revision,
+    print_table,
+    result_record,
+    write_result,
+)
 from PIL import Image
 
 from leanvision.data.images import decode_resized, load_rgb, to_tensor_resized
@@ -33,6 +43,7 @@ MODES = ("full", "draft")
 
 def main() -> None:
     args = parse_args()
+    revision = git_revision()  # the tree the run starts from
     size = (args.size, args.size)
     sets = {"synthetic": synthetic(args.synthetic, args.synthetic_size)}
     sets["real"] = real_photos(args.data, args.limit)
@@ -55,7 +66,7 @@ def main() -> None:
     config = {"size": list(size), "rounds": args.rounds, "synthetic": args.synthetic,
               "synthetic_size": args.synthetic_size, "data": str(args.data),
               "limit": args.limit, "threads": 1}
-    write_result("decode", result_record("decode", figures, config))
+    write_result("decode", result_record("decode", figures, config, revision=revision))
 
 
 def measure(files: list[Path], size: tuple[int, int], rounds: int) -> dict[str, Any]:

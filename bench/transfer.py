@@ -64,8 +64,8 @@ def main() -> None:
     print_table("transfer on clothing (10 classes, 400x533 photos)",
                 ["arm", "val top-1", "test top-1", "seconds", "peak RSS GB", "epochs",
                  "others' CPU"], rows)
-    record = result_record("transfer", results, {"arms": arms, "git_at_start": revision,
-                                                 "data": "clothing (shared/data)"})
+    record = result_record("transfer", results, {"arms": arms, "data": "clothing (shared/data)"},
+                           revision=revision)
     write_result(args.name, record)
 
 
