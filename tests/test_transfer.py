@@ -62,22 +62,26 @@ def test_recipe_sizes_lp_ft_by_image_steps_and_keeps_user_settings():
     assert mine.lr == 0.01 and mine.epochs == 2
 
 
-def test_probe_head_equals_the_logistic_regression():
+def _probe_and_regression(feats: np.ndarray, labels: np.ndarray, num_classes: int):
+    """(our folded head's probabilities, sklearn's on the same standardised features)."""
     from sklearn.linear_model import LogisticRegression
 
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 30)
-    feats = rng.normal(size=(90, 8)) * 3 + 5 + labels[:, None] * np.linspace(-1, 1, 8)
-    model = create_model("resnet18", 4)
-    split = probe_split(model)
-    split.top.classifier = torch.nn.Linear(8, 4)
-    fit_probe_head(split, feats, labels, num_classes=4)
+    split = probe_split(create_model("resnet18", num_classes))
+    split.top.classifier = torch.nn.Linear(feats.shape[1], num_classes)
+    fit_probe_head(split, feats, labels, num_classes=num_classes)
     with torch.no_grad():
         ours = split.top.classifier(torch.as_tensor(feats, dtype=torch.float32)).softmax(1)
     mu, sd = feats.mean(0), feats.std(0) + 1e-6
     theirs = LogisticRegression(C=0.03, max_iter=1000).fit((feats - mu) / sd, labels)
-    expected = theirs.predict_proba((feats - mu) / sd)
-    assert np.allclose(ours[:, :3].numpy(), expected, atol=1e-4)
+    return ours.numpy(), theirs.predict_proba((feats - mu) / sd)
+
+
+def test_probe_head_equals_the_logistic_regression():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    feats = rng.normal(size=(90, 8)) * 3 + 5 + labels[:, None] * np.linspace(-1, 1, 8)
+    ours, expected = _probe_and_regression(feats, labels, num_classes=4)
+    assert np.allclose(ours[:, :3], expected, atol=1e-4)
     assert ours[:, 3].max() < 1e-6  # a class never seen in training is never predicted
 
 
@@ -184,16 +188,8 @@ def test_epochs_are_sized_to_the_budget_from_the_measured_step(monkeypatch):
 
 
 def test_probe_head_with_two_classes_matches_the_binary_regression():
-    from sklearn.linear_model import LogisticRegression
-
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 25)
     feats = rng.normal(size=(50, 6)) + labels[:, None] * 0.8
-    split = probe_split(create_model("resnet18", 2))
-    split.top.classifier = torch.nn.Linear(6, 2)
-    fit_probe_head(split, feats, labels, num_classes=2)
-    with torch.no_grad():
-        ours = split.top.classifier(torch.as_tensor(feats, dtype=torch.float32)).softmax(1)
-    mu, sd = feats.mean(0), feats.std(0) + 1e-6
-    theirs = LogisticRegression(C=0.03, max_iter=1000).fit((feats - mu) / sd, labels)
-    assert np.allclose(ours.numpy(), theirs.predict_proba((feats - mu) / sd), atol=1e-4)
+    ours, expected = _probe_and_regression(feats, labels, num_classes=2)
+    assert np.allclose(ours, expected, atol=1e-4)

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 
 from ..data import DecodedImages, normalize
 from ..errors import ConfigError
@@ -34,7 +33,7 @@ from ..hardware import Hardware
 from ..io import append_jsonl
 from ..models.split import SplitNet, probe_split, split_model
 from .config import TrainConfig
-from .loop import METRICS_FILE, FitResult, prefer_final
+from .loop import METRICS_FILE, FitResult, _cpu_state, prefer_final
 
 # Logistic regression's inverse regularisation on standardised features, chosen on the clothing
 # set's validation split, where the probe barely moved between 0.01 and 0.1.
@@ -154,7 +153,8 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
     best = {"top1": -1.0, "epoch": -1, "source": "model"}
     best_state: dict[str, torch.Tensor] | None = None
     if probe_val_top1 is not None:
-        best, best_state = {"top1": probe_val_top1, "epoch": 0, "source": "model"}, _state(top)
+        best = {"top1": probe_val_top1, "epoch": 0, "source": "model"}
+        best_state = _cpu_state(top)
     started, stopped = time.perf_counter(), None
     for epoch in range(epochs):
         top.train()
@@ -190,9 +190,10 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
                                                                   val.labels, hw)
             if record["val_top1"] > best["top1"]:
                 best = {"top1": record["val_top1"], "epoch": epoch + 1, "source": "model"}
-                best_state = _state(top)
+                best_state = _cpu_state(top)
         else:
-            best, best_state = {"top1": -1.0, "epoch": epoch + 1, "source": "model"}, _state(top)
+            best = {"top1": -1.0, "epoch": epoch + 1, "source": "model"}
+            best_state = _cpu_state(top)
         history.append(record)
         append_jsonl(out / METRICS_FILE, record)
         progress(0, record)
@@ -240,10 +241,6 @@ def _augmented(cached: Cached, idx: torch.Tensor, g: torch.Generator) -> torch.T
     return x
 
 
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
 def check_budget(minutes: float | None, seconds_per_image: float, images: int) -> None:
     """Refuse a budget that cannot even hold the frozen pass over the images."""
     if minutes is None:
@@ -255,7 +252,3 @@ def check_budget(minutes: float | None, seconds_per_image: float, images: int) -
             f"{images} images at {1 / max(seconds_per_image, 1e-9):.1f} images/s measured here "
             f"need {need / 60:.1f} minutes for it alone; pass --time-budget "
             f"{math.ceil(need / 60 * 1.5)} or more, or use fewer images")
-
-
-def fit_console_note(console: Console, text: str) -> None:
-    console.print(f"  {text}", style="dim")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..data import DecodedImages
 from ..hardware import Hardware
+from ..models.split import can_split
 from .config import TrainConfig
-from .loop import FitInputs, FitResult
+from .loop import FitInputs, FitResult, _cpu_state
+from .recipe import SMALL_IMAGE_SIDE
 from .transfer import (
     Cached,
     cache_lower,
@@ -36,8 +40,6 @@ def seconds_per_image(model: torch.nn.Module, strategy: str, input_size: tuple[i
     split = split_for(model, strategy)
     split.lower.to(hw.device).eval()
     fake = torch.randint(0, 256, (8, 3, *input_size), dtype=torch.uint8)
-    from ..data import DecodedImages
-
     sample = DecodedImages(fake, torch.zeros(8, dtype=torch.long), torch.arange(8))
     cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
     t0 = time.perf_counter()
@@ -136,8 +138,6 @@ def _fit_epochs(cfg: TrainConfig, split, train: Cached, hw: Hardware, budget_s: 
         record["budget_note"] = (f"{fits} of the recipe's {cfg.epochs} epochs fit the time "
                                  f"budget ({per_step:.3f} s/step measured)")
         console.print(f"  {record['budget_note']}")
-        from dataclasses import replace
-
         return replace(cfg, epochs=fits)
     return cfg
 
@@ -171,10 +171,6 @@ def _probe_result(model: torch.nn.Module, record: dict[str, Any]) -> FitResult:
                      best_val_top1=top1, history=[], notes=["weights: the linear probe"])
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 class _bar:  # noqa: N801 - used like a function in a with statement
     def __init__(self, console: Console, cfg: TrainConfig, what: str, total: int) -> None:
         self.progress = Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(),
@@ -196,7 +192,4 @@ CACHED_STRATEGIES = ("probe", "lp-ft")
 
 def transfer_ready(model: torch.nn.Module, median_side: int) -> bool:
     """Photos (not thumbnails) and a network that can be cut: LP-FT is the automatic choice."""
-    from ..models.split import can_split
-    from .recipe import SMALL_IMAGE_SIDE
-
     return median_side > SMALL_IMAGE_SIDE and can_split(model)
