@@ -14,12 +14,14 @@ the main search's stage cache, so a model the search already built is not built 
 latency in the comparison is re-measured at the end in one quiet pass (leanvision bench,
 200 calls at batch 1), with the CPU share other processes used meanwhile. Decisions use the
 validation split (10% of the training images); test top-1 is reported beside.
-Writes bench/results/optimize.json."""
+Writes bench/results/optimize.json. `--photos`: the clothing photos under --time-budget
+(bench/optimize_photos.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +40,12 @@ MAX_DROP = 1.0
 
 
 def main() -> None:
+    if "--photos" in sys.argv:  # the photo benchmark of issue 22: see optimize_photos.py
+        import optimize_photos
+
+        sys.argv.remove("--photos")
+        optimize_photos.main()
+        return
     args = parse_args()
     root = cifar10()
     torch.set_num_threads(args.threads)

@@ -147,12 +147,6 @@ def test_a_budget_too_small_for_the_frozen_pass_is_refused_before_any_work(photo
     assert not (out / "model.json").exists() and not (out / "metrics.jsonl").exists()
 
 
-def test_time_budget_is_refused_where_it_cannot_steer(tiny_folder, tmp_path):
-    with pytest.raises(ConfigError, match="--time-budget applies to --finetune probe and lp-ft"):
-        lv.train(tiny_folder, tmp_path / "run", model="resnet8", epochs=1, progress=False,
-                 time_budget=5)
-
-
 @pytest.mark.parametrize("arch", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_packaged_lite_weights_load_tensor_for_tensor(arch):
     from leanvision.models.pretrained import packaged_weights_path

@@ -24,6 +24,7 @@ _LAZY = {
     "distill": "compress",
     "prune": "compress",
     "quantize": "compress",
+    "resize": "compress",
     "cross_validate": "cv",
     "export": "runtime.stage",
     "explain": "explanations",
@@ -48,8 +49,8 @@ __all__ = [
     "Predictor", "TrainConfig", "__version__", "adapt", "bench", "compare", "compare_fusions",
     "create_model",
     "cross_validate", "distill", "evaluate", "explain", "export", "info", "list_models", "load",
-    "lr_find", "optimize", "predict", "prune", "quantize", "report", "robustness", "serve",
-    "train",
+    "lr_find", "optimize", "predict", "prune", "quantize", "report", "resize", "robustness",
+    "serve", "train",
 ]
 
 
@@ -66,7 +67,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from .compress import distill, prune, quantize
+    from .compress import distill, prune, quantize, resize
     from .cv import cross_validate
     from .models import create_model, list_models
     from .multimodal import compare_fusions

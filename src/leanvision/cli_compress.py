@@ -177,10 +177,13 @@ def optimize_cmd(
     max_latency_ms: float | None = typer.Option(None, help="Batch-1 latency limit, measured "
                                                 "here."),
     max_size_mb: float | None = typer.Option(None, help="Model file size limit."),
-    trials: int = typer.Option(12, help="Finished trials in the study (resumed runs count "
-                               "earlier ones; a repeat of a measured pipeline does not count "
-                               "while untried ones remain)."),
+    trials: int | None = typer.Option(None, help="Finished trials in the study (default 12; "
+                                      "with --time-budget every pipeline, as time allows; "
+                                      "resumed runs count earlier ones)."),
     timeout_s: float | None = typer.Option(None, help="Stop starting trials after this."),
+    time_budget: float | None = typer.Option(None, help="Minutes for the whole run, the "
+                                             "base's training included; it ends in time with "
+                                             "the best front found and says what it skipped."),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in "
                                        "--out); point several workers at one RDB URL."),
     study_name: str | None = typer.Option(None, help="Study to create or resume."),
@@ -205,7 +208,8 @@ def optimize_cmd(
     extra = {"runtimes": tuple(runtime)} if runtime else {}
     run_verb(lambda: optimize(data, base=base, out=out, max_drop=max_drop,
                               max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                              trials=trials, timeout_s=timeout_s, storage=storage,
+                              trials=trials, timeout_s=timeout_s, time_budget=time_budget,
+                              storage=storage,
                               study_name=study_name, workers=workers, threads=threads,
                               seed=seed, quick=quick, explain_images=explain_images,
                               skip_bad_images=skip_bad_images, console=err_console, **extra),

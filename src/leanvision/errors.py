@@ -18,6 +18,10 @@ class ConfigError(LeanvisionError):
     """A flag or config value is out of range or unknown."""
 
 
+class BudgetError(ConfigError):
+    """A --time-budget too small for the work asked (a search treats it as "not reached")."""
+
+
 class ModelError(LeanvisionError):
     """A model name, weight file or checkpoint does not fit."""
 

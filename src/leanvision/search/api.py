@@ -51,20 +51,23 @@ from .base import check_base, data_identity, make_base, skip_bad_choice
 from .constraints import Constraints
 from .objective import Objective, SearchContext, counted_trials, shipped_top1
 from .output import finish
-from .space import Budget, SearchSpace, default_students
+from .schedule import base_minutes, finish_reserve_s
+from .space import Budget, SearchSpace, default_resolutions, default_students
 from .stages import host_id, pid_alive, stage_key
 
 DEFAULT_RUNTIMES = ("onnx-fp32", "onnx-int8")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # val top-1, latency ms, size MB
 HEARTBEAT_S = 60  # an RDB worker that stops beating this long (x2) has its trial failed
 SQLITE_WAIT_S = 60  # workers on one SQLite file wait this long for each other's writes
+DEFAULT_TRIALS = 12
 
 
 @decoding_for("optimize")
 def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Path | None = None,
              max_drop: float = 1.0, max_latency_ms: float | None = None,
-             max_size_mb: float | None = None, trials: int = 12,
-             timeout_s: float | None = None, storage: str | None = None,
+             max_size_mb: float | None = None, trials: int | None = None,
+             timeout_s: float | None = None, time_budget: float | None = None,
+             storage: str | None = None,
              study_name: str | None = None, workers: int = 1,
              runtimes: tuple[str, ...] | list[str] = DEFAULT_RUNTIMES,
              threads: int | None = None, seed: int = 0, console: Console | None = None,
@@ -77,9 +80,12 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     `base`: an artifact trained on DATA (default: one is trained with the default recipe into
     OUT/base). Constraints: `max_drop` validation top-1 points against the base,
     `max_latency_ms` batch-1 median latency, `max_size_mb` model file size. `trials`: total
-    finished trials the study should hold (a rerun continues up to it); a trial that repeats a
-    measured pipeline while others remain untried is not counted; `timeout_s` stops this
-    run earlier. `storage`/`study_name`: the Optuna study (default sqlite:///OUT/optuna.db).
+    finished trials the study should hold (a rerun continues up to it; default 12, or every
+    pipeline of the space under a time budget); a trial that repeats a measured pipeline while
+    others remain untried is not counted; `timeout_s` stops starting trials after that long.
+    `time_budget`: minutes for the whole run, the base's training included (see schedule.py):
+    trials run cheapest information first and the run ends in time with the best front found,
+    listing what it did not get to. `storage`/`study_name`: the Optuna study (default sqlite:///OUT/optuna.db).
     `workers`: local worker processes. `runtimes`: those candidates may use (torch, onnx-fp32,
     onnx-int8). `threads`: benchmark threads (default: the physical cores). `quick` (or an
     explicit `budget`): stage budgets; `space`: the search space (default: see space.py).
@@ -90,7 +96,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     started = time.perf_counter()
     console = console or Console(stderr=True)
     constraints = Constraints(max_drop, max_latency_ms, max_size_mb)
-    _check_run_settings(trials, timeout_s, workers, threads, explain_images)
+    _check_run_settings(trials, timeout_s, workers, threads, explain_images, time_budget)
+    deadline = None if time_budget is None else time.time() + time_budget * 60
     if quick and budget is not None:
         raise ConfigError("pass either quick=True or a budget, not both (quick is a budget)")
     budget = budget or (Budget.quick() if quick else Budget())
@@ -107,7 +114,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_folder, base_id = make_base(base, data_spec, data_id, out_dir, budget, console,
-                                     skip_bad)
+                                     skip_bad, base_minutes(time_budget))
     _, base_card = read_card(base_folder)
     base_val = shipped_top1(base_card, "torch", "val")
     if base_val is None:
@@ -118,13 +125,21 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     split = {"val_fraction": float(config.get("val_fraction", 0.1)),
              "seed": int(config.get("seed", 0))}
     n_train = len(partition(source, split["val_fraction"], split["seed"]).train)
-    space = space or SearchSpace(runtimes=tuple(runtimes), students=default_students(
-        base_card["arch"], min(base_card["input"]["size"])))
+    side = min(base_card["input"]["size"])
+    space = space or SearchSpace(runtimes=tuple(runtimes),
+                                 students=default_students(base_card["arch"], side),
+                                 resolutions=default_resolutions(side))
+    if trials is None:
+        trials = space.size() if time_budget is not None else DEFAULT_TRIALS
+    trials_deadline = None if deadline is None else deadline - finish_reserve_s(time_budget)
+    if trials_deadline is not None:
+        left = trials_deadline - time.time()
+        timeout_s = left if timeout_s is None else min(timeout_s, left)
     ctx = SearchContext(data=data_spec, data_id=data_id, out=out_dir, base=base_folder,
                         base_id=base_id, base_val=base_val, n_train=n_train, split=split,
                         constraints=constraints, space=space, budget=budget, threads=threads,
                         base_tta=base_card.get("inference", {}).get("tta") or "none",
-                        skip_bad_images=skip_bad)
+                        skip_bad_images=skip_bad, deadline=trials_deadline)
 
     storage_url = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
     study_name = study_name or default_study_name(data_spec, base_id, space)
@@ -142,10 +157,12 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
                           "(its finished stages are reused)")
         if not study.get_trials(deepcopy=False):
             for pipeline in space.anchors():
-                study.enqueue_trial(pipeline.params(), skip_if_exists=True)
+                study.enqueue_trial(space.params(pipeline), skip_if_exists=True)
         done = counted_trials(study)
         remaining = max(0, trials - done)
-        if remaining:
+        if remaining and timeout_s is not None and timeout_s <= 0:
+            console.print("[yellow]the time budget is spent: no trial is started[/yellow]")
+        elif remaining:
             console.print(f"{done} trial(s) finished before; running {remaining} more"
                           + (f" on {workers} workers" if workers > 1 else ""))
             job = WorkerJob(ctx, storage_url, study_name, seed, remaining, trials, timeout_s,
@@ -159,6 +176,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
                      explain_images=explain_images, console=console)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["study"] = study_name
+    summary["time_budget_minutes"] = time_budget
     return summary
 
 
@@ -298,9 +316,12 @@ def _check_space(study: optuna.Study, space: SearchSpace) -> None:
 
 # ---- settings ----------------------------------------------------------------------------------
 
-def _check_run_settings(trials: int, timeout_s: float | None, workers: int,
-                        threads: int | None, explain_images: int) -> None:
-    if trials < 1:
+def _check_run_settings(trials: int | None, timeout_s: float | None, workers: int,
+                        threads: int | None, explain_images: int,
+                        time_budget: float | None = None) -> None:
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"--time-budget {time_budget} must be a positive number of minutes")
+    if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials} must be at least 1")
     if timeout_s is not None and not timeout_s > 0:
         raise ConfigError(f"--timeout-s {timeout_s} must be a positive number of seconds")

@@ -43,9 +43,11 @@ def skip_bad_setting(skip_bad_images: bool) -> dict[str, bool]:
 
 
 def make_base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Path,
-              budget: Budget, console: Console, skip_bad_images: bool = False) -> tuple[Path, str]:
+              budget: Budget, console: Console, skip_bad_images: bool = False,
+              minutes: float | None = None) -> tuple[Path, str]:
     """OUT/base: a copy of --base (so that exports and measurements stay inside OUT), or a
-    base trained with the default recipe; either is made once and reused on resume."""
+    base trained with the default recipe; either is made once and reused on resume.
+    `minutes`: the base's time budget (not part of its key: a resumed run reuses it)."""
     folder = out_dir / "base"
     cache = StageCache(out_dir / "stages")
     if base is not None:
@@ -57,7 +59,8 @@ def make_base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Pa
     settings = {**budget.base_settings, **skip_bad_setting(skip_bad_images)}
     console.print(f"base: training with the default recipe into {folder} (once)")
     run = cache.run("train", "data", {"data": data_id, "settings": settings},
-                    lambda f: train_base(data_spec, f, settings), folder=folder)
+                    lambda f: train_base(data_spec, f, {**settings, "time_budget": minutes}),
+                    folder=folder)
     console.print(f"base: {'reused' if run.cached else f'trained in {run.seconds:.0f} s'}")
     return folder, run.key
 

@@ -21,20 +21,23 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from ..artifact import read_card
-from ..errors import ArtifactError, LeanvisionError
+from ..errors import ArtifactError, BudgetError, LeanvisionError
 from ..hardware import physical_cores
 from ..io import write_json
 from .base import skip_bad_setting
 from .constraints import Constraints
+from .schedule import StageClock, training_stages
 from .space import INT8_RUNTIME, Budget, Pipeline, SearchSpace
 from .stages import (
     QUIET,
     StageCache,
     distill_stage,
     ensure_onnx,
+    is_finished,
     prune_stage,
     ptq_stage,
     qat_stage,
+    resize_stage,
     stage_key,
     worker_id,
 )
@@ -62,6 +65,9 @@ class SearchContext:
     base_tta: str = "none"
     # Leave out unreadable images in every stage, as the base did (see base.skip_bad_choice).
     skip_bad_images: bool = False
+    # --time-budget: the wall-clock time (time.time()) by which trials must be done, the
+    # report and the chosen artifact still to come (see schedule.py); None: no budget.
+    deadline: float | None = None
 
 
 def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None:
@@ -132,6 +138,7 @@ class Objective:
         self.ctx, self.console = ctx, console
         self.repeats = 0  # wasted repeats run since the caller last reset it
         self.cache = StageCache(ctx.out / "stages", on_run=on_stage_run)
+        self.clock = StageClock(ctx.deadline)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
@@ -174,16 +181,29 @@ class Objective:
                  **skip_bad_setting(ctx.skip_bad_images)}
         settings = {**keyed, "skip_bad_images": ctx.skip_bad_images}
         common = {"data": ctx.data_id, "settings": keyed}
-        state: dict[str, Any] = {"folder": ctx.base, "id": ctx.base_id, "chain": []}
+        state: dict[str, Any] = {"folder": ctx.base, "id": ctx.base_id, "chain": [],
+                                 "training_left": training_stages(p)}
 
-        def step(name: str, config: dict[str, Any], build: Callable[[Path, Path], None]) -> None:
+        def step(name: str, config: dict[str, Any], build: Callable[[Path, Path, dict], None],
+                 trains: bool = False) -> None:
             parent = state["folder"]
             config = {**common, **config}
             # Folder names spell the chain (prune50-kd-ptq-<key>), so the report reads well.
             chain = [*state["chain"], name]
             folder = self.cache.folder("-".join(chain), stage_key(state["id"], name, config))
-            run = self.cache.run(name, state["id"], config, lambda f: build(parent, f),
-                                 folder=folder)
+            # The time budget is not part of the key: a stage cut short by it is reused as is.
+            timed = {}
+            if not is_finished(folder):
+                timed = self.clock.allow(trial, name, parent, state["training_left"] if trains
+                                         else 0, ptq_after=p.quant == "ptq")
+            try:
+                run = self.cache.run(name, state["id"], config,
+                                     lambda f: build(parent, f, timed), folder=folder)
+            except BudgetError as exc:
+                self.clock.out_of_time(trial, name, str(exc))
+            if trains:
+                state["training_left"] -= 1
+            self.clock.record(name, run, parent)
             stages.append({**run.to_dict(), "folder": self._relative(run.folder)})
             trial.set_user_attr("stages", stages)
             val = shipped_top1(read_card(run.folder)[1], "torch", "val")
@@ -191,27 +211,47 @@ class Objective:
                                + (f", val top-1 {100 * val:.2f}%" if val is not None else ""))
             state.update(folder=run.folder, id=run.key, chain=chain)
 
+        if p.resolution:
+            epochs = budget.epochs("finetune", ctx.n_train)
+            step(f"res{p.resolution}", {"size": p.resolution, "epochs": epochs,
+                                         "split": ctx.split},
+                 lambda parent, f, timed: resize_stage(parent, ctx.data, f, size=p.resolution,
+                                                       epochs=epochs,
+                                                       settings={**settings, **timed}),
+                 trains=True)
+            self._check_hopeless(trial, state["folder"], f"the base at {p.resolution} px",
+                                 later=p.source != "base" or bool(p.prune_ratio)
+                                 or p.quant != "none")
+        # The teacher sees what the student sees: the base at the pipeline's resolution.
+        teacher, teacher_id = state["folder"], state["id"]
         if p.source != "base":
             epochs = budget.epochs("student", ctx.n_train)
             step(f"student-{p.source}", {"student": p.source, "epochs": epochs,
                                          "split": ctx.split},
-                 lambda _, f: distill_stage(ctx.base, p.source, ctx.data, f, epochs=epochs,
-                                            split=ctx.split, settings=settings, gentle=False))
+                 lambda _, f, timed: distill_stage(teacher, p.source, ctx.data, f,
+                                                   epochs=epochs, split=ctx.split,
+                                                   settings={**settings, **timed},
+                                                   gentle=False),
+                 trains=True)
             self._check_hopeless(trial, state["folder"], f"the {p.source} student",
                                  later=p.quant != "none")
         elif p.prune_ratio:
             epochs = budget.epochs("finetune", ctx.n_train)
             step(f"prune{round(100 * p.prune_ratio)}", {"ratio": p.prune_ratio, "epochs": epochs},
-                 lambda parent, f: prune_stage(parent, ctx.data, f, ratio=p.prune_ratio,
-                                               epochs=epochs, settings=settings))
+                 lambda parent, f, timed: prune_stage(parent, ctx.data, f, ratio=p.prune_ratio,
+                                                      epochs=epochs,
+                                                      settings={**settings, **timed}),
+                 trains=True)
             self._check_hopeless(trial, state["folder"], "the pruned, fine-tuned network",
                                  later=p.recovery != "none" or p.quant != "none")
             if p.recovery == "kd":
                 kd_epochs = budget.epochs("kd", ctx.n_train)
-                step("kd", {"teacher": ctx.base_id, "epochs": kd_epochs, "split": ctx.split},
-                     lambda parent, f: distill_stage(ctx.base, parent, ctx.data, f,
-                                                     epochs=kd_epochs, split=ctx.split,
-                                                     settings=settings, gentle=True))
+                step("kd", {"teacher": teacher_id, "epochs": kd_epochs, "split": ctx.split},
+                     lambda parent, f, timed: distill_stage(teacher, parent, ctx.data, f,
+                                                            epochs=kd_epochs, split=ctx.split,
+                                                            settings={**settings, **timed},
+                                                            gentle=True),
+                     trains=True)
                 self._check_hopeless(trial, state["folder"], "the distilled pruned network",
                                      later=p.quant != "none")
         if p.quant == "ptq":
@@ -220,17 +260,19 @@ class Objective:
             spent = (ctx.base_val - parent_val) * 100
             max_drop = round(max(0.1, ctx.constraints.max_drop - spent), 2)
             step("ptq", {"max_drop": max_drop, "calibration_images": budget.calibration_images},
-                 lambda parent, f: ptq_stage(parent, ctx.data, f, max_drop=max_drop,
-                                             calibration_images=budget.calibration_images,
-                                             timing_runs=budget.ptq_timing_runs,
-                                             threads=ctx.threads,
-                                             skip_bad_images=ctx.skip_bad_images))
+                 lambda parent, f, _: ptq_stage(parent, ctx.data, f, max_drop=max_drop,
+                                                calibration_images=budget.calibration_images,
+                                                timing_runs=budget.ptq_timing_runs,
+                                                threads=ctx.threads,
+                                                skip_bad_images=ctx.skip_bad_images))
         elif p.quant == "qat":
             step("qat", {"epochs": budget.qat_epochs,
                          "calibration_images": budget.calibration_images},
-                 lambda parent, f: qat_stage(parent, ctx.data, f, epochs=budget.qat_epochs,
-                                             calibration_images=budget.calibration_images,
-                                             settings=settings))
+                 lambda parent, f, timed: qat_stage(parent, ctx.data, f,
+                                                    epochs=budget.qat_epochs,
+                                                    calibration_images=budget.calibration_images,
+                                                    settings={**settings, **timed}),
+                 trains=True)
         return state["folder"]
 
     def _relative(self, folder: Path) -> str:

@@ -44,6 +44,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
         "study": study.study_name, "storage": storage_url, "data": data,
         "base": reference, "constraints": ctx.constraints.to_dict(),
         "space": ctx.space.to_dict(), "budget": ctx.budget.to_dict(), "counts": counts,
+        "left_out": left_out(trials, ctx),
         "trials": [trial_record(t) for t in trials]})
     chosen_dir = write_chosen(choice, ctx, reference) if choice.chosen else None
     shown = front + ([choice.chosen] if choice.chosen and choice.chosen not in front else [])
@@ -55,6 +56,9 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
         if choice.chosen else None, "met": choice.met, "statement": choice.statement,
         "base": reference, "constraints": ctx.constraints.to_dict()})
 
+    skipped = left_out(trials, ctx)
+    if skipped["line"]:
+        console.print(f"[yellow]{skipped['line']}[/yellow]")
     console.print(pareto_table(entries, ctx))
     console.print(("[green]" if choice.met else "[yellow]") + choice.statement
                   + ("[/green]" if choice.met else "[/yellow]"))
@@ -67,7 +71,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     return {"report": str(report_path) if report_path else None,
             "chosen": str(chosen_dir) if chosen_dir else None,
             "pareto": entries, "met": choice.met, "statement": choice.statement,
-            "trials": counts, "storage": storage_url,
+            "trials": counts, "storage": storage_url, "left_out": skipped,
             "candidate": entry(choice.chosen, ctx, reference, True) if choice.chosen else None,
             "base": reference,
             "files": {k: str(v) if v is not None else None for k, v in files.items()}}
@@ -95,6 +99,25 @@ def nothing_measured(trials: list[FrozenTrial], counts: dict[str, int]) -> str:
     return (f"No candidate was measured ({found}), so none can be chosen"
             + (f"; first reason: {reasons[0]}" if reasons else "")
             + ". Raise --trials or --max-drop, or see search.json")
+
+
+def left_out(trials: list[FrozenTrial], ctx: SearchContext) -> dict[str, Any]:
+    """What the search did not get to: trials stopped by the time budget, pipelines of the
+    space no trial measured."""
+    stopped = [t.user_attrs.get("label", "?") for t in trials if t.user_attrs.get("not_reached")]
+    tried = {tuple(sorted(t.user_attrs["pipeline"].items())) for t in trials
+             if t.state == TrialState.COMPLETE and t.user_attrs.get("pipeline")}
+    untried = [p.label() for p in ctx.space.pipelines()
+               if tuple(sorted(p.to_dict().items())) not in tried]
+    parts = []
+    if stopped:
+        parts.append(f"{len(stopped)} trial(s) stopped by the time budget before finishing: "
+                     + "; ".join(dict.fromkeys(stopped)))
+    if untried and ctx.deadline is not None:
+        parts.append(f"{len(untried)} of the space's {ctx.space.size()} pipelines were not "
+                     "measured")
+    return {"stopped_by_budget": stopped, "not_measured": untried,
+            "line": ". ".join(parts) + ("." if parts else "")}
 
 
 def trial_record(t: FrozenTrial) -> dict[str, Any]:

@@ -3,6 +3,10 @@ stages.
 
 A candidate pipeline starts from the base artifact and applies, in this order:
 
+    resolution  the input side the pipeline serves at: the base's own (0), or a smaller one
+                (`resolutions`, only for a base above 64 px: 192/160/128 under a 224 px base),
+                reached by re-fitting the base's recipe at that size (compress/resize.py); the
+                cheapest speed-up of a mobile network, since its cost grows with the pixels
     source      "base", or a smaller registry model distilled from the base (KD), e.g. airnet_s
                 under an airnet_m base, resnet8 under a resnet20 (`students`; only for a base at
                 <= 64 px, none for large images: a mobile net from scratch rarely beats a
@@ -16,7 +20,9 @@ A candidate pipeline starts from the base artifact and applies, in this order:
                 onnx-int8 for INT8 (those named in `runtimes`)
 
 Optuna samples these as conditional parameters (prune only for the base, recovery only after
-pruning, the FP32 runtime only without quantisation), so every trial is one valid pipeline."""
+pruning, the FP32 runtime only without quantisation), so every trial is one valid pipeline.
+A pruned or distilled pipeline at a smaller resolution starts from the resized base, which is
+also its distillation teacher."""
 
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ RUNTIMES = ("torch", "onnx-fp32", "onnx-int8")
 FP32_RUNTIMES = ("torch", "onnx-fp32")
 INT8_RUNTIME = "onnx-int8"
 SMALL_IMAGE_SIDE = 64
+# Input sides searched below a photo-sized base's own (those smaller than it).
+RESOLUTIONS = (192, 160, 128)
 # Registry students for a small-image base, largest first (the anchor tries the first).
 SMALL_STUDENTS = ("airnet_s", "resnet20", "resnet8")
 # A student with less than this share of the base's parameters rarely stays within a point of
@@ -49,9 +57,12 @@ class Pipeline:
     recovery: str = "none"
     quant: str = "none"
     runtime: str = "onnx-fp32"
+    resolution: int = 0  # input side; 0: the base's own
 
     def label(self) -> str:
         parts = ["base" if self.source == "base" else f"{self.source} (kd from base)"]
+        if self.resolution:
+            parts[0] += f" at {self.resolution} px"
         if self.prune_ratio:
             parts.append(f"prune {self.prune_ratio:.0%}" + (" + kd" if self.recovery == "kd"
                                                             else ""))
@@ -63,7 +74,7 @@ class Pipeline:
 
     def params(self) -> dict[str, Any]:
         """The Optuna parameters that sample exactly this pipeline (for enqueue_trial)."""
-        params: dict[str, Any] = {"source": self.source}
+        params: dict[str, Any] = {"resolution": self.resolution, "source": self.source}
         if self.source == "base":
             params["prune_ratio"] = self.prune_ratio
             if self.prune_ratio:
@@ -81,8 +92,14 @@ class SearchSpace:
     students: tuple[str, ...] = ()
     quantizations: tuple[str, ...] = QUANTIZATIONS
     runtimes: tuple[str, ...] = ("onnx-fp32", INT8_RUNTIME)
+    resolutions: tuple[int, ...] = ()  # input sides below the base's own
 
     def __post_init__(self) -> None:
+        self.resolutions = tuple(int(r) for r in self.resolutions)
+        if any(r < 16 for r in self.resolutions) or len(set(self.resolutions)) != len(
+                self.resolutions):
+            raise ConfigError(f"resolutions must be distinct sides of 16 px or more, got "
+                              f"{list(self.resolutions)}")
         self.prune_ratios = tuple(float(r) for r in self.prune_ratios)
         bad = [r for r in self.prune_ratios if not 0.0 <= r < 1.0]
         if bad or not self.prune_ratios:
@@ -106,6 +123,8 @@ class SearchSpace:
 
     def suggest(self, trial) -> Pipeline:
         """Sample one pipeline from an Optuna trial (define-by-run, conditional parameters)."""
+        resolution = (trial.suggest_categorical("resolution", (0, *self.resolutions))
+                      if self.resolutions else 0)
         source = trial.suggest_categorical("source", ("base", *self.students))
         ratio, recovery = 0.0, "none"
         if source == "base":
@@ -115,11 +134,20 @@ class SearchSpace:
         quant = trial.suggest_categorical("quant", self.quantizations)
         runtime = (trial.suggest_categorical("runtime", self.fp32_runtimes) if quant == "none"
                    else INT8_RUNTIME)
-        return Pipeline(source, float(ratio), recovery, quant, runtime)
+        return Pipeline(source, float(ratio), recovery, quant, runtime, int(resolution))
+
+    def params(self, pipeline: Pipeline) -> dict[str, Any]:
+        """The Optuna parameters of `pipeline` in this space (for enqueue_trial)."""
+        params = pipeline.params()
+        if not self.resolutions:
+            params.pop("resolution")
+        return params
 
     def anchors(self) -> list[Pipeline]:
-        """Pipelines every new study starts with: the base as it is (the reference), then one
-        of each technique family, so that even a small budget sees the whole range."""
+        """Pipelines every new study starts with, cheapest information first: the base as it is
+        (the reference), its INT8 twin, the base at each smaller resolution (smallest, so
+        cheapest, first) in INT8, then one of each costlier family (pruning, a student), so
+        that even a small budget sees the whole range."""
         fp32 = self.fp32_runtimes[-1] if self.fp32_runtimes else None
         int8 = next((q for q in ("ptq", "qat") if q in self.quantizations), None)
         middle = next((r for r in (0.5, *sorted(self.prune_ratios, reverse=True)) if r
@@ -130,6 +158,8 @@ class SearchSpace:
         if int8:
             wanted.append(Pipeline(quant=int8, runtime=INT8_RUNTIME))
         last_quant, last_runtime = (int8, INT8_RUNTIME) if int8 else ("none", fp32)
+        for side in sorted(self.resolutions):
+            wanted.append(Pipeline(quant=last_quant, runtime=last_runtime, resolution=side))
         if middle:
             recovery = "kd" if "kd" in self.recoveries else "none"
             wanted.append(Pipeline(prune_ratio=middle, recovery=recovery, quant=last_quant,
@@ -146,7 +176,8 @@ class SearchSpace:
                 p.recovery in self.recoveries if p.prune_ratio else p.recovery == "none")
         ok_runtime = (p.runtime in self.fp32_runtimes if p.quant == "none"
                       else p.runtime == INT8_RUNTIME)
-        return ok_source and p.quant in self.quantizations and ok_runtime
+        ok_side = p.resolution == 0 or p.resolution in self.resolutions
+        return ok_source and p.quant in self.quantizations and ok_runtime and ok_side
 
     def pipelines(self) -> list[Pipeline]:
         """Every distinct pipeline the space holds."""
@@ -155,8 +186,8 @@ class SearchSpace:
         sources += [(student, 0.0, "none") for student in self.students]
         finishes = [(q, rt) for q in self.quantizations
                     for rt in (self.fp32_runtimes if q == "none" else (INT8_RUNTIME,))]
-        return [Pipeline(src, float(r), rec, q, rt) for src, r, rec in sources
-                for q, rt in finishes]
+        return [Pipeline(src, float(r), rec, q, rt, side) for side in (0, *self.resolutions)
+                for src, r, rec in sources for q, rt in finishes]
 
     def size(self) -> int:
         """How many distinct pipelines the space holds."""
@@ -164,6 +195,14 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_resolutions(input_side: int) -> tuple[int, ...]:
+    """Smaller sides to search for a photo-sized base; none for thumbnails (a 32 px network
+    has no pixels to spare)."""
+    if input_side <= SMALL_IMAGE_SIDE:
+        return ()
+    return tuple(r for r in RESOLUTIONS if r < input_side)
 
 
 def default_students(base_arch: str, input_side: int) -> tuple[str, ...]:

@@ -216,6 +216,14 @@ def train_base(data: str, folder: Path, settings: dict[str, Any]) -> None:
     train(data, folder, console=QUIET, **{"progress": False, **settings})
 
 
+def resize_stage(parent: Path, data: str, folder: Path, *, size: int, epochs: int,
+                 settings: dict[str, Any]) -> None:
+    from ..compress import resize
+
+    resize(parent, data, folder, size=size, epochs=epochs, console=QUIET,
+           **{"progress": False, **settings})
+
+
 def prune_stage(parent: Path, data: str, folder: Path, *, ratio: float, epochs: int,
                 settings: dict[str, Any]) -> None:
     from ..compress import prune

@@ -25,6 +25,7 @@ from ..io import write_json
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
 from . import distributed
+from .budget import budget_epochs
 from .checkpoint import CHECKPOINT_FILE, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .loop import FitInputs, FitResult, fit
@@ -53,6 +54,9 @@ class StartModel:
     transforms: list[dict] = field(default_factory=list)
     interpolation: str = "bilinear"
     tta: str = "none"
+    # Its frozen part is still the pretrained one (trained by the cached transfer path), so a
+    # continuation may train only the top on cached activations too.
+    transfer: bool = False
 
     @classmethod
     def from_artifact(cls, art: Artifact, model: torch.nn.Module | None = None,
@@ -191,8 +195,9 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
                              images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
                              freeze_stages=cfg.freeze_stages,
-                             cached_top=fresh and transfer_ready(model, stats.median_side))
-    cached = fresh and state is None and strategy in CACHED_STRATEGIES
+                             cached_top=(fresh or start.transfer)
+                             and transfer_ready(model, stats.median_side))
+    cached = (fresh or start.transfer) and state is None and strategy in CACHED_STRATEGIES
     if cached:
         notes.append(f"finetune = {strategy}: the frozen part runs once; the rest trains on "
                      "its cached output")
@@ -201,13 +206,15 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     if cached:
         n_images = len(parts.train) + (len(parts.val) if parts.val is not None else 0)
         precheck_budget(cfg, model, strategy, input_size, hw, pre["mean"], pre["std"], n_images)
-    elif cfg.time_budget is not None:
-        raise ConfigError("--time-budget applies to --finetune probe and lp-ft (pretrained "
-                          f"networks on photos); this run fine-tunes with {strategy}: drop "
-                          "--time-budget or set --epochs")
 
     train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
+    budget_record: dict[str, Any] = {}
+    if not cached and state is None:
+        cfg, budget_record = budget_epochs(
+            cfg, model, input_size, hw, len(train_imgs),
+            len(val_imgs) if val_imgs is not None else 0, num_classes, started, console,
+            custom_criterion=criterion is not None)
 
     groups, on_epoch_start = ([], None) if cached else _finetune_groups(model, strategy, cfg)
     if epoch_hook is not None:
@@ -258,6 +265,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     card["training"] = _training_record(result, strategy, skipped, hw, started, parts)
     if transfer is not None:
         card["training"]["transfer"] = transfer
+    if budget_record:
+        card["training"]["time_budget"] = budget_record
     if semi is not None:
         card["semi_supervised"].update(semi.criterion.record())
     save_artifact(out_dir, model, card)

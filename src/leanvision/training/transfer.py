@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DecodedImages, normalize
-from ..errors import ConfigError
+from ..errors import BudgetError
 from ..hardware import Hardware
 from ..io import append_jsonl
 from ..models.split import SplitNet, probe_split, split_model
@@ -247,7 +247,7 @@ def check_budget(minutes: float | None, seconds_per_image: float, images: int) -
         return
     need = seconds_per_image * images
     if need > minutes * 60:
-        raise ConfigError(
+        raise BudgetError(
             f"--time-budget {minutes:g} minutes cannot fit even the frozen feature pass: "
             f"{images} images at {1 / max(seconds_per_image, 1e-9):.1f} images/s measured here "
             f"need {need / 60:.1f} minutes for it alone; pass --time-budget "

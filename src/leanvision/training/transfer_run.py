@@ -82,15 +82,21 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
                               "frozen_pass_images_per_second": round(total / cache_seconds, 2),
                               "cache_mb": round(sum(v.nbytes for v in train.views) / 2**20, 1)}
 
-    t0 = time.perf_counter()
-    feats = pooled_features(split, train.views[0], hw)
-    fit_probe_head(split, feats, train.labels.numpy(), inputs.num_classes,
-                   "balanced" if cfg.balance != "none" else None)
-    record["probe_seconds"] = round(time.perf_counter() - t0, 1)
-    if val is not None:
-        record["probe_val_top1"] = top_accuracy(split, val.views[0], val.labels, hw)[1]
-        console.print(f"  linear probe: {record['probe_val_top1']:.2%} val "
-                      f"({record['probe_seconds']} s)")
+    if inputs.init_from_data:
+        t0 = time.perf_counter()
+        feats = pooled_features(split, train.views[0], hw)
+        fit_probe_head(split, feats, train.labels.numpy(), inputs.num_classes,
+                       "balanced" if cfg.balance != "none" else None)
+        record["probe_seconds"] = round(time.perf_counter() - t0, 1)
+        if val is not None:
+            record["probe_val_top1"] = top_accuracy(split, val.views[0], val.labels, hw)[1]
+            console.print(f"  linear probe: {record['probe_val_top1']:.2%} val "
+                          f"({record['probe_seconds']} s)")
+    elif val is not None:
+        # Continuing a trained network (at another input size): its head is already fitted,
+        # and its own weights are the candidate the fine-tuned top has to beat.
+        record["start_val_top1"] = top_accuracy(split, val.views[0], val.labels, hw)[1]
+        console.print(f"  the given weights: {record['start_val_top1']:.2%} val")
 
     if strategy == "probe":
         return _probe_result(model, record), record
@@ -112,7 +118,8 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
         result, plan = train_top(split, train, val, cfg, hw, out,
                                  class_weights=class_weights,
                                  progress=lambda k, info: advance(k),
-                                 probe_val_top1=record.get("probe_val_top1"),
+                                 probe_val_top1=record.get("probe_val_top1",
+                                                           record.get("start_val_top1")),
                                  budget_s=_remaining(cfg, started))
     record.update(plan)
     record["epochs"] = cfg.epochs

@@ -1,0 +1,85 @@
+"""`--time-budget` for whole-network training (fine-tuning a pruned net, distillation, a base
+trained from scratch): the epochs are sized before the schedule is built, from one measured
+training step, so that the run ends inside its budget with a complete schedule.
+
+The cached transfer path (probe, LP-FT) sizes itself in transfer_run.py; this is the same rule
+for every other run."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import replace
+
+import torch
+from rich.console import Console
+
+from ..errors import BudgetError
+from ..hardware import Hardware
+from .config import TrainConfig
+from .transfer_run import FINAL_SHARE
+
+# A custom criterion (distillation runs a teacher on every batch) and the per-epoch augmentation
+# and validation pass cost more than the bare step that is timed; these margins cover them.
+CRITERION_MARGIN = 1.6
+EPOCH_MARGIN = 1.15
+VAL_SHARE_OF_STEP = 1 / 3  # a forward pass is about a third of forward + backward
+
+
+def seconds_per_train_image(model: torch.nn.Module, input_size: tuple[int, int], batch: int,
+                            hw: Hardware, num_classes: int) -> float:
+    """One timed optimizer step on random images (after one warm-up step), per image, on a
+    copy of the model so that neither its weights nor its norm statistics move."""
+    net = copy.deepcopy(model).to(hw.device).train()
+    if hw.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0) if params else None
+    batch = max(2, batch)  # batch norm needs two images
+    x = torch.randn(batch, 3, *input_size, device=hw.device)
+    if hw.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, max(1, num_classes), (batch,), device=hw.device)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with hw.autocast():
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    del net, opt
+    return times[-1] / batch
+
+
+def budget_epochs(cfg: TrainConfig, model: torch.nn.Module, input_size: tuple[int, int],
+                  hw: Hardware, n_train: int, n_val: int, num_classes: int, started: float,
+                  console: Console, custom_criterion: bool = False) -> tuple[TrainConfig, dict]:
+    """`cfg` with as many of its epochs as fit the time left of `cfg.time_budget` minutes (less
+    the share kept for the final scoring); refuses a budget that cannot hold one epoch."""
+    if cfg.time_budget is None:
+        return cfg, {}
+    batch = min(cfg.batch_size or 32, max(1, n_train))
+    per_image = seconds_per_train_image(model, input_size, batch, hw, num_classes)
+    if custom_criterion:
+        per_image *= CRITERION_MARGIN
+    epoch_s = EPOCH_MARGIN * per_image * (n_train + VAL_SHARE_OF_STEP * n_val)
+    left = cfg.time_budget * 60 * (1 - FINAL_SHARE) - (time.perf_counter() - started)
+    fits = int(left // epoch_s) if epoch_s > 0 else cfg.epochs
+    record = {"measured_seconds_per_image": round(per_image, 5),
+              "estimated_epoch_s": round(epoch_s, 1)}
+    if fits < 1:
+        need = (epoch_s / (1 - FINAL_SHARE) + time.perf_counter() - started) / 60
+        raise BudgetError(f"--time-budget {cfg.time_budget:g} minutes cannot fit one training "
+                          f"epoch: one takes about {epoch_s:.0f} s here ({n_train} images at "
+                          f"{1 / max(per_image, 1e-9):.1f} images/s); pass --time-budget "
+                          f"{math.ceil(need * 1.2)} or more, or fewer images")
+    if fits < cfg.epochs:
+        record["budget_note"] = (f"{fits} of the recipe's {cfg.epochs} epochs fit the time "
+                                 f"budget (about {epoch_s:.0f} s per epoch measured)")
+        console.print(f"  {record['budget_note']}")
+        cfg = replace(cfg, epochs=fits, warmup_epochs=min(cfg.warmup_epochs or 0.0, fits / 4))
+    return cfg, record
