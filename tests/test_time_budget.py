@@ -57,3 +57,12 @@ def test_a_budget_that_holds_every_epoch_changes_nothing(tiny_folder, tmp_path, 
     card = json.loads((out / "model.json").read_text())
     assert card["training"]["epochs_run"] == 3
     assert "budget_note" not in card["training"]["time_budget"]
+
+
+def test_a_budget_that_cuts_nothing_leaves_the_weights_unchanged(tiny_folder, tmp_path):
+    # The timing step runs dropout and draws random images: the seeded stream must not move.
+    common = dict(model="resnet8", epochs=2, dropout=0.3, progress=False)
+    lv.train(tiny_folder, tmp_path / "plain", **common)
+    lv.train(tiny_folder, tmp_path / "budget", time_budget=30, **common)
+    plain = (tmp_path / "plain" / "model.safetensors").read_bytes()
+    assert (tmp_path / "budget" / "model.safetensors").read_bytes() == plain

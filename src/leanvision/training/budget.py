@@ -30,17 +30,26 @@ VAL_SHARE_OF_STEP = 1 / 3  # a forward pass is about a third of forward + backwa
 def seconds_per_train_image(model: torch.nn.Module, input_size: tuple[int, int], batch: int,
                             hw: Hardware, num_classes: int) -> float:
     """One timed optimizer step on random images (after one warm-up step), per image, on a
-    copy of the model so that neither its weights nor its norm statistics move."""
+    copy of the model so that neither its weights nor its norm statistics move, and with the
+    random state restored after it (dropout draws from it): a budget never changes the run."""
+    cuda = [hw.device] if hw.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        return _timed_step(model, input_size, batch, hw, num_classes)
+
+
+def _timed_step(model: torch.nn.Module, input_size: tuple[int, int], batch: int,
+                hw: Hardware, num_classes: int) -> float:
     net = copy.deepcopy(model).to(hw.device).train()
     if hw.channels_last:
         net = net.to(memory_format=torch.channels_last)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0) if params else None
     batch = max(2, batch)  # batch norm needs two images
-    x = torch.randn(batch, 3, *input_size, device=hw.device)
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, *input_size, generator=rng).to(hw.device)
     if hw.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, max(1, num_classes), (batch,), device=hw.device)
+    y = torch.randint(0, max(1, num_classes), (batch,), generator=rng).to(hw.device)
     times = []
     for _ in range(2):
         t0 = time.perf_counter()

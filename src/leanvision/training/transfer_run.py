@@ -39,7 +39,9 @@ def seconds_per_image(model: torch.nn.Module, strategy: str, input_size: tuple[i
     """The frozen pass's measured cost per image, from two small batches (the first warms up)."""
     split = split_for(model, strategy)
     split.lower.to(hw.device).eval()
-    fake = torch.randint(0, 256, (8, 3, *input_size), dtype=torch.uint8)
+    # A generator of its own: timing must not move the seeded stream training draws from.
+    fake = torch.randint(0, 256, (8, 3, *input_size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(0))
     sample = DecodedImages(fake, torch.zeros(8, dtype=torch.long), torch.arange(8))
     cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
     t0 = time.perf_counter()
