@@ -117,7 +117,10 @@ def test_logits_take_uint8_or_normalised_images_and_apply_the_cards_tta(exported
 
 def test_auto_follows_the_card_then_the_files(exported, tmp_path) -> None:
     folder = exported["folder"]
-    assert available_runtimes(folder) == ["torch", "torch-compile", "onnx-fp32", "onnx-int8"]
+    # model.onnx also serves OpenVINO (optional; see test_openvino.py), which auto never picks
+    # without a card's recommendation.
+    assert available_runtimes(folder) == ["torch", "torch-compile", "onnx-fp32", "onnx-int8",
+                                          "openvino-fp32"]
     assert Predictor.from_artifact(folder, threads=1).runtime == "onnx-int8"
     recommended = _copy(folder, tmp_path / "recommended")
     _edit_card(recommended, recommended_runtime="onnx-fp32")

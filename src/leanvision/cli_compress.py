@@ -144,6 +144,9 @@ def quantize_cmd(
     calibration_images: int | None = typer.Option(None, help="Training images that calibrate "
                                                   "activation ranges (300 ptq, 512 qat)."),
     calibrate: str = typer.Option("minmax", help="minmax, entropy or percentile."),
+    backend: str = typer.Option("onnxruntime", help="ptq: onnxruntime (model.int8.onnx) or "
+                                "openvino (NNCF; model.openvino-int8.xml/.bin, needs "
+                                "leanvision[openvino])."),
     epochs: int | None = typer.Option(None, help="qat: fine-tuning epochs (default 2)."),
     lr: float | None = typer.Option(None, help="qat: rate (default: the parent's / 20)."),
     batch_size: int | None = typer.Option(None, help="qat: fine-tuning batch size."),
@@ -152,7 +155,8 @@ def quantize_cmd(
     track_uri: str | None = TRACK_URI_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Quantize ARTIFACT to INT8 ONNX (QDQ: uint8 activations, int8 per-channel weights)."""
+    """Quantize ARTIFACT to INT8 ONNX (QDQ: uint8 activations, int8 per-channel weights), or
+    with --backend openvino to OpenVINO IR through NNCF."""
     from .compress import quantize
 
     settings = finetune_settings(batch_size=batch_size) if method == "qat" else {}
@@ -160,8 +164,8 @@ def quantize_cmd(
         settings["skip_bad_images"] = skip_bad_images
     run_verb(lambda: quantize(artifact, data, out, method=method, epochs=epochs, lr=lr,
                               calibration_images=calibration_images, calibrate=calibrate,
-                              max_drop=max_drop, console=err_console, track=track,
-                              track_uri=track_uri, **settings),
+                              max_drop=max_drop, backend=backend, console=err_console,
+                              track=track, track_uri=track_uri, **settings),
              as_json, lambda r: out_console.print(f"artifact: {r['artifact']}"))
 
 

@@ -35,8 +35,8 @@ def bench_cmd(
     data: str | None = typer.Option(None, "--data", help="Also measure top-1 on this data "
                                     "(its val split, else test)."),
     runtimes: str | None = typer.Option(None, help="Comma-separated: torch, torch-compile, "
-                                        "onnx-fp32, onnx-int8 (default: all but "
-                                        "torch-compile)."),
+                                        "onnx-fp32, onnx-int8, openvino-fp32, openvino-int8 "
+                                        "(default: all but torch-compile)."),
     batch: int = typer.Option(32, help="Batch size of the throughput run."),
     threads: int | None = typer.Option(None, help="Threads per run (default: physical cores)."),
     warmup: int = typer.Option(10, help="Untimed runs before timing."),

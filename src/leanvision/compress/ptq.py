@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,14 +103,22 @@ def scoring_set(art: Artifact, records: ImageRecords, name: str, skip_bad: bool)
 def onnx_top1(path: str | Path, scored: ScoringSet, batch_size: int = 256) -> dict[str, Any]:
     """{"n", "top1"} of an ONNX file on `scored`, with the card's test-time augmentation."""
     session = ort_session(path)
+    return runner_top1(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], scored,
+                       batch_size)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        feed = {INPUT_NAME: np.ascontiguousarray(x.numpy(), dtype=np.float32)}
-        return torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
+
+@torch.no_grad()
+def runner_top1(run: Callable[[np.ndarray], np.ndarray], scored: ScoringSet,
+                batch_size: int = 256) -> dict[str, Any]:
+    """{"n", "top1"} of any runtime's network call (normalised float32 in, logits out) on
+    `scored`, with the card's test-time augmentation."""
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(np.ascontiguousarray(x.numpy(), dtype=np.float32)))
 
     logits = torch.cat([
-        tta_logits(run, normalize(scored.images[i:i + batch_size], scored.mean, scored.std),
-                   scored.tta)
+        tta_logits(network, normalize(scored.images[i:i + batch_size], scored.mean,
+                                      scored.std), scored.tta)
         for i in range(0, len(scored.images), batch_size)])
     result = classification_metrics(logits, scored.labels, scored.classes)
     return {"n": result["n"], "top1": result["top1"]}
@@ -136,16 +145,24 @@ def run_ptq(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: Path,
         raise
 
 
-def _ptq_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: Path,
-              console: Console) -> dict[str, Any]:
+def scored_splits(art: Artifact, source: DataSource, pcfg: PTQConfig,
+                  ) -> tuple[Any, int, dict[str, ScoringSet]]:
+    """(the parent's partition, its seed, {"val" / "test": ScoringSet}) of `source`: the
+    validation split the parent trained with (its seed and fraction), decoded first so that an
+    unreadable image is reported before any export work."""
     parent_cfg = art.card.get("config", {})
     seed = int(parent_cfg.get("seed", 0))
     parts = partition(source, float(parent_cfg.get("val_fraction", 0.1)), seed)
-    # Decoded first: an unreadable image is reported before any export work.
     splits = {name: scoring_set(art, records, name, pcfg.skip_bad_images)
               for name in ("val", "test")
               if (records := getattr(parts, name)) is not None and len(records)}
-    _copy_weights(art, out_dir)
+    return parts, seed, splits
+
+
+def _ptq_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: Path,
+              console: Console) -> dict[str, Any]:
+    parts, seed, splits = scored_splits(art, source, pcfg)
+    copy_weights(art, out_dir)
     exported = export_onnx(art.model, art.input_size, out_dir / ONNX_FILE)
     guard_set = splits.get("val") or splits.get("test")
     fp32 = {name: onnx_top1(out_dir / ONNX_FILE, s) for name, s in splits.items()}
@@ -273,22 +290,15 @@ def _card(art: Artifact, out_dir: Path, pcfg: PTQConfig, exported: dict[str, Any
           fp32: dict[str, Any], int8: dict[str, Any], guard: dict[str, Any],
           nodes: dict[str, int], timings: dict[str, Any],
           calibration: np.ndarray | None) -> dict[str, Any]:
-    parent = art.card
-    metrics = copy.deepcopy(parent.get("metrics", {}))
+    metrics = copy.deepcopy(art.card.get("metrics", {}))
     files = {name: {"file": name, "bytes": (out_dir / name).stat().st_size}
              for name in (WEIGHTS_FILE, ONNX_FILE, INT8_FILE)}
     metrics["onnx_fp32"] = fp32
     metrics["int8"] = {**int8, "size_bytes": files[INT8_FILE]["bytes"]}
     static = pcfg.method == "ptq"
-    card = make_card(arch=parent["arch"], arch_kwargs=parent.get("arch_kwargs", {}),
-                     classes=art.classes, input_size=art.input_size, mean=art.mean,
-                     std=art.std, stage="quantize", parent=str(art.path),
-                     config=copy.deepcopy(parent.get("config", {})), metrics=metrics,
-                     tta=art.tta, transforms=copy.deepcopy(parent.get("transforms", [])))
-    card["input"] = copy.deepcopy(parent["input"])
-    if "cv" in parent:
-        card["cv"] = copy.deepcopy(parent["cv"])
+    card = quantized_card(art, metrics)
     card["quantization"] = {
+        "backend": "onnxruntime",
         "method": pcfg.method,
         "format": "QDQ" if static else "dynamic (QOperator: ConvInteger / MatMulInteger)",
         "activations": "uint8 per-tensor" if static else "uint8, range computed per run",
@@ -309,7 +319,22 @@ def _card(art: Artifact, out_dir: Path, pcfg: PTQConfig, exported: dict[str, Any
     return card
 
 
-def _copy_weights(art: Artifact, out_dir: Path) -> None:
+def quantized_card(art: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The card of a quantize stage's artifact before its "quantization" block: the parent's
+    architecture, preprocessing, config and TTA, this stage's lineage and `metrics`."""
+    parent = art.card
+    card = make_card(arch=parent["arch"], arch_kwargs=parent.get("arch_kwargs", {}),
+                     classes=art.classes, input_size=art.input_size, mean=art.mean,
+                     std=art.std, stage="quantize", parent=str(art.path),
+                     config=copy.deepcopy(parent.get("config", {})), metrics=metrics,
+                     tta=art.tta, transforms=copy.deepcopy(parent.get("transforms", [])))
+    card["input"] = copy.deepcopy(parent["input"])
+    if "cv" in parent:
+        card["cv"] = copy.deepcopy(parent["cv"])
+    return card
+
+
+def copy_weights(art: Artifact, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     source = art.path / WEIGHTS_FILE
     if source.is_file():

@@ -1,6 +1,7 @@
-"""`leanvision quantize ARTIFACT --method ptq|dynamic|qat`: one entry point over the three ways to
-INT8. Everything a user can get wrong (method, settings, data whose classes differ from the
-model's, an --out that holds an artifact) is refused here, before anything is written."""
+"""`leanvision quantize ARTIFACT --method ptq|dynamic|qat [--backend onnxruntime|openvino]`: one
+entry point over the ways to INT8. Everything a user can get wrong (method, backend, settings,
+data whose classes differ from the model's, an --out that holds an artifact) is refused here,
+before anything is written."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from .ptq import PTQ_METHODS, PTQConfig, run_ptq
 from .qat import QATConfig, qat_train_config, run_qat
 
 METHODS = ("ptq", "dynamic", "qat")
+# onnxruntime: QDQ ONNX (model.int8.onnx); openvino: NNCF's OpenVINO IR (model.openvino-int8.*).
+BACKENDS = ("onnxruntime", "openvino")
 # Settings the CLI passes to every method; post-training methods run ORT on the CPU.
 _PTQ_PASSTHROUGH = ("progress", "device")
 _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
@@ -33,13 +36,16 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
              lr: float | None = None, calibration_images: int | None = None,
              calibrate: str = "minmax", max_drop: float | None = None,
-             console: Console | None = None, **settings: Any) -> dict[str, Any]:
+             backend: str = "onnxruntime", console: Console | None = None,
+             **settings: Any) -> dict[str, Any]:
     """Quantize ARTIFACT to INT8; writes an artifact folder with model.onnx and model.int8.onnx.
 
     method "ptq" (default): static QDQ INT8 with an accuracy guard (`max_drop` top-1 points,
     default 0.5); "dynamic": int8 weights, activations quantised at run time; "qat":
     quantisation-aware fine-tuning first (`epochs`, `lr`). `calibration_images` defaults to
-    300 (ptq) / 512 (qat). `data` defaults to the data the artifact was trained on. `settings`:
+    300 (ptq) / 512 (qat). `backend` "openvino" (ptq only): NNCF quantizes for OpenVINO's CPU
+    plugin instead, writing model.openvino-int8.xml / .bin, guarded the same way. `data`
+    defaults to the data the artifact was trained on. `settings`:
     for ptq / dynamic, PTQConfig fields (threads, timing_runs, max_rounds, sensitivity_images,
     skip_bad_images); for qat, TrainConfig fields overriding the fine-tune's defaults.
     skip_bad_images, unless given, is the parent's: data it was trained without its unreadable
@@ -47,6 +53,7 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not a quantization method; choose one of "
                           f"{', '.join(METHODS)}")
+    _check_backend(backend, method, calibrate)
     console = console or Console(stderr=True)
     if settings.get("skip_bad_images") is None:  # None: not chosen, so the parent's choice
         settings.pop("skip_bad_images", None)
@@ -81,7 +88,27 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
         raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
     if method == "qat":
         return run_qat(art, source, cfg, qcfg, out_dir, console)
+    if backend == "openvino":
+        from .ptq_openvino import run_openvino_ptq  # imports nothing of openvino until called
+
+        return run_openvino_ptq(art, source, pcfg, out_dir, console)
     return run_ptq(art, source, pcfg, out_dir, console)
+
+
+def _check_backend(backend: str, method: str, calibrate: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        return
+    if method != "ptq":
+        raise ConfigError(f"--backend openvino quantizes with --method ptq only (not {method}); "
+                          "drop --backend or use --method ptq")
+    if calibrate != "minmax":
+        raise ConfigError(f"--calibrate {calibrate} applies to --backend onnxruntime; NNCF "
+                          "chooses its own ranges: drop --calibrate")
+    from ..runtime.openvino_runtime import require_nncf
+
+    require_nncf("--backend openvino")
 
 
 def _ptq_config(method: str, epochs: int | None, lr: float | None,

@@ -26,6 +26,7 @@ from ..data.partition import select_split
 from ..errors import ConfigError
 from ..hardware import describe_machine, physical_cores
 from ..io import write_json
+from .openvino_runtime import OPENVINO_RUNTIMES, openvino_available, require_openvino
 from .predictor import ONNX_FILES, RUNTIMES, Predictor, available_runtimes
 
 # torch.compile takes tens of seconds per model to compile; it is benchmarked when named.
@@ -51,6 +52,9 @@ def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
     unknown = [r for r in wanted if r not in RUNTIMES]
     if unknown:
         raise ConfigError(f"--runtime {unknown[0]!r} is not one of {', '.join(RUNTIMES)}")
+    if runtimes:  # named: a missing openvino is an error; by default: a skipped row
+        for runtime in set(wanted) & set(OPENVINO_RUNTIMES):
+            require_openvino(f"--runtime {runtime}")
     threads = threads or physical_cores()
     console = console or Console(stderr=True)
     out_dir = Path(out) if out is not None else _default_out()
@@ -66,6 +70,11 @@ def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
                 if runtime not in present:
                     rows.append({"artifact": str(folder), "runtime": runtime,
                                  "skipped": "no model file for this runtime"})
+                    continue
+                if runtime in OPENVINO_RUNTIMES and not openvino_available():
+                    rows.append({"artifact": str(folder), "runtime": runtime,
+                                 "skipped": "openvino is not installed (pip install "
+                                            '"leanvision[openvino]")'})
                     continue
                 console.print(f"bench {folder.name} · {runtime} · {threads} threads")
                 rows.append(_bench_one(folder, runtime, threads, batch, warmup, iterations,
@@ -125,7 +134,7 @@ def _bench_one(folder: Path, runtime: str, threads: int, batch: int, warmup: int
     latency = latency_ms(predictor.run_normalised, one, warmup, iterations)
     row: dict[str, Any] = {
         "artifact": str(folder), "name": folder.name, "runtime": runtime,
-        "precision": "int8" if runtime == "onnx-int8" else "fp32", "threads": threads,
+        "precision": "int8" if runtime.endswith("-int8") else "fp32", "threads": threads,
         "latency_ms": latency,
         "throughput": {"batch": batch, "images_per_s": throughput(
             predictor.run_normalised, many, max(1, warmup // 5), max(3, iterations // 10))},
@@ -209,7 +218,7 @@ def results_table(rows: list[dict[str, Any]], batch: int, threads: int) -> Table
     skipped = [f"{Path(r['artifact']).name}: {r['runtime']}" for r in rows if "skipped" in r]
     table = Table(title=f"leanvision bench · {threads} threads · latency ms at batch 1, img/s "
                         f"at batch {batch}, speed-up over ORT fp32 (b1/bN)",
-                  caption=f"no model file for {', '.join(skipped)}" if skipped else None)
+                  caption=f"skipped: {', '.join(skipped)}" if skipped else None)
     for i, col in enumerate(("artifact", "runtime", "p50", "p99", "img/s", "x fp32", "top-1",
                              "MB", "MFLOPs")):
         table.add_column(col, justify="left" if i < 2 else "right", no_wrap=i == 1)

@@ -4,14 +4,16 @@
         ├─ "torch"          eager PyTorch, fp32 (model.safetensors)
         ├─ "torch-compile"  torch.compile of the same (inductor; compiles on first call)
         ├─ "onnx-fp32"      ONNX Runtime on model.onnx
-        └─ "onnx-int8"      ONNX Runtime on model.int8.onnx (QDQ)
+        ├─ "onnx-int8"      ONNX Runtime on model.int8.onnx (QDQ)
+        ├─ "openvino-fp32"  OpenVINO's CPU plugin on model.onnx (optional: leanvision[openvino])
+        └─ "openvino-int8"  OpenVINO on model.openvino-int8.xml + .bin (quantize --backend
+                            openvino)
 
 Images are decoded exactly as `leanvision predict` does (decode_resized with the
 same checks), normalised with the card's mean / std, and the card's test-time augmentation is
 applied around whichever runtime runs the network, so runtimes differ only in the network call.
-OpenVINO (2026.4, reading the same ONNX files) is not offered: at the same precision it was not
-clearly faster than ONNX Runtime on this CPU (on par in FP32, slower on resnet18 INT8); its
-default on CPUs with bf16 silently computes in bf16, which is a different precision."""
+OpenVINO is compiled in f32 (its default on CPUs with bf16 computes in bf16, a different
+precision); which runtime wins on a machine is measured, not assumed: bench/runtime_openvino.py."""
 
 from __future__ import annotations
 
@@ -32,9 +34,21 @@ from ..errors import ArtifactError, ConfigError
 from ..hardware import physical_cores
 from ..tta import TTA_MODES, tta_logits
 from .onnx_file import check_onnx
+from .openvino_runtime import (
+    INT8_XML,
+    OPENVINO_RUNTIMES,
+    openvino_available,
+    openvino_runner,
+    require_openvino,
+)
 
-RUNTIMES = ("torch", "torch-compile", "onnx-fp32", "onnx-int8")
+RUNTIMES = ("torch", "torch-compile", "onnx-fp32", "onnx-int8", *OPENVINO_RUNTIMES)
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
+OPENVINO_FILES = {"openvino-fp32": "model.onnx", "openvino-int8": INT8_XML}
+# The file each runtime opens; torch and torch-compile open model.safetensors.
+MODEL_FILES = {**ONNX_FILES, **OPENVINO_FILES}
+# OpenVINO runtimes are chosen automatically only through a card's recommendation (the quantize
+# stage measured them there) and only where openvino is installed.
 AUTO_ORDER = ("onnx-int8", "onnx-fp32", "torch")
 RUNTIME_ALIASES = {"int8": "onnx-int8", "fp32": "onnx-fp32", "onnx": "onnx-fp32",
                    "eager": "torch", "pytorch": "torch"}
@@ -54,7 +68,7 @@ def available_runtimes(folder: str | os.PathLike) -> list[str]:
     folder, _ = read_card(folder)
     found = []
     for runtime in RUNTIMES:
-        needed = ONNX_FILES.get(runtime, WEIGHTS_FILE)
+        needed = MODEL_FILES.get(runtime, WEIGHTS_FILE)
         if (folder / needed).is_file():
             found.append(runtime)
     return found
@@ -105,6 +119,12 @@ class Predictor:
             check_onnx(model_file, folder, num_classes=len(card["classes"]),
                        input_size=tuple(card["input"]["size"]))
             runner = _onnx_runner(model_file, threads, device, spin)
+        elif chosen in OPENVINO_FILES:
+            model_file = folder / OPENVINO_FILES[chosen]
+            if chosen == "openvino-fp32":  # the same safety checks as ONNX Runtime's file
+                check_onnx(model_file, folder, num_classes=len(card["classes"]),
+                           input_size=tuple(card["input"]["size"]))
+            runner = openvino_runner(model_file, threads, device, len(card["classes"]))
         else:
             model_file = folder / WEIGHTS_FILE
             runner = _torch_runner(folder, threads, device, compiled=chosen == "torch-compile")
@@ -216,7 +236,8 @@ def _choose_runtime(folder: Path, card: dict[str, Any], runtime: str) -> str:
     present = available_runtimes(folder)
     if runtime == "auto":
         recommended = recommended_runtime(card)
-        if recommended in present:
+        if recommended in present and (recommended not in OPENVINO_RUNTIMES
+                                       or openvino_available()):
             return recommended
         for candidate in AUTO_ORDER:
             if candidate in present:
@@ -226,10 +247,14 @@ def _choose_runtime(folder: Path, card: dict[str, Any], runtime: str) -> str:
     runtime = RUNTIME_ALIASES.get(runtime, runtime)
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime!r} is not one of auto, {', '.join(RUNTIMES)}")
+    if runtime in OPENVINO_RUNTIMES:  # a missing package, before any missing file
+        require_openvino(f"--runtime {runtime}")
     if runtime not in present:
-        needed = ONNX_FILES.get(runtime, WEIGHTS_FILE)
+        needed = MODEL_FILES.get(runtime, WEIGHTS_FILE)
         how = {"model.onnx": "`leanvision export`",
-               "model.int8.onnx": "`leanvision quantize`"}.get(needed, "the stage that made it")
+               "model.int8.onnx": "`leanvision quantize`",
+               INT8_XML: "`leanvision quantize --backend openvino`"}.get(
+                   needed, "the stage that made it")
         have = ", ".join(present) or "none"
         raise ArtifactError(f"{folder} has no {needed} for --runtime {runtime} (available: "
                             f"{have}); create it with {how}")
