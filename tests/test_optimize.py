@@ -317,11 +317,14 @@ def test_hopeless_trial_is_abandoned_before_quantization(searched, tmp_path: Pat
                         split={"val_fraction": 0.25, "seed": 0}, constraints=Constraints(),
                         space=ONE_PIPELINE, budget=BUDGET, threads=1)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    study.optimize(Objective(ctx, QUIET), n_trials=1)
-    trial = study.trials[0]
+    study.optimize(Objective(ctx, QUIET), n_trials=2)
+    trial, again = study.trials
     assert trial.state == TrialState.PRUNED
     assert "abandoned before the costlier stages" in trial.user_attrs["pruned_reason"]
     assert [s["name"] for s in trial.user_attrs["stages"]] == ["prune50"]
+    # The same pruning again cannot do better: skipped before any stage is built.
+    assert again.state == TrialState.PRUNED and "stages" not in again.user_attrs
+    assert "skipped unbuilt" in again.user_attrs["pruned_reason"]
 
 
 def test_base_from_other_data_is_refused_before_anything_is_written(searched,

@@ -175,3 +175,16 @@ def test_a_spent_budget_ends_trials_as_not_reached(photo_base, tmp_path):
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["not_reached"]
     assert not list((tmp_path / "stages").glob("res48-*/model.json"))
+
+
+def test_a_hopeless_pruning_skips_those_that_prune_more_at_a_smaller_side():
+    from leanvision.search.schedule import pruned_alike
+
+    seen = [{"ratio": 0.5, "resolution": 192}]
+    assert pruned_alike(Pipeline(prune_ratio=0.7, resolution=160), seen) == seen[0]
+    assert pruned_alike(Pipeline(prune_ratio=0.5, resolution=192), seen) == seen[0]
+    assert pruned_alike(Pipeline(prune_ratio=0.3, resolution=160), seen) is None  # less pruning
+    assert pruned_alike(Pipeline(prune_ratio=0.7), seen) is None  # the base's larger side
+    assert pruned_alike(Pipeline(resolution=128), seen) is None  # no pruning at all
+    at_base = [{"ratio": 0.5, "resolution": 0}]
+    assert pruned_alike(Pipeline(prune_ratio=0.5, resolution=128), at_base) == at_base[0]

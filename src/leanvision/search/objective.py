@@ -26,7 +26,7 @@ from ..hardware import physical_cores
 from ..io import write_json
 from .base import skip_bad_setting
 from .constraints import Constraints
-from .schedule import StageClock, training_stages
+from .schedule import StageClock, pruned_alike, training_stages
 from .space import INT8_RUNTIME, Budget, Pipeline, SearchSpace
 from .stages import (
     QUIET,
@@ -152,6 +152,7 @@ class Objective:
         trial.set_user_attr("pipeline", pipeline.to_dict())
         trial.set_user_attr("label", pipeline.label())
         self.console.print(f"trial {trial.number}: {pipeline.label()}")
+        self._skip_if_pruned_alike(trial, pipeline)
         stages: list[dict[str, Any]] = []
         try:
             folder = self._build(trial, pipeline, stages)
@@ -243,7 +244,8 @@ class Objective:
                                                       settings={**settings, **timed}),
                  trains=True)
             self._check_hopeless(trial, state["folder"], "the pruned, fine-tuned network",
-                                 later=p.recovery != "none" or p.quant != "none")
+                                 later=p.recovery != "none" or p.quant != "none",
+                                 pruning={"ratio": p.prune_ratio, "resolution": p.resolution})
             if p.recovery == "kd":
                 kd_epochs = budget.epochs("kd", ctx.n_train)
                 step("kd", {"teacher": teacher_id, "epochs": kd_epochs, "split": ctx.split},
@@ -278,15 +280,31 @@ class Objective:
     def _relative(self, folder: Path) -> str:
         return os.path.relpath(folder, self.ctx.out)
 
+    def _skip_if_pruned_alike(self, trial: optuna.Trial, p: Pipeline) -> None:
+        hopeless = [t.user_attrs["hopeless_pruning"] for t in trial.study.get_trials(
+            deepcopy=False, states=FINISHED) if "hopeless_pruning" in t.user_attrs]
+        like = pruned_alike(p, hopeless)
+        if like is None:
+            return
+        side = f"{like['resolution']} px" if like["resolution"] else "the base's input size"
+        reason = (f"pruning {like['ratio']:.0%} at {side} left a network below the accuracy "
+                  "budget before; this trial prunes as much or more at the same or a smaller "
+                  "side, so it is skipped unbuilt")
+        trial.set_user_attr("pruned_reason", reason)
+        self.console.print(f"  [yellow]skipped[/yellow]: {reason}")
+        raise optuna.TrialPruned(reason)
+
     def _check_hopeless(self, trial: optuna.Trial, folder: Path, what: str,
-                        later: bool) -> None:
-        if not later:
-            return  # nothing costly follows; the measurement itself is cheap
+                        later: bool, pruning: dict[str, Any] | None = None) -> None:
         ctx = self.ctx
         val = shipped_top1(read_card(folder)[1], "torch", "val")
         margin = ctx.constraints.max_drop + ctx.budget.hopeless_margin
         if val is None or val >= ctx.base_val - margin / 100:
             return
+        if pruning is not None:  # later trials that prune as much or more are skipped
+            trial.set_user_attr("hopeless_pruning", pruning)
+        if not later:
+            return  # nothing costly follows; the measurement itself is cheap
         reason = (f"{what} reaches val top-1 {100 * val:.2f}%, more than max-drop "
                   f"{ctx.constraints.max_drop:g} + a margin of {ctx.budget.hopeless_margin:g} "
                   f"points below the base's {100 * ctx.base_val:.2f}%; abandoned before the "

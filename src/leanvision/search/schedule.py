@@ -104,3 +104,20 @@ class StageClock:
 def _pixels(folder: Path) -> float:
     h, w = read_card(folder)[1]["input"]["size"]
     return float(h * w)
+
+
+def pruned_alike(p: Pipeline, hopeless: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A pruning found hopeless before that `p` cannot beat: `p` removes at least as large a
+    share of the FLOPs at the same or a smaller input side (0: the base's own, the largest),
+    so its pruned network fine-tunes from no better a start in no more time."""
+    if p.source != "base" or not p.prune_ratio:
+        return None
+
+    def side(resolution: int) -> float:
+        return resolution or float("inf")
+
+    for h in hopeless:
+        if h["ratio"] <= p.prune_ratio and side(p.resolution) <= side(h["resolution"]):
+            return h
+    return None
+
