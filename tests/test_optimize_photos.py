@@ -188,3 +188,43 @@ def test_a_hopeless_pruning_skips_those_that_prune_more_at_a_smaller_side():
     assert pruned_alike(Pipeline(resolution=128), seen) is None  # no pruning at all
     at_base = [{"ratio": 0.5, "resolution": 0}]
     assert pruned_alike(Pipeline(prune_ratio=0.5, resolution=128), at_base) == at_base[0]
+
+
+# ---- OpenVINO as a measured runtime -------------------------------------------------------------
+
+def test_ptq_can_target_either_int8_runtime_and_qat_stays_on_onnx_runtime():
+    space = SearchSpace(prune_ratios=(0.0,), runtimes=("onnx-fp32", "onnx-int8",
+                                                       "openvino-fp32", "openvino-int8"))
+    assert space.runtimes_for("ptq") == ("onnx-int8", "openvino-int8")
+    assert space.runtimes_for("qat") == ("onnx-int8",)
+    assert space.size() == 2 + 2 + 1  # FP32 x2, PTQ x2, QAT
+    anchors = space.anchors()
+    assert {p.runtime for p in anchors if p.quant == "ptq"} == {"onnx-int8", "openvino-int8"}
+    assert space.params(Pipeline(quant="ptq", runtime="openvino-int8"))["int8_runtime"] == \
+        "openvino-int8"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(200):
+        trial = study.ask()
+        p = space.suggest(trial)
+        assert space.contains(p)
+        seen.add((p.quant, p.runtime))
+        study.tell(trial, 0.0)
+    assert seen == {(p.quant, p.runtime) for p in space.pipelines()}
+    only_ov = SearchSpace(runtimes=("openvino-int8",))
+    assert only_ov.quantizations == ("ptq",)
+
+
+def test_search_builds_and_scores_an_openvino_int8_candidate(photo_base, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    space = SearchSpace(prune_ratios=(0.0,), quantizations=("ptq",),
+                        runtimes=("openvino-int8",))
+    optimize(photo_base["data"], base=photo_base["base"], out=tmp_path / "out", trials=1,
+             space=space, budget=BUDGET, threads=1, console=QUIET, max_drop=100.0)
+    trial = json.loads((tmp_path / "out" / "search.json").read_text())["trials"][0]
+    assert trial["state"] == "COMPLETE" and trial["label"].endswith("@ openvino-int8")
+    folder = tmp_path / "out" / trial["artifact"]
+    assert (folder / "model.openvino-int8.xml").is_file()
+    card = json.loads((folder / "model.json").read_text())
+    assert trial["figures"]["val_top1"] == card["metrics"]["openvino_int8"]["val"]["top1"]

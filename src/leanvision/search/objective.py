@@ -74,7 +74,8 @@ def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None
     """Top-1 of what runs under `runtime`: the INT8 file's for onnx-int8, else the network's
     (ONNX FP32 is parity-checked against it at export)."""
     metrics = card.get("metrics", {})
-    scored = metrics.get("int8", {}) if runtime == INT8_RUNTIME else metrics
+    scored = {INT8_RUNTIME: metrics.get("int8", {}),
+              "openvino-int8": metrics.get("openvino_int8", {})}.get(runtime, metrics)
     entry = scored.get(split)
     return float(entry["top1"]) if isinstance(entry, dict) and "top1" in entry else None
 
@@ -89,7 +90,7 @@ def measure(folder: Path, runtime: str, budget: Budget, threads: int | None) -> 
     path = folder / f"measure-{runtime}-{stage_key('', 'bench', settings)[:8]}.json"
     if path.is_file():
         return {**json.loads(path.read_text(encoding="utf-8")), "cached": True}
-    if runtime == "onnx-fp32":
+    if runtime in ("onnx-fp32", "openvino-fp32"):
         ensure_onnx(folder)
     with tempfile.TemporaryDirectory(prefix="leanvision-measure-") as scratch:
         result = bench([folder], runtimes=[runtime], out=scratch, console=QUIET, **settings)
@@ -261,12 +262,18 @@ class Objective:
             parent_val = shipped_top1(read_card(state["folder"])[1], "torch", "val") or 0.0
             spent = (ctx.base_val - parent_val) * 100
             max_drop = round(max(0.1, ctx.constraints.max_drop - spent), 2)
-            step("ptq", {"max_drop": max_drop, "calibration_images": budget.calibration_images},
+            # ONNX Runtime's keys stay those made before OpenVINO existed (resumable caches).
+            backend = "openvino" if p.runtime == "openvino-int8" else "onnxruntime"
+            keyed_backend = {"backend": backend} if backend != "onnxruntime" else {}
+            step("ptq" if not keyed_backend else "ptq-openvino",
+                 {"max_drop": max_drop, "calibration_images": budget.calibration_images,
+                  **keyed_backend},
                  lambda parent, f, _: ptq_stage(parent, ctx.data, f, max_drop=max_drop,
                                                 calibration_images=budget.calibration_images,
                                                 timing_runs=budget.ptq_timing_runs,
                                                 threads=ctx.threads,
-                                                skip_bad_images=ctx.skip_bad_images))
+                                                skip_bad_images=ctx.skip_bad_images,
+                                                backend=backend))
         elif p.quant == "qat":
             step("qat", {"epochs": budget.qat_epochs,
                          "calibration_images": budget.calibration_images},

@@ -16,8 +16,10 @@ A candidate pipeline starts from the base artifact and applies, in this order:
     recovery    after pruning: "none" or "kd" (distil the pruned net with the base as teacher)
     quant       "none" (FP32), "ptq" (static INT8 with an accuracy guard) or "qat" (INT8 after
                 quantisation-aware fine-tuning)
-    runtime     the runtime it is measured and shipped with: torch or onnx-fp32 for FP32,
-                onnx-int8 for INT8 (those named in `runtimes`)
+    runtime     the runtime it is measured and shipped with: torch, onnx-fp32 or openvino-fp32
+                for FP32; onnx-int8 or openvino-int8 for PTQ (each its own quantizer: ONNX
+                Runtime's QDQ file, NNCF's OpenVINO IR); onnx-int8 for QAT (those named in
+                `runtimes`)
 
 Optuna samples these as conditional parameters (prune only for the base, recovery only after
 pruning, the FP32 runtime only without quantisation), so every trial is one valid pipeline.
@@ -34,9 +36,12 @@ from ..errors import ConfigError
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
 RECOVERIES = ("none", "kd")
 QUANTIZATIONS = ("none", "ptq", "qat")
-RUNTIMES = ("torch", "onnx-fp32", "onnx-int8")
-FP32_RUNTIMES = ("torch", "onnx-fp32")
-INT8_RUNTIME = "onnx-int8"
+RUNTIMES = ("torch", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")
+FP32_RUNTIMES = ("torch", "onnx-fp32", "openvino-fp32")
+INT8_RUNTIME = "onnx-int8"  # QAT's runtime, and PTQ's by default
+# The INT8 runtimes a PTQ stage can build for (each with its own quantizer: ONNX Runtime's QDQ
+# file or NNCF's OpenVINO IR).
+PTQ_RUNTIMES = (INT8_RUNTIME, "openvino-int8")
 SMALL_IMAGE_SIDE = 64
 # Input sides searched below a photo-sized base's own (those smaller than it).
 RESOLUTIONS = (192, 160, 128)
@@ -111,15 +116,21 @@ class SearchSpace:
         if not any(r in FP32_RUNTIMES for r in self.runtimes):
             # Without an FP32 runtime only INT8 pipelines remain.
             self.quantizations = tuple(q for q in self.quantizations if q != "none")
-        if INT8_RUNTIME not in self.runtimes:
-            self.quantizations = tuple(q for q in self.quantizations if q == "none")
+        self.quantizations = tuple(q for q in self.quantizations
+                                   if q == "none" or self.runtimes_for(q))
         if not self.quantizations:
             raise ConfigError(f"runtimes {', '.join(self.runtimes)} leave no pipeline: INT8 "
-                              f"needs {INT8_RUNTIME}, FP32 needs torch or onnx-fp32")
+                              f"needs {' or '.join(PTQ_RUNTIMES)}, FP32 needs "
+                              f"{' or '.join(FP32_RUNTIMES)}")
 
     @property
     def fp32_runtimes(self) -> tuple[str, ...]:
         return tuple(r for r in self.runtimes if r in FP32_RUNTIMES)
+
+    def runtimes_for(self, quant: str) -> tuple[str, ...]:
+        """The runtimes a pipeline with `quant` can be measured and shipped with."""
+        allowed = {"none": FP32_RUNTIMES, "ptq": PTQ_RUNTIMES, "qat": (INT8_RUNTIME,)}[quant]
+        return tuple(r for r in self.runtimes if r in allowed)
 
     def suggest(self, trial) -> Pipeline:
         """Sample one pipeline from an Optuna trial (define-by-run, conditional parameters)."""
@@ -132,8 +143,12 @@ class SearchSpace:
             if ratio:
                 recovery = trial.suggest_categorical("recovery", self.recoveries)
         quant = trial.suggest_categorical("quant", self.quantizations)
-        runtime = (trial.suggest_categorical("runtime", self.fp32_runtimes) if quant == "none"
-                   else INT8_RUNTIME)
+        choices = self.runtimes_for(quant)
+        runtime = choices[0]
+        if quant == "none":
+            runtime = trial.suggest_categorical("runtime", choices)
+        elif len(choices) > 1:  # PTQ for ONNX Runtime or for OpenVINO
+            runtime = trial.suggest_categorical("int8_runtime", choices)
         return Pipeline(source, float(ratio), recovery, quant, runtime, int(resolution))
 
     def params(self, pipeline: Pipeline) -> dict[str, Any]:
@@ -141,6 +156,8 @@ class SearchSpace:
         params = pipeline.params()
         if not self.resolutions:
             params.pop("resolution")
+        if pipeline.quant != "none" and len(self.runtimes_for(pipeline.quant)) > 1:
+            params["int8_runtime"] = pipeline.runtime
         return params
 
     def anchors(self) -> list[Pipeline]:
@@ -155,11 +172,13 @@ class SearchSpace:
         wanted: list[Pipeline] = []
         if fp32 and "none" in self.quantizations:
             wanted.append(Pipeline(runtime=fp32))
-        if int8:
-            wanted.append(Pipeline(quant=int8, runtime=INT8_RUNTIME))
-        last_quant, last_runtime = (int8, INT8_RUNTIME) if int8 else ("none", fp32)
+        int8_runtimes = self.runtimes_for(int8) if int8 else ()
+        for runtime in int8_runtimes:
+            wanted.append(Pipeline(quant=int8, runtime=runtime))
+        last_quant, last_runtime = (int8, int8_runtimes[0]) if int8 else ("none", fp32)
         for side in sorted(self.resolutions):
-            wanted.append(Pipeline(quant=last_quant, runtime=last_runtime, resolution=side))
+            wanted += [Pipeline(quant=last_quant, runtime=runtime, resolution=side)
+                       for runtime in (int8_runtimes or (fp32,))]
         if middle:
             recovery = "kd" if "kd" in self.recoveries else "none"
             wanted.append(Pipeline(prune_ratio=middle, recovery=recovery, quant=last_quant,
@@ -174,8 +193,7 @@ class SearchSpace:
         else:
             ok_source = p.prune_ratio in self.prune_ratios and (
                 p.recovery in self.recoveries if p.prune_ratio else p.recovery == "none")
-        ok_runtime = (p.runtime in self.fp32_runtimes if p.quant == "none"
-                      else p.runtime == INT8_RUNTIME)
+        ok_runtime = p.quant in self.quantizations and p.runtime in self.runtimes_for(p.quant)
         ok_side = p.resolution == 0 or p.resolution in self.resolutions
         return ok_source and p.quant in self.quantizations and ok_runtime and ok_side
 
@@ -184,8 +202,7 @@ class SearchSpace:
         sources = [("base", r, rec) for r in self.prune_ratios
                    for rec in (self.recoveries if r else ("none",))]
         sources += [(student, 0.0, "none") for student in self.students]
-        finishes = [(q, rt) for q in self.quantizations
-                    for rt in (self.fp32_runtimes if q == "none" else (INT8_RUNTIME,))]
+        finishes = [(q, rt) for q in self.quantizations for rt in self.runtimes_for(q)]
         return [Pipeline(src, float(r), rec, q, rt, side) for side in (0, *self.resolutions)
                 for src, r, rec in sources for q, rt in finishes]
 

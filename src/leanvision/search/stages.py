@@ -250,12 +250,12 @@ def distill_stage(teacher: Path, student: str | Path, data: str, folder: Path, *
 
 def ptq_stage(parent: Path, data: str, folder: Path, *, max_drop: float,
               calibration_images: int, timing_runs: int, threads: int | None,
-              skip_bad_images: bool = False) -> None:
+              skip_bad_images: bool = False, backend: str = "onnxruntime") -> None:
     from ..compress import quantize
 
     quantize(parent, data, folder, method="ptq", max_drop=max_drop,
              calibration_images=calibration_images, timing_runs=timing_runs, threads=threads,
-             skip_bad_images=skip_bad_images, console=QUIET)
+             skip_bad_images=skip_bad_images, backend=backend, console=QUIET)
 
 
 def qat_stage(parent: Path, data: str, folder: Path, *, epochs: int, calibration_images: int,
