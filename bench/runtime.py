@@ -11,6 +11,9 @@
   ORT FP32 throughput at batch 32 (target >= 2.5x) and latency at batch 1 (>= 2x), file sizes
   (about 4x smaller).
 
+`--photos`: the trained EfficientNet-Lite0 on the clothing photos in PyTorch, ONNX Runtime and
+OpenVINO (bench/runtime_openvino.py).
+
 Every figure goes through `leanvision.runtime.bench.bench` (the `leanvision bench` API), with the
 thread count fixed. Writes bench/results/runtime.json and prints one table per model and one of
 the targets."""
@@ -22,6 +25,7 @@ import contextlib
 import inspect
 import io
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,12 @@ CALIBRATION_IMAGES = 300
 
 
 def main() -> None:
+    if "--photos" in sys.argv:  # issue 22: the trained photo classifier, OpenVINO included
+        import runtime_openvino
+
+        sys.argv.remove("--photos")
+        runtime_openvino.main()
+        return
     args = parse_args()
     root = cifar10()
     torch.set_num_threads(args.threads)

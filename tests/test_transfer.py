@@ -187,3 +187,17 @@ def test_probe_head_with_two_classes_matches_the_binary_regression():
     feats = rng.normal(size=(50, 6)) + labels[:, None] * 0.8
     ours, expected = _probe_and_regression(feats, labels, num_classes=2)
     assert np.allclose(ours, expected, atol=1e-4)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_budget_that_cuts_nothing_leaves_lp_ft_unchanged(photos, tmp_path):
+    # Timing the top's step runs its dropout: the seeded stream must not move.
+    common = dict(model="efficientnet_lite0", img_size=64, epochs=2, batch_size=8,
+                  progress=False, val_fraction=0.3)
+    lv.train(photos, tmp_path / "plain", **common)
+    lv.train(photos, tmp_path / "budget", time_budget=30, **common)
+    card = json.loads((tmp_path / "budget" / "model.json").read_text())
+    assert card["training"]["finetune"] == "lp-ft"
+    plain = (tmp_path / "plain" / "model.safetensors").read_bytes()
+    assert (tmp_path / "budget" / "model.safetensors").read_bytes() == plain
+

@@ -152,6 +152,13 @@ def _fit_epochs(cfg: TrainConfig, split, train: Cached, hw: Hardware, budget_s: 
 
 
 def _seconds_per_step(split, train: Cached, batch: int, hw: Hardware) -> float:
+    # Dropout draws from the seeded stream: restore it, so that a budget never changes the run.
+    cuda = [hw.device] if hw.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        return _timed_top_steps(split, train, batch, hw)
+
+
+def _timed_top_steps(split, train: Cached, batch: int, hw: Hardware) -> float:
     top = copy.deepcopy(split.top).to(hw.device).train()
     opt = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=0.0)
     x = train.views[0][:batch].float().to(hw.device)
