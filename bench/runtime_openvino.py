@@ -10,8 +10,9 @@ FP32 / INT8 and OpenVINO FP32 / INT8, timed side by side in one process on a rea
      a rotated order (so drift of the machine spreads over all of them); per runtime, the median
      and the min-max of the per-round medians, images/s, speed-ups against torch eager and
      against ORT INT8;
-  4. the OpenVINO performance hint (LATENCY / none / THROUGHPUT), interleaved the same way, which
-     chose the LATENCY hint in runtime/openvino_runtime.py.
+  4. OpenVINO compiled with each performance hint (LATENCY / none / THROUGHPUT) and with static
+     batch shapes, interleaved the same way: the figures behind the LATENCY hint and the dynamic
+     batch axis of runtime/openvino_runtime.py.
 
     python bench/runtime_openvino.py [--model /work/exp/base224] [--data DIR] [--rounds 5]
 
@@ -192,16 +193,30 @@ def summarise(medians: dict[str, dict]) -> dict[str, Any]:
 
 
 def hint_study(ov_folder: Path, args) -> dict[str, Any]:
-    """OpenVINO FP32 and INT8 compiled with each performance hint, timed interleaved."""
+    """OpenVINO FP32 and INT8 compiled with each performance hint, and with the LATENCY hint
+    on a model reshaped to each static batch size (the runtime compiles the ONNX file's dynamic
+    batch axis as dynamic), timed interleaved."""
     runs = {}
+    size = tuple(read_card(ov_folder)[1]["input"]["size"])
     for precision, file in (("fp32", "model.onnx"), ("int8", INT8_XML)):
         model = read_model(ov_folder / file)
         for hint in ("LATENCY", None, "THROUGHPUT"):
             runs[f"{precision} {hint or 'no hint'}"] = model_runner(
                 model, args.threads, {"PERFORMANCE_HINT": hint})
-    size = tuple(read_card(ov_folder)[1]["input"]["size"])
+        runs[f"{precision} LATENCY static batch"] = _static_runner(ov_folder / file, size,
+                                                                   args.threads)
     sub = argparse.Namespace(**{**vars(args), "rounds": args.hint_rounds})
     return summarise_hints(interleaved(runs, size, sub))
+
+
+def _static_runner(path: Path, size: tuple[int, int], threads: int):
+    """One model compiled per batch size in BATCHES, each with a static input shape."""
+    by_batch = {}
+    for b in BATCHES:
+        model = read_model(path)
+        model.reshape([b, 3, *size])
+        by_batch[b] = model_runner(model, threads)
+    return lambda x: by_batch[len(x)](x)
 
 
 def summarise_hints(medians: dict[str, dict]) -> dict[str, Any]:
