@@ -121,11 +121,14 @@ def quantized(base: Path, data: Path, out: Path, backend: str, args) -> tuple[Pa
 
 
 def val_top1(base: Path, data: Path, predictors: dict[str, Predictor]) -> dict[str, Any]:
-    """Top-1 of each runtime on the validation split the guard scored (the card's TTA)."""
+    """Top-1 of each runtime on the validation split the guard scored (the card's TTA), in
+    batches of 32: at runner_top1's default 256 the runtimes kept about 8 GB of arenas and
+    activation buffers for the timing that follows."""
     art = load(base)
     _, _, splits = scored_splits(art, load_data(str(data)), PTQConfig())
     scored = splits["val"]
-    return {name: runner_top1(p.run_normalised, scored) for name, p in predictors.items()}
+    return {name: runner_top1(p.run_normalised, scored, batch_size=32)
+            for name, p in predictors.items()}
 
 
 def parity_on_real(base: Path, data: Path, predictors: dict[str, Predictor],
