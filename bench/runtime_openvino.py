@@ -12,7 +12,8 @@ FP32 / INT8 and OpenVINO FP32 / INT8, timed side by side in one process on a rea
      against ORT INT8;
   4. OpenVINO compiled with each performance hint (LATENCY / none / THROUGHPUT) and with static
      batch shapes, interleaved the same way: the figures behind the LATENCY hint and the dynamic
-     batch axis of runtime/openvino_runtime.py.
+     batch axis of runtime/openvino_runtime.py. "none" compiles exactly as LATENCY in
+     OpenVINO 2026.4, so the gap between those two rows measures the noise of the machine.
 
     python bench/runtime_openvino.py [--model /work/exp/base224] [--data DIR] [--rounds 5]
 

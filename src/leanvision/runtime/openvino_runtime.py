@@ -9,8 +9,9 @@ Compiled with (bench/results/runtime_openvino.json has the figures that chose th
 - INFERENCE_NUM_THREADS = the caller's threads (the Predictor's `threads`), so runtimes compared
   side by side use the same cores;
 - PERFORMANCE_HINT = LATENCY: one stream using every thread for one request, which is how a
-  synchronous caller uses it (THROUGHPUT splits the threads into streams that only pay with
-  several requests in flight);
+  synchronous caller uses it. It is the CPU plugin's default in 2026.4 (no hint compiles the
+  same, 1 stream), set so that a changed default cannot split the threads; THROUGHPUT was about
+  2x slower at batch 1 and 32 (streams only pay with several requests in flight);
 - INFERENCE_PRECISION_HINT = f32: on CPUs with bf16 (AVX-512 BF16, AMX) the plugin's default
   computes "FP32" models in bf16, a different precision from the one the file and its parity
   check promise."""
