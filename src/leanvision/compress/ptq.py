@@ -266,13 +266,20 @@ def _speed_check(out_dir: Path, input_size: tuple[int, int], pcfg: PTQConfig,
                  console: Console) -> dict[str, Any]:
     """Median latency of FP32 and INT8 ONNX at batch 1 and 32; INT8 is recommended only when
     it is faster at both (a slower INT8 model is the complaint this check exists for)."""
-    threads = pcfg.threads or physical_cores()
+    return speed_check(out_dir, input_size, pcfg.threads or physical_cores(), pcfg,
+                       (ONNX_FILE, INT8_FILE), median_latency_ms, "", "onnx-fp32", console)
+
+
+def speed_check(out_dir: Path, input_size: tuple[int, int], threads: int, pcfg: PTQConfig,
+                files: tuple[str, str], latency: Callable[..., float], engine: str,
+                fp32_runtime: str, console: Console) -> dict[str, Any]:
+    """FP32 `files[0]` against INT8 `files[1]` at batch 1 and 32, timed by `latency` (one
+    runtime's median); `engine` names the runtime in the warning ("" for ONNX Runtime)."""
     timings: dict[str, Any] = {"threads": threads, "runs": pcfg.timing_runs}
     slower = []
     for batch in TIMING_BATCHES:
-        fp32_ms, int8_ms = (median_latency_ms(out_dir / name, input_size, batch,
-                                              threads=threads, runs=pcfg.timing_runs)
-                            for name in (ONNX_FILE, INT8_FILE))
+        fp32_ms, int8_ms = (latency(out_dir / name, input_size, batch, threads=threads,
+                                    runs=pcfg.timing_runs) for name in files)
         speedup = fp32_ms / int8_ms if int8_ms > 0 else 0.0
         timings[f"batch_{batch}"] = {"fp32_ms": round(fp32_ms, 4), "int8_ms": round(int8_ms, 4),
                                      "speedup": round(speedup, 3)}
@@ -280,9 +287,9 @@ def _speed_check(out_dir: Path, input_size: tuple[int, int], pcfg: PTQConfig,
             slower.append(f"batch {batch}: INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms")
     timings["int8_faster"] = not slower
     if slower:
-        console.print(f"[bold red]WARNING: the INT8 model is NOT faster than FP32 on this machine "
-                      f"({'; '.join(slower)}, {threads} thread(s)). Keep using model.onnx "
-                      "(recommended_runtime: onnx-fp32).[/bold red]")
+        console.print(f"[bold red]WARNING: the {engine}INT8 model is NOT faster than {engine}"
+                      f"FP32 on this machine ({'; '.join(slower)}, {threads} thread(s)). Keep "
+                      f"using {files[0]} (recommended_runtime: {fp32_runtime}).[/bold red]")
     return timings
 
 

@@ -62,6 +62,7 @@ from .ptq import (
     quantized_card,
     runner_top1,
     scored_splits,
+    speed_check,
 )
 
 
@@ -206,23 +207,8 @@ def _speed_check(out_dir: Path, input_size: tuple[int, int], threads: int, pcfg:
                  console: Console) -> dict[str, Any]:
     """OpenVINO FP32 (model.onnx) against OpenVINO INT8 at batch 1 and 32; INT8 is
     recommended only when it is faster at both, as in the ONNX Runtime path."""
-    timings: dict[str, Any] = {"threads": threads, "runs": pcfg.timing_runs}
-    slower = []
-    for batch in TIMING_BATCHES:
-        fp32_ms, int8_ms = (median_latency_ms(out_dir / name, input_size, batch,
-                                              threads=threads, runs=pcfg.timing_runs)
-                            for name in (ONNX_FILE, INT8_XML))
-        speedup = fp32_ms / int8_ms if int8_ms > 0 else 0.0
-        timings[f"batch_{batch}"] = {"fp32_ms": round(fp32_ms, 4), "int8_ms": round(int8_ms, 4),
-                                     "speedup": round(speedup, 3)}
-        if speedup <= 1.0:
-            slower.append(f"batch {batch}: INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms")
-    timings["int8_faster"] = not slower
-    if slower:
-        console.print(f"[bold red]WARNING: the OpenVINO INT8 model is NOT faster than OpenVINO "
-                      f"FP32 on this machine ({'; '.join(slower)}, {threads} thread(s)). "
-                      "Keep using model.onnx (recommended_runtime: openvino-fp32).[/bold red]")
-    return timings
+    return speed_check(out_dir, input_size, threads, pcfg, (ONNX_FILE, INT8_XML),
+                       median_latency_ms, "OpenVINO ", "openvino-fp32", console)
 
 
 def _card(art: Artifact, out_dir: Path, pcfg: PTQConfig, nncf: Any, exported: dict[str, Any],
