@@ -122,6 +122,9 @@ def test_resize_continues_a_transfer_base_at_the_new_size(photo_base, tmp_path):
     assert "start_val_top1" in transfer and "probe_val_top1" not in transfer
     base = json.loads((photo_base["base"] / "model.json").read_text())
     assert card["config"]["epochs"] == base["config"]["epochs"]
+    # the top is one stage deeper than the parent's, so the new size's inputs are adapted to
+    assert "last 2 of" in base["training"]["transfer"]["cut"]
+    assert "last 3 of" in transfer["cut"]
     result = lv.predict(out, [str(next((photo_base["data"] / "red").iterdir()))])
     assert result[0]["top"][0]["class"] in card["classes"]
 
@@ -139,6 +142,8 @@ def test_resize_fine_tunes_any_other_network_from_its_weights(tmp_path):
 def test_resize_refuses_a_silly_size(photo_base):
     with pytest.raises(lv.ConfigError, match="--size 4 must lie between"):
         lv.resize(photo_base["base"], size=4, console=QUIET)
+    with pytest.raises(lv.ConfigError, match="--top-stages 0 must be at least 1"):
+        lv.resize(photo_base["base"], size=48, top_stages=0, console=QUIET)
 
 
 # ---- the search ---------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ Two ways to get there, chosen from how the parent was trained:
   pretrained frozen part, so it continues with its own resolved recipe on cached activations at
   the new size: the frozen part runs once, at (new / old)^2 of its cost at the old size, and
   only the top trains, starting from the parent's weights (its own accuracy at the new size is
-  the candidate to beat, as the linear probe is in training).
+  the candidate to beat, as the linear probe is in training). The top is one stage deeper than
+  the parent's: a new size moves the statistics of every stage's input, and one more stage
+  adapting to them recovers more of the parent's validation accuracy than the recipe's own
+  depth (bench/resize_stages.py; bench/README.md has the figures).
 - **fine-tune**: any other parent continues from its own weights at the new size for a few
   epochs at a gentle rate (AdamW 1e-3, no warm-up), as a pruned network is fine-tuned.
 """
@@ -26,6 +29,7 @@ from ..data import decoding_for, load_data
 from ..errors import ConfigError
 from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
+from ..training.transfer import TOP_STAGES
 from .quantize import check_classes
 
 # Settings of the parent's training that describe its recipe, not its run: the top-only path
@@ -38,18 +42,22 @@ MIN_SIDE = 8  # as TrainConfig.img_size
 @decoding_for("resize")
 def resize(artifact: str | Path | Artifact, data: str | Path | None = None,
            out: str | Path | None = None, *, size: int, epochs: int | None = None,
-           time_budget: float | None = None, console: Console | None = None,
-           **settings: Any) -> dict[str, Any]:
+           time_budget: float | None = None, top_stages: int | None = None,
+           console: Console | None = None, **settings: Any) -> dict[str, Any]:
     """Write ARTIFACT's classifier at `size` x `size` px input into OUT.
 
     `data`: the data it was trained on (default: the card's). `epochs`: fine-tuning epochs for a
     parent that is not re-fitted (default 2). `time_budget` (minutes): the run sizes its epochs
-    to it. `settings`: TrainConfig fields that override the parent's recipe.
+    to it. `top_stages`: how many of the last stages train on cached activations when the
+    parent is re-fitted (default: one more than the transfer recipe's).
+    `settings`: TrainConfig fields that override the parent's recipe.
     Returns the training summary of the new artifact."""
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
     require_image_only(art.card, art.path, "resize")
     if not MIN_SIDE <= int(size) <= 4096:
         raise ConfigError(f"--size {size} must lie between {MIN_SIDE} and 4096 pixels")
+    if top_stages is not None and top_stages < 1:
+        raise ConfigError(f"--top-stages {top_stages} must be at least 1 (the last stage)")
     config = dict(art.card.get("config", {}))
     data_spec = str(data) if data is not None else config.get("data")
     if not data_spec:
@@ -62,6 +70,7 @@ def resize(artifact: str | Path | Artifact, data: str | Path | None = None,
     start.input_size = (int(size), int(size))
     if refits(art.card):
         start.transfer = True
+        start.top_stages = top_stages or TOP_STAGES + 1
         recipe = {k: v for k, v in config.items() if k not in NOT_COPIED}
         cfg = TrainConfig.from_dict({**recipe, **settings, "data": data_spec,
                                      "time_budget": time_budget})

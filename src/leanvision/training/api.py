@@ -57,6 +57,8 @@ class StartModel:
     # Its frozen part is still the pretrained one (trained by the cached transfer path), so a
     # continuation may train only the top on cached activations too.
     transfer: bool = False
+    # Stages of it that train on cached activations (None: the transfer recipe's own count).
+    top_stages: int | None = None
 
     @classmethod
     def from_artifact(cls, art: Artifact, model: torch.nn.Module | None = None,
@@ -205,7 +207,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
                  stage=stage)
     if cached:
         n_images = len(parts.train) + (len(parts.val) if parts.val is not None else 0)
-        precheck_budget(cfg, model, strategy, input_size, hw, pre["mean"], pre["std"], n_images)
+        precheck_budget(cfg, model, strategy, input_size, hw, pre["mean"], pre["std"], n_images,
+                        top_stages=start.top_stages)
 
     train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
@@ -243,7 +246,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
                        criterion=criterion, init_from_data=fresh)
     transfer = None
     if cached:
-        result, transfer = fit_transfer(inputs, cfg, hw, out_dir, strategy, console, started)
+        result, transfer = fit_transfer(inputs, cfg, hw, out_dir, strategy, console, started,
+                                        top_stages=start.top_stages)
     else:
         result = fit(inputs, cfg, hw, out_dir, resume=state, console=console)
     if not w.main:  # rank 0 evaluates and writes the artifact; the others get its summary

@@ -52,8 +52,11 @@ class Cached:
     labels: torch.Tensor
 
 
-def split_for(model: torch.nn.Module, strategy: str) -> SplitNet:
-    return probe_split(model) if strategy == "probe" else split_model(model, TOP_STAGES)
+def split_for(model: torch.nn.Module, strategy: str, top_stages: int | None = None) -> SplitNet:
+    """`top_stages`: how many of the last stages train (default TOP_STAGES)."""
+    if strategy == "probe":
+        return probe_split(model)
+    return split_model(model, top_stages or TOP_STAGES)
 
 
 @torch.no_grad()

@@ -35,9 +35,10 @@ FINAL_SHARE = 0.15
 
 
 def seconds_per_image(model: torch.nn.Module, strategy: str, input_size: tuple[int, int],
-                      hw: Hardware, mean: list[float], std: list[float]) -> float:
+                      hw: Hardware, mean: list[float], std: list[float],
+                      top_stages: int | None = None) -> float:
     """The frozen pass's measured cost per image, from two small batches (the first warms up)."""
-    split = split_for(model, strategy)
+    split = split_for(model, strategy, top_stages)
     split.lower.to(hw.device).eval()
     # A generator of its own: timing must not move the seeded stream training draws from.
     fake = torch.randint(0, 256, (8, 3, *input_size), dtype=torch.uint8,
@@ -51,24 +52,26 @@ def seconds_per_image(model: torch.nn.Module, strategy: str, input_size: tuple[i
 
 def precheck_budget(cfg: TrainConfig, model: torch.nn.Module, strategy: str,
                     input_size: tuple[int, int], hw: Hardware, mean: list[float],
-                    std: list[float], n_images: int) -> float | None:
+                    std: list[float], n_images: int,
+                    top_stages: int | None = None) -> float | None:
     """Refuse, before decoding, a budget that cannot hold the frozen pass; returns s/image."""
     if cfg.time_budget is None:
         return None
-    per_image = seconds_per_image(model, strategy, input_size, hw, mean, std)
+    per_image = seconds_per_image(model, strategy, input_size, hw, mean, std, top_stages)
     views = 2 if strategy == "lp-ft" else 1
     check_budget(cfg.time_budget, per_image * views, n_images)
     return per_image
 
 
 def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, strategy: str,
-                 console: Console, started: float) -> tuple[FitResult, dict[str, Any]]:
+                 console: Console, started: float,
+                 top_stages: int | None = None) -> tuple[FitResult, dict[str, Any]]:
     model = inputs.model.to(hw.device).eval()
     if hw.channels_last:
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
-    split = split_for(model, strategy)
+    split = split_for(model, strategy, top_stages)
     mirrored = strategy == "lp-ft"
     n_train, n_val = len(inputs.train), len(inputs.val) if inputs.val is not None else 0
     total = n_train * (2 if mirrored else 1) + n_val
