@@ -19,12 +19,12 @@ from timm.utils import ModelEmaV3
 from .. import tracking
 from ..artifact import save_weights
 from ..data import BatchAugment, DecodedImages, normalize
-from ..hardware import Hardware, pixel_capped_batch
+from ..hardware import Hardware
 from ..io import append_jsonl
-from ..tta import tta_logits
 from . import distributed
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .epoch_scoring import cpu_state, prefer_final, quick_validate, val_prefix
 from .lookahead import Lookahead
 from .optim import LRController, build_optimizer
 
@@ -87,34 +87,140 @@ def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | No
     return torch.randperm(n, generator=g)
 
 
+@dataclass
+class _Run:
+    """What one fit advances epoch by epoch, and what its checkpoint holds."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_ctl: LRController
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    lookahead: Lookahead | None
+    replica: distributed.Replica
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"top1": -1.0, "epoch": -1, "source": "model"})
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def candidates(self) -> dict[str, torch.nn.Module]:
+        """The nets scored each epoch."""
+        return {"model": self.model, **({"ema": self.ema.module} if self.ema else {})}
+
+    def checkpoint(self, epoch: int, cfg: TrainConfig) -> dict[str, Any]:
+        return {"epoch": epoch, "global_step": self.global_step, "config": cfg.to_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr": self.lr_ctl.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+                "rng": rng_state(), "history": self.history, "best": self.best,
+                "best_state": self.best_state, "bad_epochs": self.bad_epochs}
+
+    def restore(self, saved: dict[str, Any]) -> int:
+        """Continue from a checkpoint; returns the epoch to start at."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_ctl.load_state_dict(saved["lr"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved.get("ema") is not None:
+            self.ema.module.load_state_dict(saved["ema"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(saved["lookahead"])
+        self.global_step = saved["global_step"]
+        self.history, self.best = saved["history"], saved["best"]
+        self.bad_epochs, self.best_state = saved["bad_epochs"], saved.get("best_state")
+        set_rng_state(saved["rng"])
+        return saved["epoch"] + 1
+
+
+@dataclass
+class _Batches:
+    """The training set where the steps read it, and how each step slices it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    extra: torch.Tensor | None
+    augment: BatchAugment
+    batch: int  # images per step in this process
+    lo: int  # this process's slice [lo, hi) of every global batch
+    hi: int
+    steps_per_epoch: int
+
+
 def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
         resume: dict[str, Any] | None = None, console: Console | None = None) -> FitResult:
     console = console or Console(stderr=True)
+    w = distributed.world()
     model = inputs.model.to(hw.device)
     if hw.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images, labels = inputs.train.images, inputs.train.labels
-    extra = inputs.train_extra
+    data = _batches(inputs, cfg, hw, w)
+    if resume is None and inputs.init_from_data and hasattr(model, "init_from_data"):
+        _init_from_data(model, inputs, data.images, cfg, hw)
+    run = _new_run(model, inputs, cfg, hw, data.steps_per_epoch, w)
+    start_epoch = run.restore(resume) if resume is not None else 0
+    step = _step_function(run, inputs, cfg, hw)
+    stopped: str | None = None
+    scored = False  # whether this call scored an epoch (a finished run resumed scores none)
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} steps"),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console,
+                        disable=not cfg.progress or not w.main, transient=False)
+    with progress:
+        task = progress.add_task("train", total=(cfg.epochs - start_epoch) * data.steps_per_epoch,
+                                 epoch=f"{start_epoch + 1}/{cfg.epochs}", status="")
+        for epoch in range(start_epoch, cfg.epochs):
+            record, stopped = _train_epoch(run, data, step, inputs, cfg, hw, w, epoch,
+                                           lambda status: progress.update(task, advance=1,
+                                                                          status=status))
+            if stopped:
+                break
+            _score_epoch(run, record, inputs, cfg, hw, w, epoch, out)
+            scored = True
+            progress.update(task, epoch=f"{min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
+                            status=_epoch_status(record))
+            if w.main:  # one process writes; the others hold the same state
+                append_jsonl(out / METRICS_FILE, record)
+                tracking.log_epoch(record)
+                save_checkpoint(out, run.checkpoint(epoch, cfg))
+            if cfg.early_stop and inputs.val is not None and run.bad_epochs >= cfg.early_stop:
+                stopped = (f"early stop: validation top-1 did not improve for {cfg.early_stop} "
+                           f"epochs (best {run.best['top1']:.4f} at epoch {run.best['epoch']})")
+                break
+    return _result(run, stopped, inputs, cfg, run.candidates() if scored else {})
+
+
+def _batches(inputs: FitInputs, cfg: TrainConfig, hw: Hardware,
+             w: distributed.World) -> _Batches:
+    images, labels, extra = inputs.train.images, inputs.train.labels, inputs.train_extra
     if hw.device.type == "cuda":  # keep the whole decoded set on the GPU: no loader at all
         images, labels = images.to(hw.device), labels.to(hw.device)
         extra = extra.to(hw.device) if extra is not None else None
     n = len(labels)
-    batch = min(cfg.batch_size, n)
     # One process: w is World() and [lo, hi) the whole batch. Several: --batch-size is global
     # and each process takes its slice of every batch (see distributed.py).
-    w = distributed.world()
-    batch, lo, hi = distributed.shard(cfg.batch_size, batch, w)
+    batch, lo, hi = distributed.shard(cfg.batch_size, min(cfg.batch_size, n), w)
     # Drop the ragged last batch: a batch of 1-3 images gives batch norm useless statistics.
-    steps_per_epoch = max(1, n // batch)
+    augment = BatchAugment(cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                           num_classes=inputs.num_classes, translate=cfg.translate)
+    return _Batches(images, labels, extra, augment, batch, lo, hi, max(1, n // batch))
 
-    if resume is None and inputs.init_from_data and hasattr(model, "init_from_data"):
-        # Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step
-        # and before the EMA copies the weights. A seeded random sample: decoded sets are
-        # ordered by class, so the first images would describe one class only.
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
-        sample = images[pick[:DATA_INIT_IMAGES].to(images.device)].to(hw.device)
-        model.init_from_data(normalize(sample, inputs.mean, inputs.std))
 
+def _init_from_data(model: torch.nn.Module, inputs: FitInputs, images: torch.Tensor,
+                    cfg: TrainConfig, hw: Hardware) -> None:
+    """Data-dependent initialisation (e.g. AirNet's whitening layer), before the first step
+    and before the EMA copies the weights. A seeded random sample: decoded sets are ordered by
+    class, so the first images would describe one class only."""
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+    sample = images[pick[:DATA_INIT_IMAGES].to(images.device)].to(hw.device)
+    model.init_from_data(normalize(sample, inputs.mean, inputs.std))
+
+
+def _new_run(model: torch.nn.Module, inputs: FitInputs, cfg: TrainConfig, hw: Hardware,
+             steps_per_epoch: int, w: distributed.World) -> _Run:
     optimizer = build_optimizer(cfg.optimizer, inputs.param_groups, lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     lr_ctl = LRController(optimizer, cfg.schedule, epochs=cfg.epochs,
@@ -125,195 +231,134 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     if ema is not None and inputs.on_ema is not None:
         inputs.on_ema(ema.module)
     lookahead = Lookahead(cfg.epochs * steps_per_epoch) if cfg.lookahead else None
-    augment = BatchAugment(cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                           num_classes=inputs.num_classes, translate=cfg.translate)
-    class_weights = inputs.class_weights.to(hw.device) if inputs.class_weights is not None else None
-    l1_params = [p for p in model.parameters() if p.ndim > 1] if cfg.l1 else []
-    replica = distributed.Replica(model, w)
+    return _Run(model, optimizer, lr_ctl, scaler, ema, lookahead, distributed.Replica(model, w))
 
-    start_epoch, global_step = 0, 0
-    history: list[dict[str, Any]] = []
-    best = {"top1": -1.0, "epoch": -1, "source": "model"}
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        lr_ctl.load_state_dict(resume["lr"])
-        scaler.load_state_dict(resume["scaler"])
-        if ema is not None and resume.get("ema") is not None:
-            ema.module.load_state_dict(resume["ema"])
-        if lookahead is not None:
-            lookahead.load_state_dict(resume["lookahead"])
-        start_epoch, global_step = resume["epoch"] + 1, resume["global_step"]
-        history, best, bad_epochs = resume["history"], resume["best"], resume["bad_epochs"]
-        best_state = resume.get("best_state")
-        set_rng_state(resume["rng"])
 
-    stopped: str | None = None
-    candidates: dict[str, torch.nn.Module] = {}  # the nets scored each epoch
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} steps"),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console,
-                        disable=not cfg.progress or not w.main,
-                        transient=False)
-    with progress:
-        task = progress.add_task("train", total=(cfg.epochs - start_epoch) * steps_per_epoch,
-                                 epoch=f"{start_epoch + 1}/{cfg.epochs}", status="")
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            if hasattr(model, "epoch_start"):
-                model.epoch_start(epoch)
-            if inputs.on_epoch_start is not None:
-                inputs.on_epoch_start(epoch)
-            distributed.seed_epoch(cfg.seed, epoch, w)
-            train_net = replica.for_epoch()
-            order = epoch_order(n, cfg.seed, epoch, inputs.sample_weights)
-            t_epoch, data_time = time.perf_counter(), 0.0
-            loss_sum, correct, seen = 0.0, 0, 0
-            for step in range(steps_per_epoch):
-                t0 = time.perf_counter()
-                idx = order[step * batch + lo:step * batch + hi].to(images.device)
-                x, y = augment(images[idx].to(hw.device, non_blocking=True),
-                               labels[idx].to(hw.device, non_blocking=True))
-                x = normalize(x, inputs.mean, inputs.std)
-                if hw.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                data_time += time.perf_counter() - t0
-                with hw.autocast():
-                    logits = (train_net(x) if extra is None
-                              else train_net(x, extra[idx].to(hw.device)))
-                if inputs.criterion is not None:
-                    loss = inputs.criterion(logits.float(), y, x, idx)
-                else:
-                    loss = F.cross_entropy(logits.float(), y, weight=class_weights,
-                                           label_smoothing=cfg.label_smoothing)
-                if l1_params:
-                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-                if not distributed.all_finite(loss, w):
-                    stopped = (f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                               f"kept the last good weights. Lower --lr (now {cfg.lr:g}) or set "
-                               "--grad-clip")
-                    break
-                optimizer_step(model, optimizer, scaler, loss, cfg.grad_clip)
-                lr_ctl.step_batch()
-                global_step += 1
-                if ema is not None:
-                    ema.update(model, step=global_step)
-                if lookahead is not None:
-                    lookahead.step(model, epoch, global_step)
-                hard = y if y.ndim == 1 else y.argmax(1)
-                loss_sum += loss.item() * len(hard)
-                correct += (logits.argmax(1) == hard).sum().item()
-                seen += len(hard)
-                progress.update(task, advance=1,
-                                status=f"loss {loss_sum / seen:.3f}")
-            if stopped:
-                break
-            if lookahead is not None:
-                lookahead.sync(model)
-            loss_sum, correct, seen = distributed.agreed_sums([loss_sum, correct, seen], w,
-                                                              hw.device)
-            distributed.sync_buffers(model, ema.module if ema is not None else None)
-            elapsed = time.perf_counter() - t_epoch
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": _base_lr(optimizer),
-                "train_loss": loss_sum / max(1, seen),
-                "train_top1": correct / max(1, seen),
-                "epoch_seconds": elapsed,
-                "images_per_second": seen / max(elapsed, 1e-9),
-                "data_wait_fraction": data_time / max(elapsed, 1e-9),
-            }
-            candidates = {"model": model}
-            if ema is not None:
-                candidates["ema"] = ema.module
-            if inputs.val is not None:
-                for name, net in candidates.items():
-                    vloss, vtop1 = distributed.validate(
-                        quick_validate, net, inputs.val, w, hw.device, inputs.mean, inputs.std,
-                        hw, tta=cfg.tta, extra=inputs.val_extra)
-                    prefix = _val_prefix(name)
-                    record[f"{prefix}_loss"], record[f"{prefix}_top1"] = vloss, vtop1
-                    if not math.isfinite(vloss):
-                        continue
-                    if vtop1 > best["top1"]:
-                        best = {"top1": vtop1, "epoch": epoch + 1, "source": name}
-                        best_state = _cpu_state(net)
-                        if w.main:
-                            save_weights(net, out / BEST_WEIGHTS)
-                bad_epochs = 0 if best["epoch"] == epoch + 1 else bad_epochs + 1
-            else:  # no validation data: the latest (EMA) weights are the result
-                source = "ema" if ema is not None else "model"
-                best = {"top1": -1.0, "epoch": epoch + 1, "source": source}
-                best_state = _cpu_state(candidates[source])
-            if inputs.on_epoch_end is not None and w.main:
-                record.update(inputs.on_epoch_end(epoch, model) or {})
-                model.train()
-            lr_ctl.step_epoch(record.get("val_top1"))
-            history.append(record)
-            progress.update(task, epoch=f"{min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
-                            status=_epoch_status(record))
-            if w.main:  # one process writes; the others hold the same state
-                append_jsonl(out / "metrics.jsonl", record)
-                tracking.log_epoch(record)
-                save_checkpoint(out, {
-                    "epoch": epoch, "global_step": global_step, "config": cfg.to_dict(),
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "lr": lr_ctl.state_dict(), "scaler": scaler.state_dict(),
-                    "ema": ema.module.state_dict() if ema is not None else None,
-                    "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                    "rng": rng_state(), "history": history, "best": best,
-                    "best_state": best_state, "bad_epochs": bad_epochs,
-                })
-            if cfg.early_stop and inputs.val is not None and bad_epochs >= cfg.early_stop:
-                stopped = (f"early stop: validation top-1 did not improve for {cfg.early_stop} "
-                           f"epochs (best {best['top1']:.4f} at epoch {best['epoch']})")
-                break
+def _step_function(run: _Run, inputs: FitInputs, cfg: TrainConfig,
+                   hw: Hardware) -> Callable[..., torch.Tensor]:
+    """loss(net, x, y, idx, extra): the criterion of this fit on one augmented batch."""
+    class_weights = (inputs.class_weights.to(hw.device)
+                     if inputs.class_weights is not None else None)
+    l1_params = [p for p in run.model.parameters() if p.ndim > 1] if cfg.l1 else []
 
-    if best_state is None:
+    def loss_of(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                idx: torch.Tensor) -> torch.Tensor:
+        if inputs.criterion is not None:
+            loss = inputs.criterion(logits.float(), y, x, idx)
+        else:
+            loss = F.cross_entropy(logits.float(), y, weight=class_weights,
+                                   label_smoothing=cfg.label_smoothing)
+        if l1_params:
+            loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
+        return loss
+    return loss_of
+
+
+def _train_epoch(run: _Run, data: _Batches, loss_of: Callable[..., torch.Tensor],
+                 inputs: FitInputs, cfg: TrainConfig, hw: Hardware, w: distributed.World,
+                 epoch: int, advance: Callable[[str], None]
+                 ) -> tuple[dict[str, Any], str | None]:
+    """One pass over the training set; returns the epoch's record and why it stopped, if it
+    did (a loss that is not finite)."""
+    model = run.model
+    model.train()
+    if hasattr(model, "epoch_start"):
+        model.epoch_start(epoch)
+    if inputs.on_epoch_start is not None:
+        inputs.on_epoch_start(epoch)
+    distributed.seed_epoch(cfg.seed, epoch, w)
+    train_net = run.replica.for_epoch()
+    order = epoch_order(len(data.labels), cfg.seed, epoch, inputs.sample_weights)
+    t_epoch, data_time = time.perf_counter(), 0.0
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step in range(data.steps_per_epoch):
+        t0 = time.perf_counter()
+        idx = order[step * data.batch + data.lo:step * data.batch + data.hi].to(
+            data.images.device)
+        x, y = data.augment(data.images[idx].to(hw.device, non_blocking=True),
+                       data.labels[idx].to(hw.device, non_blocking=True))
+        x = normalize(x, inputs.mean, inputs.std)
+        if hw.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        data_time += time.perf_counter() - t0
+        with hw.autocast():
+            logits = (train_net(x) if data.extra is None
+                      else train_net(x, data.extra[idx].to(hw.device)))
+        loss = loss_of(logits, y, x, idx)
+        if not distributed.all_finite(loss, w):
+            return {}, (f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                        f"kept the last good weights. Lower --lr (now {cfg.lr:g}) or set "
+                        "--grad-clip")
+        _update(run, loss, cfg, epoch)
+        hard = y if y.ndim == 1 else y.argmax(1)
+        loss_sum += loss.item() * len(hard)
+        correct += (logits.argmax(1) == hard).sum().item()
+        seen += len(hard)
+        advance(f"loss {loss_sum / seen:.3f}")
+    if run.lookahead is not None:
+        run.lookahead.sync(model)
+    loss_sum, correct, seen = distributed.agreed_sums([loss_sum, correct, seen], w, hw.device)
+    distributed.sync_buffers(model, run.ema.module if run.ema is not None else None)
+    elapsed = time.perf_counter() - t_epoch
+    return {"epoch": epoch + 1, "lr": _base_lr(run.optimizer),
+            "train_loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen),
+            "epoch_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
+            "data_wait_fraction": data_time / max(elapsed, 1e-9)}, None
+
+
+def _update(run: _Run, loss: torch.Tensor, cfg: TrainConfig, epoch: int) -> None:
+    """One optimizer step and everything that follows each step."""
+    optimizer_step(run.model, run.optimizer, run.scaler, loss, cfg.grad_clip)
+    run.lr_ctl.step_batch()
+    run.global_step += 1
+    if run.ema is not None:
+        run.ema.update(run.model, step=run.global_step)
+    if run.lookahead is not None:
+        run.lookahead.step(run.model, epoch, run.global_step)
+
+
+def _score_epoch(run: _Run, record: dict[str, Any], inputs: FitInputs, cfg: TrainConfig,
+                 hw: Hardware, w: distributed.World, epoch: int, out: Path) -> None:
+    """Validate the candidates, keep the best, run the epoch hooks, step the schedule."""
+    candidates = run.candidates()
+    if inputs.val is not None:
+        for name, net in candidates.items():
+            vloss, vtop1 = distributed.validate(
+                quick_validate, net, inputs.val, w, hw.device, inputs.mean, inputs.std,
+                hw, tta=cfg.tta, extra=inputs.val_extra)
+            prefix = val_prefix(name)
+            record[f"{prefix}_loss"], record[f"{prefix}_top1"] = vloss, vtop1
+            if not math.isfinite(vloss):
+                continue
+            if vtop1 > run.best["top1"]:
+                run.best = {"top1": vtop1, "epoch": epoch + 1, "source": name}
+                run.best_state = cpu_state(net)
+                if w.main:
+                    save_weights(net, out / BEST_WEIGHTS)
+        run.bad_epochs = 0 if run.best["epoch"] == epoch + 1 else run.bad_epochs + 1
+    else:  # no validation data: the latest (EMA) weights are the result
+        source = "ema" if run.ema is not None else "model"
+        run.best = {"top1": -1.0, "epoch": epoch + 1, "source": source}
+        run.best_state = cpu_state(candidates[source])
+    if inputs.on_epoch_end is not None and w.main:
+        record.update(inputs.on_epoch_end(epoch, run.model) or {})
+        run.model.train()
+    run.lr_ctl.step_epoch(record.get("val_top1"))
+    run.history.append(record)
+
+
+def _result(run: _Run, stopped: str | None, inputs: FitInputs, cfg: TrainConfig,
+            candidates: dict[str, torch.nn.Module]) -> FitResult:
+    if run.best_state is None:
         raise_diverged(stopped, cfg)
-    notes: list[str] = []
-    if inputs.val is not None and history and stopped is None:
-        best, best_state, note = prefer_final(best, best_state, history[-1], len(inputs.val),
-                                              candidates)
+    best, best_state, notes = run.best, run.best_state, []
+    if inputs.val is not None and run.history and stopped is None:
+        best, best_state, note = prefer_final(best, best_state, run.history[-1],
+                                              len(inputs.val), candidates)
         notes += [note] if note else []
     return FitResult(best_state=best_state, best_epoch=best["epoch"], best_source=best["source"],
                      best_val_top1=best["top1"] if best["top1"] >= 0 else None,
-                     history=history, stopped=stopped, notes=notes)
-
-
-def prefer_final(best: dict[str, Any], best_state: dict[str, torch.Tensor],
-                 last: dict[str, Any], n_val: int, candidates: dict[str, torch.nn.Module]
-                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], str | None]:
-    """The final epoch's weights unless an earlier epoch beat them on validation by more than
-    the validation split's sampling noise (one binomial standard error of its top-1).
-
-    A schedule anneals towards its last step, so the final weights are the run's intended
-    result; an earlier epoch that looks better on a small split is mostly luck of the draw. On
-    CIFAR-10 with 400 validation images (bench/few_labels.py) the best-by-validation epoch 18
-    of 24 (81.5% val) scored 77.1% on the test set where the final weights (79.8% val) scored
-    78.9%: 1.75 points of validation gap, under the 2.0-point standard error."""
-    scores = {name: last.get(f"{_val_prefix(name)}_top1") for name in candidates}
-    scores = {name: v for name, v in scores.items() if v is not None and math.isfinite(v)}
-    if not scores or best["epoch"] == last["epoch"]:
-        return best, best_state, None
-    source = max(scores, key=scores.get)
-    final = scores[source]
-    noise = math.sqrt(max(final * (1 - final), 1e-12) / max(1, n_val))
-    if best["top1"] - final > noise:
-        return best, best_state, None
-    note = (f"kept the final epoch's weights ({final:.2%} val): epoch {best['epoch']}'s "
-            f"{best['top1']:.2%} is within the validation noise (+-{noise:.2%} on {n_val} "
-            "images)")
-    return ({"top1": final, "epoch": last["epoch"], "source": source},
-            _cpu_state(candidates[source]), note)
-
-
-def _val_prefix(candidate: str) -> str:
-    """The epoch record's key prefix for a scored net: "val" for the model, "ema_val" for EMA."""
-    return "val" if candidate == "model" else "ema_val"
+                     history=run.history, stopped=stopped, notes=notes)
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -329,38 +374,6 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler.update()
 
 
-@torch.no_grad()
-def quick_validate(model: torch.nn.Module, data: DecodedImages, mean: list[float],
-                   std: list[float], hw: Hardware, batch: int = 500,
-                   tta: str | None = None,
-                   extra: torch.Tensor | None = None) -> tuple[float, float]:
-    """Loss and top-1 under the training precision: a fast signal for checkpoint choice. The
-    figures in the card come from evaluate(), in fp32, on the saved artifact."""
-    was_training = model.training
-    model.eval()
-    batch = pixel_capped_batch(batch, data.images.shape[-2], data.images.shape[-1])
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(data.labels), batch):
-        x = data.images[start:start + batch].to(hw.device)
-        y = data.labels[start:start + batch].to(hw.device)
-        x = normalize(x, mean, std)
-        if hw.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        network = model
-        if extra is not None:  # the second input rides along unchanged through the TTA views
-            rows = extra[start:start + batch].to(hw.device)
-
-            def network(v: torch.Tensor, rows: torch.Tensor = rows) -> torch.Tensor:
-                return model(v, rows)
-        with hw.autocast():
-            logits = tta_logits(network, x, tta)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
-    n = max(1, len(data.labels))
-    return loss_sum / n, correct / n
-
-
 def raise_diverged(stopped: str | None, cfg: TrainConfig) -> None:
     from ..errors import LeanvisionError
 
@@ -373,10 +386,6 @@ def _base_lr(optimizer: torch.optim.Optimizer) -> float:
     """The rate of the largest parameter group (not a bias group with its own multiplier)."""
     group = max(optimizer.param_groups, key=lambda g: sum(p.numel() for p in g["params"]))
     return group["lr"]
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _epoch_status(record: dict[str, Any]) -> str:

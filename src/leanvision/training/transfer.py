@@ -33,7 +33,8 @@ from ..hardware import Hardware
 from ..io import append_jsonl
 from ..models.split import SplitNet, probe_split, split_model
 from .config import TrainConfig
-from .loop import METRICS_FILE, FitResult, _cpu_state, prefer_final
+from .epoch_scoring import cpu_state, prefer_final
+from .loop import METRICS_FILE, FitResult
 
 # Logistic regression's inverse regularisation on standardised features, chosen on the clothing
 # set's validation split, where the probe barely moved between 0.01 and 0.1.
@@ -157,7 +158,7 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
     best_state: dict[str, torch.Tensor] | None = None
     if probe_val_top1 is not None:
         best = {"top1": probe_val_top1, "epoch": 0, "source": "model"}
-        best_state = _cpu_state(top)
+        best_state = cpu_state(top)
     started, stopped = time.perf_counter(), None
     for epoch in range(epochs):
         top.train()
@@ -193,10 +194,10 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
                                                                   val.labels, hw)
             if record["val_top1"] > best["top1"]:
                 best = {"top1": record["val_top1"], "epoch": epoch + 1, "source": "model"}
-                best_state = _cpu_state(top)
+                best_state = cpu_state(top)
         else:
             best = {"top1": -1.0, "epoch": epoch + 1, "source": "model"}
-            best_state = _cpu_state(top)
+            best_state = cpu_state(top)
         history.append(record)
         append_jsonl(out / METRICS_FILE, record)
         progress(0, record)

@@ -17,7 +17,8 @@ from ..data import DecodedImages
 from ..hardware import Hardware
 from ..models.split import can_split
 from .config import TrainConfig
-from .loop import FitInputs, FitResult, _cpu_state
+from .epoch_scoring import cpu_state
+from .loop import FitInputs, FitResult
 from .recipe import SMALL_IMAGE_SIDE
 from .transfer import (
     Cached,
@@ -128,7 +129,7 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
                                  budget_s=_remaining(cfg, started))
     record.update(plan)
     record["epochs"] = cfg.epochs
-    result.best_state = _cpu_state(model)
+    result.best_state = cpu_state(model)
     return result, record
 
 
@@ -186,7 +187,7 @@ def _remaining(cfg: TrainConfig, started: float) -> float | None:
 
 def _probe_result(model: torch.nn.Module, record: dict[str, Any]) -> FitResult:
     top1 = record.get("probe_val_top1")
-    return FitResult(best_state=_cpu_state(model), best_epoch=0, best_source="model",
+    return FitResult(best_state=cpu_state(model), best_epoch=0, best_source="model",
                      best_val_top1=top1, history=[], notes=["weights: the linear probe"])
 
 
