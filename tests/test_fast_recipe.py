@@ -131,10 +131,10 @@ def test_fast_recipe_trains_and_eval_reproduces_tta(tmp_path):
 
 
 def test_norm_lr_scale_applies_to_norm_layers_only():
-    from leanvision.training.param_setup import _scale_norm_lr
+    from leanvision.training.param_setup import scale_norm_lr
 
     model = lv.create_model("airnet_s", 10)
-    groups = _scale_norm_lr(model, param_groups(model, "full", lr=1.0, weight_decay=0.0), 64.0)
+    groups = scale_norm_lr(model, param_groups(model, "full", lr=1.0, weight_decay=0.0), 64.0)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert lr_of[id(model.stages[0].norm1.bias)] == 64.0
     assert lr_of[id(model.whiten.bias)] == 1.0  # a bias, but not a norm layer's

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from ._version import __version__
 from .errors import ArtifactError, ModelError
 from .io import write_atomic, write_json
+from .kinds import kind_of
 
 CARD_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -127,11 +128,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
     if not weights.is_file():
         raise ArtifactError(f"{folder} has a card but no {WEIGHTS_FILE}; the artifact is "
                             "incomplete: re-run the stage that made it")
+    build = kind_of(card).build  # a kind with other inputs (text, ...) builds its own network
     try:
-        if "multimodal" in card:  # image + text: the card's multimodal block names the parts
-            from .multimodal.model import build_model
-
-            model = build_model(card, num_classes=len(card["classes"]))
+        if build is not None:
+            model = build(card, num_classes=len(card["classes"]))
         else:
             model = create_model(card["arch"], num_classes=len(card["classes"]),
                                  **card.get("arch_kwargs", {}))
@@ -153,11 +153,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
 
 
 def require_image_only(card: dict[str, Any], folder: str | Path, verb: str) -> None:
-    """Refuse an image + text model in a stage that only knows image networks."""
-    if "multimodal" in card:
-        raise ArtifactError(f"{folder} reads images with text (a multimodal model); `{verb}` "
-                            "works on image-only models. Train one without --text-columns, or "
-                            "use eval, export, predict, serve or explain on this one")
+    """Refuse a model of another kind (image + text, ...) in a stage that only knows image
+    networks."""
+    refusal = kind_of(card).image_stage_refusal
+    if refusal is not None:
+        raise ArtifactError(f"{folder} {refusal.format(verb=verb)}")
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from .data import decoding_for, load_data
 from .data.partition import cv_partitions
 from .io import write_json
-from .training.api import _check_fresh, default_run_dir, train_on
+from .training.api import check_fresh, default_run_dir, train_on
 from .training.config import TrainConfig
 
 CV_METRICS = ("top1", "macro_f1", "ece", "loss")
@@ -30,7 +30,7 @@ def cross_validate(data: str | Path = "builtin:digits", folds: int = 5,
     source = load_data(cfg.data)
     parts_per_fold = cv_partitions(source, folds, cfg.seed)
     out_dir = Path(out) if out is not None else _cv_dir(cfg)
-    _check_fresh(out_dir)
+    check_fresh(out_dir)
     per_fold = []
     for k, parts in enumerate(parts_per_fold):
         console.rule(f"fold {k + 1} of {folds}")

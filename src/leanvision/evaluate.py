@@ -24,6 +24,7 @@ from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
 from .errors import DatasetError
 from .hardware import choose_hardware, pixel_capped_batch
+from .kinds import kind_of
 from .tta import check_tta, tta_logits
 
 CALIBRATION_BINS = 15
@@ -112,11 +113,10 @@ def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
     test-time augmentation the card stores (none, flip, flip-translate, multi-crop)."""
     check_tta(tta)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
-    if "multimodal" in art.card:  # images with text: the text is read from the data too
-        from .multimodal.evaluate import evaluate_multimodal
-
-        return evaluate_multimodal(art, data, split=split, batch_size=batch_size,
-                                   skip_bad_images=skip_bad_images, device=device, tta=tta)
+    kind_evaluate = kind_of(art.card).evaluate  # e.g. images with text: text read from the data
+    if kind_evaluate is not None:
+        return kind_evaluate(art, data, split=split, batch_size=batch_size,
+                             skip_bad_images=skip_bad_images, device=device, tta=tta)
     split_name, records, data_spec = evaluation_records(art, data, split)
     return evaluate_records(art, records, split_name, data_spec, batch_size=batch_size,
                             skip_bad_images=skip_bad_images, device=device, tta=tta)

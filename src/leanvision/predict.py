@@ -13,6 +13,7 @@ from .data.images import decode_resized
 from .errors import ConfigError
 from .evaluate import predict_logits
 from .hardware import choose_hardware
+from .kinds import kind_of
 from .tta import check_tta
 
 
@@ -30,16 +31,14 @@ def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k:
     for an image without text: the image branch answers)."""
     check_tta(tta)
     card = artifact.card if isinstance(artifact, Artifact) else read_card(artifact)[1]
-    if "multimodal" in card:
-        from .multimodal.predictor import FusedPredictor
-
+    kind_predictor = kind_of(card).predictor  # a kind with more inputs than images (texts)
+    if kind_predictor is not None:
         folder = artifact.path if isinstance(artifact, Artifact) else artifact
-        fused = FusedPredictor.from_artifact(folder, runtime="torch" if runtime == "torch"
-                                             else runtime, device="cpu" if device == "auto"
-                                             else device)
-        fused.tta = tta or fused.tta
-        return fused.predict_images(list(images), top_k=top_k, batch_size=batch_size,
-                                    texts=texts)
+        predictor = kind_predictor(folder, runtime=runtime,
+                                   device="cpu" if device == "auto" else device)
+        predictor.tta = tta or predictor.tta
+        return predictor.predict_images(list(images), top_k=top_k, batch_size=batch_size,
+                                        texts=texts)
     if texts:
         raise ConfigError("--text needs a model trained with --text-columns; this artifact "
                           "reads images only (drop --text)")

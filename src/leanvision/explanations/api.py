@@ -24,6 +24,7 @@ from ..data import BadImageError, ImageChecks, load_rgb, normalize, to_tensor_re
 from ..errors import ConfigError, DatasetError
 from ..hardware import choose_hardware
 from ..io import write_atomic, write_json
+from ..kinds import kind_of
 from .attribution import ATTRIBUTION_METHODS, DEFAULT_GRID, DEFAULT_SAMPLES, attribution_maps
 from .cam import CAM_METHODS, TargetLayer, cam_maps, find_target_layer, frozen
 from .drift import explanation_drift, mean_drift
@@ -76,14 +77,12 @@ def explain(artifact: str | Path | Artifact, images: Sequence[str | Path], *,
     console = console or Console(stderr=True)
     started = time.perf_counter()
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
-    if "multimodal" in art.card and not hasattr(art.model, "text_ids"):
-        # An image + text model: each image is explained with its own text (texts, in order).
-        from ..multimodal.explain import explain_multimodal
-
-        return explain_multimodal(art, images, texts, out=out, console=console, method=method,
-                                  target=target, faithfulness=faithfulness, samples=samples,
-                                  grid=grid, top_fraction=top_fraction, seed=seed,
-                                  device=device)
+    kind_explain = kind_of(art.card).explain
+    if kind_explain is not None:
+        # E.g. an image + text model: each image is explained with its own text (in order).
+        return kind_explain(art, images, texts, out=out, console=console, method=method,
+                            target=target, faithfulness=faithfulness, samples=samples,
+                            grid=grid, top_fraction=top_fraction, seed=seed, device=device)
     if texts:
         raise ConfigError("--text needs a model trained with --text-columns; this artifact "
                           "reads images only (drop --text)")

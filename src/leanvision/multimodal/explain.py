@@ -58,7 +58,10 @@ def explain_multimodal(art: Artifact, images: Sequence[str | Path],
         # eval(): a fresh module is in training mode, and explain() restores the mode it found,
         # which would leave batch norm updating its statistics on the next forward pass.
         art.model.eval()
-        wrapped = Artifact(path=art.path, card=art.card,
+        # With its text fixed the model reads images only, so its card loses the block that
+        # marks the image + text kind: explain() takes it down its own image path.
+        image_card = {k: v for k, v in art.card.items() if k != BLOCK}
+        wrapped = Artifact(path=art.path, card=image_card,
                            model=WithText(art.model, encoded.ids).eval())
         sub = out_dir / f"{i:03d}-{Path(image).stem}"
         result = explain(wrapped, [image], out=sub, console=Console(quiet=True), **settings)

@@ -20,7 +20,7 @@ import torch
 from ..artifact import Artifact
 from ..errors import ModelError
 from ..io import atomic_path
-from ..runtime.export import INPUT_NAME, OUTPUT_NAME, _describe_failure, ort_session
+from ..runtime.export import INPUT_NAME, OUTPUT_NAME, describe_export_failure, ort_session
 from .model import BLOCK, TEXT_INPUT
 
 
@@ -56,7 +56,7 @@ def export_fused(art: Artifact, path: str | Path, *, batch: int = 8, opset: int 
                     input_names=[INPUT_NAME, TEXT_INPUT], output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: batch_dim}, {0: batch_dim}), verbose=False)
         except Exception as exc:  # the exporter raises many kinds; name the op
-            raise ModelError(_describe_failure(model, exc)) from None
+            raise ModelError(describe_export_failure(model, exc)) from None
         if program is None:
             raise ModelError("the ONNX exporter returned no program; upgrade torch / onnxscript")
         program.save(str(tmp))

@@ -22,10 +22,6 @@ TOKENIZER_FILE = "tokenizer.json"
 TEXT_ONLY_ARCH = "text-only"
 
 
-def is_multimodal(card: dict[str, Any]) -> bool:
-    return BLOCK in card
-
-
 def new_tokenizer(cfg: MultimodalConfig) -> Tokenizer:
     if cfg.text_encoder == "hashed":
         return HashedTokenizer(cfg.max_tokens, cfg.hash_buckets, cfg.word_ngrams,

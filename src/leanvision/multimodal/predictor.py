@@ -18,7 +18,7 @@ from ..artifact import WEIGHTS_FILE, read_card
 from ..errors import ArtifactError, ConfigError
 from ..hardware import physical_cores
 from ..runtime.export import INPUT_NAME, OUTPUT_NAME
-from ..runtime.predictor import Predictor, _torch_threads
+from ..runtime.predictor import Predictor, torch_threads
 from ..tta import tta_logits
 from .model import BLOCK, TEXT_INPUT, load_tokenizer
 from .text import clean_text, has_text
@@ -153,7 +153,7 @@ def _torch_runner(folder: Path, threads: int, device: str):
     model = load(folder, device=device).model.float().eval()
 
     def run(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        with _torch_threads(threads), torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             return model(torch.from_numpy(x).to(device),
                          torch.from_numpy(ids).to(device)).float().cpu().numpy()
 

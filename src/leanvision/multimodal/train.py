@@ -25,16 +25,16 @@ from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
 from ..training.api import (
     TRAIN_PROBE_PIXELS,
-    _balance,
-    _check_fresh,
-    _training_record,
+    balance_weights,
+    check_fresh,
     decode_partition,
     default_run_dir,
+    training_record,
 )
 from ..training.checkpoint import find_checkpoint, load_checkpoint
 from ..training.config import TrainConfig
 from ..training.loop import FitInputs, fit
-from ..training.param_setup import _scale_norm_lr
+from ..training.param_setup import scale_norm_lr
 from ..training.recipe import data_stats, resolve_recipe
 from ..training.report import diagnose_fit, print_config, print_summary
 from .config import MultimodalConfig, split_settings
@@ -86,7 +86,7 @@ def train_multimodal(data: str | Path, out: str | Path | None = None, *,
         mm = MultimodalConfig.from_dict(ours)
         cfg = TrainConfig.from_dict({"data": str(data), **rest})
         out_dir = Path(out) if out is not None else default_run_dir(cfg)
-        _check_fresh(out_dir)
+        check_fresh(out_dir)
     _refuse_unsupported(cfg)
     source, data_report = prepare_source(cfg.data, mm)
     return _train(source, data_report, cfg, mm, out_dir, state, console, on_epoch_end)
@@ -147,7 +147,7 @@ def _train(source, data_report: dict, cfg: TrainConfig, mm: MultimodalConfig, ou
     train_ids = encode_rows(tokenizer, parts.train, train_imgs.kept)
     val_ids = encode_rows(tokenizer, parts.val, val_imgs.kept) if val_imgs is not None else None
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
-    class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
+    class_w, sample_w = balance_weights(cfg.balance, train_imgs.labels, num_classes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / RUN_CONFIG, {"config": cfg.to_dict(), BLOCK: mm.to_dict(),
@@ -176,7 +176,7 @@ def _train(source, data_report: dict, cfg: TrainConfig, mm: MultimodalConfig, ou
     # FLOPs are counted on the image branch (the text cost depends on the text's length).
     card["metrics"].update(model_cost(model, input_size, out_dir) if not text_only else
                            {"params": sum(p.numel() for p in model.parameters()), "flops": 0})
-    card["training"] = _training_record(result, "full", skipped, hw, started, parts)
+    card["training"] = training_record(result, "full", skipped, hw, started, parts)
     save_artifact(out_dir, model, card)
     summary = {"artifact": str(out_dir), "model": arch, "stage": "train",
                "fusion": mm.fusion, "text_encoder": mm.text_encoder,
@@ -201,7 +201,7 @@ def _param_groups(model: FusedClassifier, cfg: TrainConfig, mm: MultimodalConfig
             "params": [], "name": key, "lr": cfg.lr * (text_scale if part == "text" else 1.0),
             "weight_decay": cfg.weight_decay if decay else 0.0})
         group["params"].append(p)
-    return _scale_norm_lr(model, list(groups.values()), cfg.norm_lr_scale or 1.0)
+    return scale_norm_lr(model, list(groups.values()), cfg.norm_lr_scale or 1.0)
 
 
 def _copy_tokenizer(tokenizer, out_dir: Path) -> None:

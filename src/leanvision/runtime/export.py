@@ -61,13 +61,13 @@ def _export(model: torch.nn.Module, example: torch.Tensor, target: Path,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                         dynamic_shapes=({0: batch_dim},), verbose=False)
     except Exception as exc:  # the exporter raises RuntimeError subclasses and torch.export's
-        raise ModelError(_describe_failure(model, exc)) from None
+        raise ModelError(describe_export_failure(model, exc)) from None
     if program is None:
         raise ModelError("the ONNX exporter returned no program; upgrade torch / onnxscript")
     program.save(str(target))
 
 
-def _describe_failure(model: torch.nn.Module, exc: Exception) -> str:
+def describe_export_failure(model: torch.nn.Module, exc: Exception) -> str:
     text = str(exc)
     op = None
     for pattern in (r"OpOverload\(op='([\w.]+)', overload='(\w+)'\)",

@@ -32,6 +32,7 @@ from ..data import BadImageError, normalize, to_tensor_resized
 from ..data.images import decode_resized, pil_to_rgb
 from ..errors import ArtifactError, ConfigError
 from ..hardware import physical_cores
+from ..kinds import kind_of
 from ..tta import TTA_MODES, tta_logits
 from .onnx_file import check_onnx
 from .openvino_runtime import (
@@ -103,10 +104,9 @@ class Predictor:
         `spin` False: ONNX Runtime's worker threads sleep between calls instead of spin-waiting
         (a server whose cores also parse HTTP and decode images wants them back)."""
         folder, card = read_card(path)
-        if "multimodal" in card:  # images with text: two inputs, a tokenizer
-            from ..multimodal.predictor import FusedPredictor
-
-            return FusedPredictor.from_artifact(path, runtime, threads, device, spin)
+        kind_predictor = kind_of(card).predictor  # e.g. images with text: two inputs
+        if kind_predictor is not None:
+            return kind_predictor(path, runtime, threads, device, spin)
         _check_preprocessing(folder, card)
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r} must be cpu or cuda")
@@ -306,14 +306,14 @@ def _torch_runner(folder: Path, threads: int, device: str, compiled: bool) -> Ru
 
     def run(x: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
-        with _torch_threads(threads), torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             return network(batch).float().cpu().numpy()
 
     return run
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
     """torch's thread count is process-wide: set it for the call, then put it back."""
     before = torch.get_num_threads()
     if before != threads:

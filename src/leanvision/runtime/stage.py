@@ -21,7 +21,8 @@ from torch import nn
 from ..artifact import CARD_FILE, WEIGHTS_FILE, Artifact, load, save_weights
 from ..errors import ConfigError, ModelError
 from ..io import write_atomic, write_json
-from .export import INPUT_NAME, OUTPUT_NAME, _describe_failure, export_onnx
+from ..kinds import kind_of
+from .export import INPUT_NAME, OUTPUT_NAME, describe_export_failure, export_onnx
 
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
@@ -49,10 +50,9 @@ def export(artifact: str | Path | Artifact, format: str = "onnx", out: str | Pat
     try:
         if copying:
             _copy_weights(art, target)
-        if "multimodal" in art.card:  # two inputs: images and text ids
-            from ..multimodal.export import export_fused
-
-            result = export_fused(art, target / ONNX_FILE, batch=batch, opset=opset)
+        kind_export = kind_of(art.card).export  # e.g. two inputs: images and text ids
+        if kind_export is not None:
+            result = kind_export(art, target / ONNX_FILE, batch=batch, opset=opset)
         else:
             result = export_with_layer(art.model, art.input_size, target / ONNX_FILE,
                                        batch=batch, opset=opset)
@@ -78,8 +78,9 @@ def onnx_export_record(card: dict[str, Any], file: str, result: dict[str, Any] |
         record.update(opset=result["opset"], max_abs_error=result["max_abs_error"])
     record.update(input=INPUT_NAME, output=OUTPUT_NAME, dynamic_batch=True,
                   preprocessing=copy.deepcopy(card["input"]))
-    if "multimodal" in card:
-        record["text_input"] = copy.deepcopy(card["multimodal"]["text_input"])
+    export_inputs = kind_of(card).export_inputs
+    if export_inputs is not None:
+        record.update(export_inputs(card))
     return record
 
 
@@ -160,7 +161,7 @@ def _export_problem(module: nn.Module, args: tuple, kwargs: dict) -> str | None:
             if program is not None:
                 program.save(str(Path(scratch) / "layer.onnx"))
         except Exception as exc:  # noqa: BLE001 - any failure marks this layer
-            words = _describe_failure(module, exc)
+            words = describe_export_failure(module, exc)
             return words.split("cannot be exported to ONNX: ", 1)[-1]
     return None
 

@@ -22,6 +22,7 @@ from ..errors import ConfigError, DatasetError
 from ..evaluate import evaluate_records, model_cost
 from ..hardware import choose_hardware, describe_machine
 from ..io import write_json
+from ..kinds import training_kind
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
 from . import distributed
@@ -91,21 +92,10 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
 
     With `text_columns` (a CSV's text columns) the model reads each image with its text: see
     leanvision.multimodal (fusion, text_encoder, ... are then accepted too)."""
-    from ..multimodal.config import split_settings
-
-    multimodal, settings = split_settings(settings)
-    if multimodal or resume is not None:
-        from ..multimodal.train import is_multimodal_run, train_multimodal
-
-        if multimodal.get("text_columns") or is_multimodal_run(resume):
-            if nproc > 1 or track or track_uri:
-                raise ConfigError("--nproc and --track are not supported with --text-columns "
-                                  "yet; train the image + text model in one process")
-            return train_multimodal(data, out, resume=resume, console=console,
-                                    on_epoch_end=on_epoch_end, **multimodal, **settings)
-        if multimodal:
-            raise ConfigError(f"--{next(iter(multimodal)).replace('_', '-')} needs "
-                              "--text-columns: name the CSV's text columns")
+    kind, settings = training_kind(settings, resume)
+    if kind.train is not None:  # another kind of model (images with text, ...) trains itself
+        return kind.train(data, out, resume=resume, console=console, on_epoch_end=on_epoch_end,
+                          nproc=nproc, port=port, track=track, track_uri=track_uri, **settings)
     console = console or Console(stderr=True)
     state = None
     if resume is not None:
@@ -121,7 +111,7 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
         raise ConfigError("--unlabeled (FixMatch) trains in one process; drop --nproc")
     if nproc > 1:
         if resume is None:
-            _check_fresh(out_dir)
+            check_fresh(out_dir)
         again = f"--resume {out_dir} --nproc {nproc}"
         return distributed.launch(
             train, dict(data=data, out=out_dir, resume=resume, on_epoch_end=on_epoch_end,
@@ -132,7 +122,7 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
     with distributed.process_group(cfg.device) as w:
         out_dir = distributed.share(out_dir, w)  # rank 0's folder (its name has a timestamp)
         if resume is None:
-            _check_fresh(out_dir)
+            check_fresh(out_dir)
         if not w.main:
             console = Console(stderr=True, quiet=True)
         source = load_data(cfg.data)
@@ -222,7 +212,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     groups, on_epoch_start = ([], None) if cached else _finetune_groups(model, strategy, cfg)
     if epoch_hook is not None:
         on_epoch_start = _chain_epoch_start(on_epoch_start, epoch_hook, model)
-    class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
+    class_w, sample_w = balance_weights(cfg.balance, train_imgs.labels, num_classes)
     semi = None
     if cfg.unlabeled:
         from .semi_setup import fixmatch_criterion
@@ -266,7 +256,7 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     art = Artifact(path=out_dir, card=card, model=model)
     metrics = _final_metrics(art, parts, train_imgs, source, cfg, console)
     card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
-    card["training"] = _training_record(result, strategy, skipped, hw, started, parts)
+    card["training"] = training_record(result, strategy, skipped, hw, started, parts)
     if transfer is not None:
         card["training"]["transfer"] = transfer
     if budget_record:
@@ -328,8 +318,9 @@ def _final_metrics(art: Artifact, parts: Partition, train_imgs, source: DataSour
     return metrics
 
 
-def _training_record(result: FitResult, strategy: str, skipped: list, hw, started: float,
-                     parts: Partition) -> dict[str, Any]:
+def training_record(result: FitResult, strategy: str, skipped: list, hw, started: float,
+                    parts: Partition) -> dict[str, Any]:
+    """The card's "training" block: how the fit went, on what, and how fast."""
     last = result.history[-1] if result.history else {}
     waits = [h["data_wait_fraction"] for h in result.history]
     speeds = [h["images_per_second"] for h in result.history]
@@ -353,7 +344,9 @@ def _training_record(result: FitResult, strategy: str, skipped: list, hw, starte
     }
 
 
-def _balance(mode: str, labels: torch.Tensor, num_classes: int):
+def balance_weights(mode: str, labels: torch.Tensor, num_classes: int):
+    """(loss class weights, sampler weights per image) for `--balance MODE`; None where the
+    mode does not use one."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
     if mode == "loss":
         return counts.sum() / (num_classes * counts), None
@@ -375,7 +368,8 @@ def _resumed_config(saved: dict, settings: dict) -> TrainConfig:
     return replace(cfg, **settings)
 
 
-def _check_fresh(out_dir: Path) -> None:
+def check_fresh(out_dir: Path) -> None:
+    """Refuse to start a run in a folder that already holds one (resume continues it)."""
     if (out_dir / CHECKPOINT_FILE).exists() or (out_dir / "model.json").exists():
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir} to "
                           "continue it, or choose another --out")

@@ -15,7 +15,7 @@ from ..data import decoding_for, load_data
 from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
 from ..io import read_jsonl, write_atomic, write_json
-from .api import _check_fresh, default_run_dir, train_on
+from .api import check_fresh, default_run_dir, train_on
 from .config import OPTIMIZERS, TrainConfig
 from .loop import METRICS_FILE
 from .lr_find import lr_find_on
@@ -50,7 +50,7 @@ def compare(data: str | Path, optimizers: tuple[str, ...] | list[str] | str = DE
     out_dir = Path(out) if out is not None else Path("runs") / "compare" / default_run_dir(
         base).name
     for name in names:
-        _check_fresh(out_dir / name)
+        check_fresh(out_dir / name)
 
     runs = []
     for name in names:

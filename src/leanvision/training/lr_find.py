@@ -23,7 +23,7 @@ from ..hardware import choose_hardware, describe_machine
 from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
-from .api import _balance, decode_partition, default_run_dir
+from .api import balance_weights, decode_partition, default_run_dir
 from .config import TrainConfig
 from .loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
 from .optim import build_optimizer
@@ -169,7 +169,7 @@ def _sweep(net: torch.nn.Module, train_imgs, pre: dict, cfg: TrainConfig, hw, nu
     scaler = torch.amp.GradScaler(hw.device.type, enabled=hw.needs_grad_scaler())
     augment = BatchAugment(cfg.augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
                            num_classes=num_classes, translate=cfg.translate)
-    class_w, sample_w = _balance(cfg.balance, train_imgs.labels, num_classes)
+    class_w, sample_w = balance_weights(cfg.balance, train_imgs.labels, num_classes)
     class_w = class_w.to(hw.device) if class_w is not None else None
     n = len(labels)
     batch = min(cfg.batch_size, n)

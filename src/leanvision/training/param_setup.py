@@ -22,7 +22,7 @@ def _finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
               "freeze_stages": cfg.freeze_stages, "keep_frozen": built_frozen}
     switch = unfreeze_epoch(strategy, cfg.epochs)
     phase_two = "lower-lr" if switch is not None else strategy
-    groups = _scale_norm_lr(model, param_groups(model, phase_two, **common), cfg.norm_lr_scale)
+    groups = scale_norm_lr(model, param_groups(model, phase_two, **common), cfg.norm_lr_scale)
 
     def on_epoch_start(epoch: int) -> None:
         if switch is not None:
@@ -41,7 +41,7 @@ def _chain_epoch_start(first: Callable[[int], None], hook: Callable, model: torc
     return on_epoch_start
 
 
-def _scale_norm_lr(model: torch.nn.Module, groups: list[dict], scale: float) -> list[dict]:
+def scale_norm_lr(model: torch.nn.Module, groups: list[dict], scale: float) -> list[dict]:
     """Give normalisation layers' parameters their own group at `scale` x the rate (airbench
     trains batch-norm shifts 64x faster); every other parameter keeps its group."""
     if scale == 1.0:
