@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Packages above the core plug into it when imported (multimodal: its model kind in kinds.py).
-# The API surface, the top layer, imports them so that the core never names them.
-from . import multimodal  # noqa: F401
+# Packages above the core plug into it when imported (multimodal: its model kind in kinds.py;
+# reports: a tracked run's report in tracking.py). The API surface, the top layer, imports them
+# so that the core never names them.
+from . import multimodal, reports  # noqa: F401
 from ._version import __version__
 from .artifact import Artifact, load
 from .errors import ArtifactError, ConfigError, DatasetError, LeanvisionError, ModelError

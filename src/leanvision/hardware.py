@@ -123,6 +123,12 @@ def describe_machine() -> dict:
     return info
 
 
+def world_rank_is_main() -> bool:
+    """Rank 0 of a multi-process job (training/distributed.py), or a plain process; known from
+    the launcher's environment before joining. Here, below tracking, which asks it too."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def physical_cores() -> int:
     """Cores this process may use, counting SMT siblings once (a second hyper-thread adds
     little to convolution kernels and makes latency noisier)."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LeanvisionError, TrackingError
+from .hardware import world_rank_is_main
 from .io import read_jsonl, write_json
 
 TRACKING_FILE = "tracking.json"
@@ -43,6 +44,15 @@ MAX_PARAM_CHARS = 500
 ATTACHED = ("model.json", "config.json", "metrics.jsonl")
 
 _active: TrackedRun | None = None  # the run the fit loop reports epochs to (rank 0 only)
+# Writes the HTML report of an artifact folder to a file, attached to its run. The reports
+# package sits above the stages that track, so it plugs this in when imported (set_report_writer)
+# instead of being imported from here.
+_report_writer: Callable[[Path, Path], None] | None = None
+
+
+def set_report_writer(write: Callable[[Path, Path], None]) -> None:
+    global _report_writer
+    _report_writer = write
 
 
 def default_uri() -> str:
@@ -111,15 +121,12 @@ class TrackedRun:
         write_json(card_file, card)
 
     def _attach_report(self, folder: Path) -> None:
-        from rich.console import Console
-
-        from .reports import report
-
+        if _report_writer is None:
+            return
         with tempfile.TemporaryDirectory(prefix="leanvision-track-") as scratch:
             target = Path(scratch) / "report.html"
-            try:  # a quick report: no timing runs, no explanation gallery
-                report([folder], target, measure=False, explain_images=0,
-                       console=Console(stderr=True, quiet=True))
+            try:
+                _report_writer(folder, target)
             except LeanvisionError as exc:
                 self.client.set_tag(self.run_id, "leanvision.report_error", str(exc)[:500])
                 return
@@ -169,8 +176,6 @@ def tracked(stage: str, parent_args: str | tuple[str, ...]) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, track: bool = False, track_uri: str | None = None,
                     **kwargs: Any) -> dict[str, Any]:
-            from .training.distributed import world_rank_is_main
-
             if not (track or track_uri) or not world_rank_is_main():
                 return fn(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, DistributedError, LeanvisionError
+from ..hardware import world_rank_is_main  # noqa: F401  (kept here for callers of this module)
 from ..io import write_json
 
 # Long enough for rank 0's end-of-run evaluation while the others wait for its summary; short
@@ -59,11 +60,6 @@ def world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return World()
-
-
-def world_rank_is_main() -> bool:
-    """Rank 0, or a plain process; known from the launcher's environment before joining."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def launched() -> bool:
