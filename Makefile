@@ -15,8 +15,12 @@ demo: install
 	rm -rf $(DEMO)
 	$(PYTHON) -m leanvision optimize builtin:digits --out $(DEMO)
 
+# ruff, then the package layers of DESIGN.md ([tool.importlinter] in pyproject.toml; called
+# through $(PYTHON), like ruff, so that the installed environment's import-linter runs)
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports; \
+	  sys.exit(lint_imports(no_cache=True, no_logo=True))"
 
 test: install lint
 	$(PYTHON) -m pytest
