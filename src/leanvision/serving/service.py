@@ -1,0 +1,111 @@
+"""What a running server holds: the model behind its batcher, the pools that decode and
+explain, the gate and the counters. One object per app, created at start; the routes read it
+from `request.app.state.service`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from fastapi.responses import JSONResponse
+
+from ..data import BadImageError
+from .batching import DynamicBatcher
+from .explain import Explainer
+from .limits import Gate
+from .metrics import Metrics
+from .uploads import Upload, decode_upload
+
+if TYPE_CHECKING:
+    from .app import Runtime, ServeSettings
+
+
+@dataclass
+class Service:
+    predictor: Runtime
+    explainer: Explainer | None
+    settings: ServeSettings
+    name: str
+    batcher: DynamicBatcher
+    gate: Gate
+    metrics: Metrics
+    decode_pool: ThreadPoolExecutor
+    explain_pool: ThreadPoolExecutor
+    arriving: int = 0  # predict requests reading or decoding, not yet queued
+    explaining: int = 0  # explanations running or waiting
+
+    @classmethod
+    def start(cls, predictor: Runtime, explainer: Explainer | None, settings: ServeSettings,
+              name: str, warmup: Callable[[], None]) -> Service:
+        holder: dict[str, Service] = {}
+        metrics = Metrics(lambda: holder["service"].batcher.depth)
+        batcher = DynamicBatcher(predictor.logits, max_batch=settings.max_batch,
+                                 max_wait_ms=settings.max_wait_ms,
+                                 queue_size=settings.queue_size, warmup=warmup,
+                                 on_batch=metrics.observe_batch,
+                                 # the batcher waits for requests that are still arriving only
+                                 arriving=lambda: holder["service"].arriving)
+        # Decoding runs beside the network (PIL releases the GIL); two threads keep a core
+        # busy while the other decodes, without crowding the runtime's own threads.
+        service = cls(predictor, explainer, settings, name, batcher, Gate(), metrics,
+                      ThreadPoolExecutor(max_workers=2, thread_name_prefix="leanvision-decode"),
+                      ThreadPoolExecutor(max_workers=1, thread_name_prefix="leanvision-explain"))
+        holder["service"] = service
+        return service
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.predictor.classes)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.predictor.input_size)
+
+    @property
+    def with_text(self) -> bool:
+        """A multimodal model takes a `text` field beside each image."""
+        return hasattr(self.predictor, "encode_texts")
+
+    async def close(self) -> None:
+        self.gate.draining = True
+        await asyncio.get_running_loop().run_in_executor(None, self.batcher.close,
+                                                         self.settings.timeout_s)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.explain_pool.shutdown(wait=False, cancel_futures=True)
+
+    def busy(self) -> JSONResponse:
+        return error(503, f"busy: {self.batcher.depth} images are queued (--queue-size "
+                          f"{self.settings.queue_size}); retry shortly", {"Retry-After": "1"})
+
+    async def decode(self, uploads: list[Upload]) -> list[torch.Tensor | BadImageError]:
+        size = self.input_size
+
+        def run() -> list[torch.Tensor | BadImageError]:
+            out: list[torch.Tensor | BadImageError] = []
+            for upload in uploads:
+                try:
+                    out.append(decode_upload(upload.data, size))
+                except BadImageError as exc:
+                    out.append(exc)
+            return out
+
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, run)
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def bad_images(uploads: list[Upload], decoded: list[Any]) -> JSONResponse:
+    """415 when no file was an image at all, else 422 (images, but unusable); one message."""
+    reasons = [(u.name, d.reason) for u, d in zip(uploads, decoded, strict=True)]
+    status = 415 if all(r == "not an image" for _, r in reasons) else 422
+    name, reason = reasons[0]
+    more = f" ({len(reasons)} files, none usable)" if len(reasons) > 1 else ""
+    return JSONResponse({"detail": f"{name}: {reason}{more}; send PNG, JPEG, WebP, BMP, TIFF "
+                                   "or GIF images", "results": [
+        {"image": n, "error": r} for n, r in reasons]}, status_code=status)
