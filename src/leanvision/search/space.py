@@ -48,8 +48,8 @@ RESOLUTIONS = (192, 160, 128)
 # Registry students for a small-image base, largest first (the anchor tries the first).
 SMALL_STUDENTS = ("airnet_s", "resnet20", "resnet8")
 # A student with less than this share of the base's parameters rarely stays within a point of
-# it (resnet20 under airnet_m: 14% of the parameters, 4 to 5 points below it after the fast
-# recipe), so it is not searched: each student costs a full distillation.
+# it (resnet20 has 14% of airnet_m's and stayed several points below it after the fast recipe:
+# bench/README.md), so it is not searched: each student costs a full distillation.
 MIN_STUDENT_SHARE = 1 / 4
 
 

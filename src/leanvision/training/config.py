@@ -76,9 +76,9 @@ class TrainConfig:
     threshold: float | None = None
     lambda_u: float = 1.0  # weight of the unlabelled consistency loss
     # "teacher": a converged teacher labels every image once per round, a student learns from
-    # both (training/self_training.py; the default: +5.9 points over the labels alone on
-    # CIFAR-10 with 4,000 labels, where FixMatch lost 1.0 at the same time budget:
-    # bench/results/few_labels-36ep*.json, few_labels-fixmatch.json); "epoch": FixMatch with
+    # both (training/self_training.py; the default because it gained over the labels alone
+    # on CIFAR-10 with 4,000 labels where FixMatch lost at the same time budget: the figures
+    # are in bench/README.md and bench/results/few_labels-*.json); "epoch": FixMatch with
     # pseudo-labels taken once per epoch and only confident images forwarded (cheap); "step":
     # the paper's per-step weak-view labels (see training/semi.py)
     pseudo_labels: str = "teacher"

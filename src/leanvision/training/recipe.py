@@ -155,11 +155,9 @@ def _standard(cfg: TrainConfig, stats: DataStats, pick, chosen: dict) -> None:
 FAST_MOMENTUM = 0.85
 FAST_LR_PER_1024 = 11.5 / (1 + 1 / (1 - FAST_MOMENTUM))
 FAST_WEIGHT_DECAY = 0.0153 / 11.5
-# Measured on CIFAR-10 (bench/fast_recipe.py, 2-core CPU, results in bench/results/): airnet_m at
-# batch 512 for 13 epochs gave 91.3% test top-1 in 13.9 min (12 epochs: 90.99% in 12.9 min); at
-# airbench's batch 1024, 13 epochs gave 90.7% and 10 epochs 90.4%; airnet_s 88.9% in 7 min.
 # On a CPU a smaller batch costs almost no throughput and buys twice the steps, so the recipe
-# uses 512 (airbench's 1024 suits a GPU's parallelism).
+# uses 512 (airbench's 1024 suits a GPU's parallelism); the batch sizes and epoch counts
+# compared are in bench/README.md and bench/results/fast_recipe*.json (bench/fast_recipe.py).
 FAST_BATCH = 512
 FAST_STEPS = 13 * (50_000 // FAST_BATCH)  # 13 epochs of CIFAR-10's 50k training images
 FAST_MIN_EPOCHS = 13
