@@ -23,16 +23,10 @@ from ..evaluate import model_cost
 from ..hardware import choose_hardware, describe_machine
 from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
-from ..training.api import (
-    TRAIN_PROBE_PIXELS,
-    balance_weights,
-    check_fresh,
-    decode_partition,
-    default_run_dir,
-    training_record,
-)
+from ..training.api import balance_weights, check_fresh, decode_partition, default_run_dir
 from ..training.checkpoint import find_checkpoint, load_checkpoint
 from ..training.config import TrainConfig
+from ..training.finish import TRAIN_PROBE_PIXELS, training_record
 from ..training.loop import FitInputs, fit
 from ..training.param_setup import scale_norm_lr
 from ..training.recipe import data_stats, resolve_recipe

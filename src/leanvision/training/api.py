@@ -15,11 +15,10 @@ import torch
 from rich.console import Console
 
 from .. import tracking
-from ..artifact import Artifact, make_card, save_artifact
+from ..artifact import Artifact
 from ..data import DataSource, DecodedImages, ImageChecks, decode_images, load_data
 from ..data.partition import Partition, concat_records, partition
 from ..errors import ConfigError, DatasetError
-from ..evaluate import evaluate_records, model_cost
 from ..hardware import choose_hardware, describe_machine
 from ..io import write_json
 from ..kinds import training_kind
@@ -29,16 +28,12 @@ from . import distributed
 from .budget import budget_epochs
 from .checkpoint import CHECKPOINT_FILE, find_checkpoint, load_checkpoint
 from .config import TrainConfig
-from .loop import FitInputs, FitResult, fit
+from .finish import write_artifact
+from .loop import FitInputs, fit
 from .param_setup import _chain_epoch_start, _finetune_groups
 from .recipe import data_stats, resolve_recipe
-from .report import diagnose_fit, print_config, print_summary
+from .report import print_config
 from .transfer_run import CACHED_STRATEGIES, fit_transfer, precheck_budget, transfer_ready
-
-# Clean (un-augmented) accuracy on a sample of training images measures the train/val gap; the
-# sample shrinks with the input size so that scoring photos costs about what 2,000 thumbnails do.
-TRAIN_PROBE_PIXELS = 2000 * 64 * 64
-TRAIN_PROBE_MIN = 200
 
 
 @dataclass
@@ -168,28 +163,11 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
 
     # Seeded init and augmentation: two runs with the same config are the same run.
     torch.manual_seed(cfg.seed)
-    if start is None:
-        # On resume the weights come from the checkpoint, so no pretrained file is read.
-        pretrained = cfg.pretrained if state is None else False
-        model = create_model(cfg.model, num_classes, pretrained=pretrained,
-                             drop_rate=cfg.dropout, img_size=cfg.img_size)
-        pre = model_preprocessing(model)
-        input_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(pre["input_size"])
-        start = StartModel(model=model, arch=cfg.model, input_size=input_size,
-                           mean=pre["mean"], std=pre["std"],
-                           arch_kwargs={"img_size": cfg.img_size} if cfg.img_size else {},
-                           interpolation=pre.get("interpolation", "bilinear"), tta=cfg.tta)
-        fresh = True
-    else:
-        model, input_size, fresh = start.model, tuple(start.input_size), False
-        pre = {"mean": start.mean, "std": start.std, "interpolation": start.interpolation}
+    start, pre, fresh = _start_model(cfg, num_classes, start, resumed=state is not None)
+    model, input_size = start.model, tuple(start.input_size)
     counts = parts.train.class_counts(num_classes)
-    strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
-                             images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
-                             freeze_stages=cfg.freeze_stages,
-                             cached_top=(fresh or start.transfer)
-                             and transfer_ready(model, stats.median_side))
-    cached = (fresh or start.transfer) and state is None and strategy in CACHED_STRATEGIES
+    strategy, cached = _plan(cfg, start, fresh, state is not None, len(parts.train) / num_classes,
+                             stats.median_side)
     if cached:
         notes.append(f"finetune = {strategy}: the frozen part runs once; the rest trains on "
                      "its cached output")
@@ -209,6 +187,42 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
             len(val_imgs) if val_imgs is not None else 0, num_classes, started, console,
             custom_criterion=criterion is not None)
 
+    inputs, semi = _fit_inputs(cfg, model, input_size, pre, fresh, cached, strategy, train_imgs,
+                               val_imgs, num_classes, criterion, on_epoch_end, epoch_hook,
+                               console)
+    if semi is not None:
+        extra_card = {**(extra_card or {}), "semi_supervised": semi.block}
+    w = distributed.world()
+    if w.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
+                                             "finetune": strategy, "processes": w.size,
+                                             "machine": describe_machine()})
+    transfer = None
+    if cached:
+        result, transfer = fit_transfer(inputs, cfg, hw, out_dir, strategy, console, started,
+                                        top_stages=start.top_stages)
+    else:
+        result = fit(inputs, cfg, hw, out_dir, resume=state, console=console)
+    if not w.main:  # rank 0 evaluates and writes the artifact; the others get its summary
+        return distributed.share(None, w)
+
+    if semi is not None:
+        extra_card["semi_supervised"] = {**semi.block, **semi.criterion.record()}
+    training = {k: v for k, v in (("transfer", transfer), ("time_budget", budget_record)) if v}
+    return distributed.share(write_artifact(
+        out_dir, model, result, start, pre, source, parts, train_imgs, cfg, hw, console,
+        started=started, stage=stage, parent=parent, strategy=strategy, skipped=skipped,
+        extra_card=extra_card, extra_training=training), w)
+
+
+def _fit_inputs(cfg: TrainConfig, model: torch.nn.Module, input_size: tuple[int, int],
+                pre: dict[str, Any], fresh: bool, cached: bool, strategy: str,
+                train_imgs: DecodedImages,
+                val_imgs: DecodedImages | None, num_classes: int, criterion: Callable | None,
+                on_epoch_end: Callable | None, epoch_hook: Callable | None,
+                console: Console) -> tuple[FitInputs, Any]:
+    """What the fit loop needs besides the config, and the semi-supervised set-up (or None)."""
     groups, on_epoch_start = ([], None) if cached else _finetune_groups(model, strategy, cfg)
     if epoch_hook is not None:
         on_epoch_start = _chain_epoch_start(on_epoch_start, epoch_hook, model)
@@ -220,55 +234,42 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
         semi, criterion, on_epoch_start = fixmatch_criterion(
             cfg, model, input_size, num_classes, pre, class_w, criterion, on_epoch_start,
             console, labelled_per_epoch=len(train_imgs))
-        extra_card = {**(extra_card or {}), "semi_supervised": semi.block}
-
-    w = distributed.world()
-    if w.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,
-                                             "finetune": strategy, "processes": w.size,
-                                             "machine": describe_machine()})
     inputs = FitInputs(model=model, num_classes=num_classes, param_groups=groups,
                        train=train_imgs, val=val_imgs, mean=pre["mean"], std=pre["std"],
                        class_weights=class_w, sample_weights=sample_w,
                        on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
                        on_ema=semi.criterion.use_teacher if semi is not None else None,
                        criterion=criterion, init_from_data=fresh)
-    transfer = None
-    if cached:
-        result, transfer = fit_transfer(inputs, cfg, hw, out_dir, strategy, console, started,
-                                        top_stages=start.top_stages)
-    else:
-        result = fit(inputs, cfg, hw, out_dir, resume=state, console=console)
-    if not w.main:  # rank 0 evaluates and writes the artifact; the others get its summary
-        return distributed.share(None, w)
+    return inputs, semi
 
-    model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    model.load_state_dict(result.best_state)
-    for note in result.notes:
-        console.print(f"  {note}", style="dim")
-    card = make_card(arch=start.arch, arch_kwargs=start.arch_kwargs, classes=source.classes,
-                     input_size=input_size, mean=pre["mean"], std=pre["std"], stage=stage,
-                     parent=parent, config=cfg.to_dict(), interpolation=pre["interpolation"],
-                     tta=cfg.tta, transforms=start.transforms)
-    card.update(extra_card or {})
-    save_artifact(out_dir, model, {**card, "metrics": {}})
-    art = Artifact(path=out_dir, card=card, model=model)
-    metrics = _final_metrics(art, parts, train_imgs, source, cfg, console)
-    card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
-    card["training"] = training_record(result, strategy, skipped, hw, started, parts)
-    if transfer is not None:
-        card["training"]["transfer"] = transfer
-    if budget_record:
-        card["training"]["time_budget"] = budget_record
-    if semi is not None:
-        card["semi_supervised"].update(semi.criterion.record())
-    save_artifact(out_dir, model, card)
-    summary = {"artifact": str(out_dir), "model": start.arch, "stage": stage,
-               "classes": len(source.classes), "metrics": card["metrics"],
-               "training": card["training"]}
-    print_summary(console, summary, out_dir)
-    return distributed.share(summary, w)
+
+def _plan(cfg: TrainConfig, start: StartModel, fresh: bool, resumed: bool,
+          images_per_class: float, median_side: float) -> tuple[str, bool]:
+    """(the fine-tuning strategy, whether it trains on cached activations of a frozen part)."""
+    continues_transfer = fresh or start.transfer
+    strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
+                             images_per_class=images_per_class, epochs=cfg.epochs,
+                             freeze_stages=cfg.freeze_stages,
+                             cached_top=continues_transfer
+                             and transfer_ready(start.model, median_side))
+    return strategy, continues_transfer and not resumed and strategy in CACHED_STRATEGIES
+
+
+def _start_model(cfg: TrainConfig, num_classes: int, start: StartModel | None,
+                 resumed: bool) -> tuple[StartModel, dict[str, Any], bool]:
+    """(the network to fit, its preprocessing, whether it is fresh from `cfg.model`)."""
+    if start is not None:
+        return start, {"mean": start.mean, "std": start.std,
+                       "interpolation": start.interpolation}, False
+    # On resume the weights come from the checkpoint, so no pretrained file is read.
+    model = create_model(cfg.model, num_classes, pretrained=False if resumed else cfg.pretrained,
+                         drop_rate=cfg.dropout, img_size=cfg.img_size)
+    pre = model_preprocessing(model)
+    input_size = (cfg.img_size, cfg.img_size) if cfg.img_size else tuple(pre["input_size"])
+    return StartModel(model=model, arch=cfg.model, input_size=input_size, mean=pre["mean"],
+                      std=pre["std"], arch_kwargs={"img_size": cfg.img_size} if cfg.img_size
+                      else {}, interpolation=pre.get("interpolation", "bilinear"),
+                      tta=cfg.tta), pre, True
 
 
 def decode_partition(parts: Partition, input_size: tuple[int, int],
@@ -292,56 +293,6 @@ def decode_partition(parts: Partition, input_size: tuple[int, int],
         raise DatasetError("every validation image was unreadable; fix the images or pass "
                            "--val-fraction 0")
     return train, val
-
-
-def _final_metrics(art: Artifact, parts: Partition, train_imgs, source: DataSource,
-                   cfg: TrainConfig, console: Console) -> dict[str, Any]:
-    """Measured through the same evaluate path as `leanvision eval`, in fp32."""
-    metrics: dict[str, Any] = {}
-    rng = np.random.default_rng(cfg.seed)
-    side = art.input_size[0] * art.input_size[1]
-    n_probe = min(len(parts.train), max(TRAIN_PROBE_MIN, TRAIN_PROBE_PIXELS // side))
-    probe = parts.train.subset(np.sort(rng.choice(len(parts.train), n_probe, replace=False)))
-    evaluations = [("train", probe), ("val", parts.val), ("test", parts.test)]
-    for split, records in evaluations:
-        if records is None or not len(records):
-            continue
-        result = evaluate_records(art, records, split, cfg.data,
-                                  skip_bad_images=cfg.skip_bad_images, device=cfg.device)
-        keep = ("n", "top1", "top5", "loss", "macro_f1", "ece")
-        metrics[split] = {k: v for k, v in result["metrics"].items() if k in keep or
-                          k.startswith("top")}
-        if split != "train":
-            metrics[split]["per_class"] = result["metrics"]["per_class"]
-            metrics[split]["confusion"] = result["metrics"]["confusion"]
-    metrics["fit"] = diagnose_fit(metrics)
-    return metrics
-
-
-def training_record(result: FitResult, strategy: str, skipped: list, hw, started: float,
-                    parts: Partition) -> dict[str, Any]:
-    """The card's "training" block: how the fit went, on what, and how fast."""
-    last = result.history[-1] if result.history else {}
-    waits = [h["data_wait_fraction"] for h in result.history]
-    speeds = [h["images_per_second"] for h in result.history]
-    return {
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "weights": result.best_source,
-        "stopped": result.stopped,
-        "selection": result.notes,
-        "finetune": strategy,
-        "device": str(hw.device),
-        "precision": hw.precision,
-        "channels_last": hw.channels_last,
-        "val_origin": parts.val_origin,
-        "skipped_images": [f"{item}: {reason}" for item, reason in skipped],
-        "images_per_second": float(np.median(speeds)) if speeds else None,
-        "data_wait_fraction": float(np.mean(waits)) if waits else None,
-        "final_lr": last.get("lr"),
-        "seconds": round(time.perf_counter() - started, 2),
-        "processes": distributed.world().size,
-    }
 
 
 def balance_weights(mode: str, labels: torch.Tensor, num_classes: int):

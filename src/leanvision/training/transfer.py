@@ -140,15 +140,11 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
     The probe is epoch 0: when fine-tuning ends below it on validation by more than the split's
     noise, the probe's weights are kept (the final-epoch rule of `prefer_final`)."""
     top = split.top.to(hw.device)
-    params = [p for p in top.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     n = len(train.labels)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     epochs = cfg.epochs
+    optimizer = _adamw(top, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(warmup_cosine, total=epochs * steps_per_epoch))
     g = torch.Generator().manual_seed(cfg.seed)
@@ -161,34 +157,9 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
         best_state = cpu_state(top)
     started, stopped = time.perf_counter(), None
     for epoch in range(epochs):
-        top.train()
-        for m in top.modules():  # pretrained statistics stay (see the module docstring)
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        order = torch.randperm(n, generator=g)
-        t0, loss_sum, correct = time.perf_counter(), 0.0, 0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch:(step + 1) * batch]
-            x = _augmented(train, idx, g).to(hw.device)
-            y = train.labels[idx].to(hw.device)
-            with hw.autocast():
-                logits = top(x)
-            loss = F.cross_entropy(logits.float(), y, weight=weights,
-                                   label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            progress(1, {"loss": loss_sum / ((step + 1) * batch)})
-        seconds = time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                                  "train_loss": loss_sum / (steps_per_epoch * batch),
-                                  "train_top1": correct / (steps_per_epoch * batch),
-                                  "epoch_seconds": seconds,
-                                  "images_per_second": steps_per_epoch * batch / seconds,
-                                  "data_wait_fraction": 0.0}
+        record = _top_epoch(top, train, optimizer, schedule, g, cfg, hw, batch, weights,
+                            progress)
+        record = {"epoch": epoch + 1, **record}
         if val is not None:
             record["val_loss"], record["val_top1"] = top_accuracy(split, val.views[0],
                                                                   val.labels, hw)
@@ -220,6 +191,50 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
                        best_val_top1=best["top1"] if best["top1"] >= 0 else None,
                        history=history, stopped=stopped, notes=notes)
     return result, {"steps_per_epoch": steps_per_epoch, "batch": batch}
+
+
+def _adamw(top: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable top; no decay on biases and norm scales."""
+    params = [p for p in top.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def _top_epoch(top: torch.nn.Module, train: Cached, optimizer: torch.optim.Optimizer,
+               schedule: torch.optim.lr_scheduler.LRScheduler, g: torch.Generator,
+               cfg: TrainConfig, hw: Hardware, batch: int, weights: torch.Tensor | None,
+               progress: Callable[[int, dict], None]) -> dict[str, Any]:
+    """One epoch of the top over the cached training views; the epoch's record."""
+    top.train()
+    for m in top.modules():  # pretrained statistics stay (see the module docstring)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    n = len(train.labels)
+    steps_per_epoch = max(1, n // batch)
+    order = torch.randperm(n, generator=g)
+    t0, loss_sum, correct = time.perf_counter(), 0.0, 0
+    for step in range(steps_per_epoch):
+        idx = order[step * batch:(step + 1) * batch]
+        x = _augmented(train, idx, g).to(hw.device)
+        y = train.labels[idx].to(hw.device)
+        with hw.autocast():
+            logits = top(x)
+        loss = F.cross_entropy(logits.float(), y, weight=weights,
+                               label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        progress(1, {"loss": loss_sum / ((step + 1) * batch)})
+    seconds = time.perf_counter() - t0
+    return {"lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / (steps_per_epoch * batch),
+            "train_top1": correct / (steps_per_epoch * batch), "epoch_seconds": seconds,
+            "images_per_second": steps_per_epoch * batch / seconds, "data_wait_fraction": 0.0}
 
 
 def warmup_cosine(step: int, total: int, warmup_share: float = 0.1) -> float:
