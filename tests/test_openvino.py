@@ -21,6 +21,7 @@ from leanvision.cli import app
 from leanvision.compress import ptq_openvino
 from leanvision.compress.quantize import quantize
 from leanvision.errors import ArtifactError, ConfigError
+from leanvision.reports.collect import accuracy, resolve_variants, runtime_of, size_bytes
 from leanvision.runtime.bench import bench
 from leanvision.runtime.openvino_runtime import (
     check_parity,
@@ -83,6 +84,14 @@ def test_openvino_ptq_writes_a_guarded_ir_artifact(quantized) -> None:
     assert card["recommended_runtime"] == ("openvino-int8" if timings["int8_faster"]
                                            else "openvino-fp32")
     assert card["exports"]["openvino-int8"]["weights"] == "model.openvino-int8.bin"
+
+
+def test_the_report_reads_an_openvino_artifact_as_what_it_ships(quantized) -> None:
+    variant = resolve_variants([quantized["out"]])[0]
+    metrics = json.loads((quantized["out"] / "model.json").read_text())["metrics"]
+    assert variant.quantized and runtime_of(variant) == "openvino-int8"
+    assert accuracy(variant, "val") == metrics["openvino_int8"]["val"]["top1"]
+    assert size_bytes(variant) == metrics["openvino_int8"]["size_bytes"]
 
 
 def test_predictor_runs_both_openvino_runtimes_with_the_callers_threads(quantized) -> None:

@@ -15,9 +15,12 @@ import numpy as np
 from ..artifact import CARD_FILE, WEIGHTS_FILE, read_card
 from ..errors import ArtifactError, ConfigError, LeanvisionError
 from ..io import read_jsonl
+from ..runtime.openvino_runtime import INT8_XML
 
 METRICS_FILE = "metrics.jsonl"
 INT8_FILE = "model.int8.onnx"
+# What a quantized artifact ships, by backend: (its file, the card's metrics key, its runtime).
+INT8_FORMATS = ((INT8_FILE, "int8", "onnx-int8"), (INT8_XML, "openvino_int8", "openvino-int8"))
 # A report compares variants on this machine; `leanvision bench` is the careful measurement.
 BENCH = {"batch": 32, "warmup": 5, "iterations": 30}
 RELIABILITY_BINS = 15  # as evaluate.CALIBRATION_BINS, so the diagram and the card's ECE agree
@@ -44,8 +47,14 @@ class Variant:
         return (self.card or {}).get("metrics") or {}
 
     @property
+    def int8(self) -> tuple[str, str, str] | None:
+        """The INT8 model it ships (file, metrics key, runtime), or None."""
+        return next((f for f in INT8_FORMATS
+                     if (self.path / f[0]).is_file() and f[1] in self.metrics), None)
+
+    @property
     def quantized(self) -> bool:
-        return (self.path / INT8_FILE).is_file() and "int8" in self.metrics
+        return self.int8 is not None
 
     @property
     def has_weights(self) -> bool:
@@ -163,7 +172,8 @@ def _top1(variant: Variant, split: str) -> float | None:
 
 
 def int8_top1(variant: Variant, split: str) -> float | None:
-    entry = variant.metrics.get("int8", {}).get(split)
+    key = variant.int8[1] if variant.int8 else "int8"
+    entry = variant.metrics.get(key, {}).get(split)
     return entry.get("top1") if isinstance(entry, dict) else None
 
 
@@ -177,9 +187,10 @@ def accuracy(variant: Variant, split: str) -> float | None:
 
 
 def size_bytes(variant: Variant) -> int | None:
-    if variant.quantized:
-        recorded = variant.metrics["int8"].get("size_bytes")
-        return int(recorded) if recorded else (variant.path / INT8_FILE).stat().st_size
+    if variant.int8:
+        file, key, _ = variant.int8
+        recorded = variant.metrics[key].get("size_bytes")
+        return int(recorded) if recorded else (variant.path / file).stat().st_size
     if variant.metrics.get("size_bytes") is not None:
         return int(variant.metrics["size_bytes"])
     weights = variant.path / WEIGHTS_FILE
@@ -187,9 +198,9 @@ def size_bytes(variant: Variant) -> int | None:
 
 
 def runtime_of(variant: Variant) -> str:
-    """The runtime a variant is timed with: the INT8 ONNX file for a quantized artifact (what it
-    was made for), else eager PyTorch, which every artifact has."""
-    return "onnx-int8" if variant.quantized else "torch"
+    """The runtime a variant is timed with: its INT8 model for a quantized artifact (what it was
+    made for), else eager PyTorch, which every artifact has."""
+    return variant.int8[2] if variant.int8 else "torch"
 
 
 # ---- speed ---------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def _gallery(explained: Explained, v: Variant, parent_name: str | None) -> str:
     if explained.layer:
         notes.append(f"Target layer: {explained.layer}.")
     if v.quantized:
-        notes.append("Maps of the FP32 weights: the INT8 ONNX model has no gradients to follow.")
+        notes.append("Maps of the FP32 weights: the INT8 model has no gradients to follow.")
     return html.gallery(figures, wide=paired) + html.paragraph(" ".join(notes), "muted")
 
 
