@@ -23,6 +23,7 @@ from ..data.partition import partition
 from ..errors import ConfigError
 from ..hardware import Hardware, choose_hardware
 from ..models import model_preprocessing
+from ..setting import setting
 from ..tracking import tracked
 from ..training import distributed
 from ..training.api import StartModel, decode_partition, train_on
@@ -40,13 +41,15 @@ DKD_WARMUP_MAX_EPOCHS = 20
 
 @dataclass
 class DistillConfig:
-    loss: str = "kd"
-    temperature: float = 4.0
-    alpha: float = 0.9  # KD: weight of the teacher's soft targets against the labels
-    dkd_alpha: float = 1.0  # DKD: weight of the target-class term (TCKD)
-    dkd_beta: float = 8.0  # DKD: weight of the non-target-class term (NCKD)
-    dkd_warmup_epochs: float | None = None  # None: min(20, epochs // 4)
-    cache_teacher: str = "auto"
+    loss: str = setting("kd", "kd (Hinton) or dkd (decoupled KD).")
+    temperature: float = setting(4.0, "Softening temperature of both logits.")
+    alpha: float = setting(0.9, "KD: weight of the teacher's soft targets.")
+    dkd_alpha: float = setting(1.0, "DKD: weight of target-class KD.")
+    dkd_beta: float = setting(8.0, "DKD: weight of non-target-class KD.")
+    # None: min(20, epochs // 4)
+    dkd_warmup_epochs: float | None = setting(None, "DKD: epochs to ramp it in.")
+    cache_teacher: str = setting("auto", "auto, always or never: cache the teacher's logits "
+                                 "(only without augmentation).")
 
     def __post_init__(self) -> None:
         if self.loss not in DISTILL_LOSSES:

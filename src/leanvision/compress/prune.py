@@ -29,6 +29,7 @@ from ..artifact import (
 from ..data import ImageChecks, decode_images, decoding_for, load_data, normalize
 from ..data.partition import Partition, partition
 from ..errors import ConfigError
+from ..setting import setting
 from ..tracking import tracked
 from ..training import distributed
 from ..training.api import StartModel, train_on
@@ -50,22 +51,25 @@ class PruneConfig:
     0.5 leaves at most half the FLOPs; with "channels", half of each layer's (or, globally, of
     all) channels; for unstructured pruning it is the share of weights set to zero."""
 
-    ratio: float = 0.5
-    target: str | None = None  # None: flops (structured), channels (soft), params (unstructured)
-    method: str = "structured"
-    importance: str = "l2"
-    # auto: prune both ways and keep the one that loses less validation accuracy before
-    # fine-tuning (global ranking cut airnet_m's first convolutions to a quarter and left it at
-    # chance; per-layer kept 42%); soft and unstructured pruning rank globally.
-    scope: str = "auto"
-    steps: int = 1
-    finetune_epochs: int = 5  # per step; 0 prunes without any fine-tuning
-    max_layer_ratio: float = 0.9  # no layer loses more than this share of its channels
-    # Channel counts stay multiples of this. Odd widths push oneDNN/MLAS off their vector paths:
-    # resnet20 at 50% FLOPs with free widths (some 1-7 channels) ran slower than unpruned in ONNX
-    # Runtime at batch 1 and trained 40% slower; multiples of 8 made it 1.3x faster. 1: any width.
-    round_to: int = 8
-    check: bool = True  # forward, ONNX export and fresh-process reload after pruning
+    ratio: float = setting(0.5, "Fraction removed: of the FLOPs, params, channels, or "
+                           "(unstructured) of the weights.")
+    target: str | None = setting(None, "flops, params or channels (default: flops; channels "
+                                 "for soft, params for unstructured).")
+    method: str = setting("structured", "structured, unstructured or soft.")
+    importance: str = setting("l2", "l1, l2, bn (batch-norm scale) or taylor.")
+    # auto: global ranking cut airnet_m's first convolutions to a quarter and left it at chance;
+    # per-layer kept 42%. Soft and unstructured pruning rank globally.
+    scope: str = setting("auto", "global (rank channels across layers), layer, or auto (try "
+                         "both, keep the one that loses less val accuracy).")
+    steps: int = setting(1, "Prune in this many steps, fine-tuning after each.")
+    finetune_epochs: int = setting(5, "Fine-tuning epochs per step (0: none).")
+    max_layer_ratio: float = setting(0.9, "No layer loses more than this share.")
+    # Odd widths push oneDNN/MLAS off their vector paths: resnet20 at 50% FLOPs with free widths
+    # (some 1-7 channels) ran slower than unpruned in ONNX Runtime at batch 1 and trained 40%
+    # slower; multiples of 8 made it 1.3x faster.
+    round_to: int = setting(8, "Keep channel counts multiples of this (vector-friendly widths "
+                            "run faster; 1: any width).")
+    check: bool = setting(True, "Check forward, ONNX export and a fresh reload.")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..setting import setting
 from ..training.config import reject_unknown
 
 FUSIONS = ("early", "late", "attention", "text-only")
@@ -17,15 +18,23 @@ EMPTY_TEXT = ("keep", "drop", "error")
 
 @dataclass
 class MultimodalConfig:
-    text_columns: list[str] | None = None  # CSV columns joined into one text per row
-    fusion: str = "early"  # early: concatenated features; late: weighted logits;
-    # attention: image tokens attend to text tokens; text-only: a baseline without the image
-    text_encoder: str = "hashed"  # hashed n-grams trained here, or pretrained all-MiniLM-L6-v2
+    # CSV columns joined into one text per row
+    text_columns: list[str] | None = setting(None, "CSV text columns read with each image "
+                                             "(comma-separated): an image + text model.")
+    # early: concatenated features; late: weighted logits; attention: image tokens attend to
+    # text tokens; text-only: a baseline without the image
+    fusion: str = setting("early", "early (default), late, attention or text-only.")
+    # hashed n-grams trained here, or pretrained all-MiniLM-L6-v2
+    text_encoder: str = setting("hashed", "hashed (default; trained here) or minilm "
+                                "(pretrained, offline).")
     # None: fine-tune the hashed encoder (it starts random), keep MiniLM frozen (a few thousand
     # captions would mostly blur what 1B sentence pairs taught it, at 10x the step cost)
-    text_finetune: bool | None = None
-    max_tokens: int = 32  # ids per text after tokenization (longer texts are cut)
-    empty_text: str = "keep"  # rows with no text: keep (image branch), drop (counted) or error
+    text_finetune: bool | None = setting(None, "Train the text encoder (default: hashed yes, "
+                                         "minilm no).")
+    # ids per text after tokenization (longer texts are cut)
+    max_tokens: int = setting(32, "Tokens per text (32).")
+    empty_text: str = setting("keep", "Rows without text: keep (image branch), drop (counted) "
+                              "or error.")
     fusion_dim: int = 128  # width of the fused representation / attention
     attention_heads: int = 4
     # Fraction of training rows whose text is hidden, so the fused path does not lean on text

@@ -22,6 +22,7 @@ import torch
 from fastapi import FastAPI
 
 from ..errors import ConfigError
+from ..setting import setting
 from .explain import Explainer
 from .limits import (
     ApiKeyMiddleware,
@@ -48,13 +49,14 @@ class Runtime(Protocol):
 
 @dataclass
 class ServeSettings:
-    api_key: str | None = None
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    queue_size: int = 256
-    timeout_s: float = 10.0
-    max_body_mb: float = 20.0
-    top_k: int = 5
+    api_key: str | None = setting(None, "Required key (or LEANVISION_API_KEY); sent as "
+                                  "'Authorization: Bearer KEY' or 'X-API-Key'.")
+    max_batch: int = setting(32, "Largest dynamic batch.")
+    max_wait_ms: float = setting(5.0, "Longest wait to fill a batch.")
+    queue_size: int = setting(256, "Images waiting beyond this get 503.")
+    timeout_s: float = setting(10.0, "Per-request timeout (504).")
+    max_body_mb: float = setting(20.0, "Request bodies above this get 413.")
+    top_k: int = setting(5, "Default classes per image.")
 
     def __post_init__(self) -> None:
         for flag, value, low in (("--max-batch", self.max_batch, 1),

@@ -38,6 +38,7 @@ from ..data.unlabeled import UnlabeledImages, load_unlabeled
 from ..errors import ConfigError, DatasetError
 from ..evaluate import evaluate_records, evaluation_records, model_cost
 from ..hardware import choose_hardware
+from ..setting import setting
 from ..training.checkpoint import CHECKPOINT_FILE
 from ..training.report import print_outputs
 from .adabn import adabn, batch_norm_layers
@@ -50,11 +51,15 @@ KEPT_METRICS = ("n", "top1", "loss", "macro_f1", "ece")
 
 @dataclass
 class AdaptConfig:
-    method: str = "adabn"
-    min_target_images: int = MIN_TARGET_IMAGES
-    batch_size: int = 256  # AdaBN's pass over the target
-    domain_weight: float = 1.0  # DANN: weight of the domain loss beside cross-entropy
-    target_bn: bool = True  # DANN: finish with AdaBN on the target
+    method: str = setting("adabn", "adabn (re-estimate batch-norm statistics; seconds) or dann "
+                          "(domain-adversarial fine-tuning; stronger).")
+    min_target_images: int = setting(MIN_TARGET_IMAGES, "Refuse target folders with fewer "
+                                     "images.")
+    batch_size: int = setting(256, "AdaBN: images per statistics batch (256); DANN: training "
+                              "batch.")
+    # beside cross-entropy
+    domain_weight: float = setting(1.0, "DANN: weight of the domain loss.")
+    target_bn: bool = setting(True, "DANN: finish with AdaBN on the target.")
     seed: int = 0
 
     def __post_init__(self) -> None:

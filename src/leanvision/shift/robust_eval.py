@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluation_records, predict_logits
 from ..hardware import choose_hardware
 from ..io import write_json
+from ..setting import setting
 from ..training.report import print_outputs
 from ..tta import check_tta
 from .corruptions import FAMILIES, check_families, check_severities, corrupt, parameter
@@ -38,13 +39,17 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]  # uint8 [N, 3, H, W] -> logits 
 
 @dataclass
 class RobustnessConfig:
-    severities: tuple[int, ...] = (1, 3, 5)
-    families: tuple[str, ...] = FAMILIES
-    split: str = "auto"
-    seed: int = 0  # the corrupted copy (noise) and the max_images subset
-    max_images: int | None = None  # a seeded random subset of the split, for a quick look
+    severities: tuple[int, ...] = setting((1, 3, 5), "Comma list of CIFAR-10-C severities 1..5.")
+    families: tuple[str, ...] = setting(FAMILIES, "Comma list of gaussian_noise, gaussian_blur, "
+                                        "jpeg_compression, brightness, contrast, pixelate; or "
+                                        "all.")
+    split: str = setting("auto", "auto (test, else val), train, val, test or all.")
+    seed: int = setting(0, "Seed of the noise (and of --max-images).")
+    # a subset for a quick look
+    max_images: int | None = setting(None, "Score a seeded random subset this big.")
     batch_size: int = 256
-    runtime: str = "auto"  # torch, onnx-fp32, onnx-int8; auto: what the artifact ships
+    runtime: str = setting("auto", "auto (what the artifact ships: INT8 ONNX for a quantized "
+                           "one), torch, onnx-fp32 or onnx-int8.")
     tta: str | None = None  # None: the card's own
 
     def __post_init__(self) -> None:

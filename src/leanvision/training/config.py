@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..setting import setting
 from ..tta import TTA_MODES
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
@@ -29,78 +30,100 @@ SELF_TRAINING_ONLY = ("rounds", "teacher_epochs", "teacher", "pseudo_share")
 @dataclass
 class TrainConfig:
     # --- data ---
-    data: str = "builtin:digits"
-    val_fraction: float = 0.1
-    img_size: int | None = None  # None: the model's own input size
-    skip_bad_images: bool = False
-    balance: str = "none"  # class imbalance: weighted loss or a balanced sampler
-    cache_dir: str | None = None
+    data: str = setting("builtin:digits", "Folder, CSV file or builtin:digits.")
+    val_fraction: float = setting(0.1, "Hold-out for data without a val split.")
+    img_size: int | None = setting(None, "Input size; default: the model's.")
+    skip_bad_images: bool = setting(False, "Leave out images that cannot be decoded.")
+    # class imbalance: weighted loss or a balanced sampler
+    balance: str = setting("none", "none, loss (class weights) or sampler.")
+    cache_dir: str | None = setting(None, "Folder for decoded images on disk (default: in "
+                                    "memory, or ~/.cache/leanvision when they would not fit).")
     # --- recipe: which defaults fill the unset (None) settings ---
-    recipe: str = "auto"  # auto: "fast" for small images with enough data, else "standard"
+    recipe: str = setting("auto", "auto, standard, or fast (airbench-style, for CIFAR-sized "
+                          "data).")
     # --- model ---
-    model: str | None = None  # None: chosen from the image size and whether weights exist
-    pretrained: bool | str | None = None  # None: use local weights when the model has them
-    finetune: str = "auto"
-    freeze_stages: int = 2
-    dropout: float | None = None
+    model: str | None = setting(None, "Model name (leanvision models); default from the image "
+                                "size.")
+    pretrained: bool | str | None = setting(None, "auto, yes, no, or a weights file.")
+    finetune: str = setting("auto", "auto, full, probe, lp-ft, freeze, lower-lr.")
+    freeze_stages: int = setting(2, "Stages kept frozen by --finetune freeze.")
+    dropout: float | None = setting(None, "Dropout before the classifier.")
     # --- optimisation ---
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    l1: float = 0.0
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    step_size: int | None = None  # epochs between decays for schedule=step
-    gamma: float = 0.1
-    label_smoothing: float | None = None
-    grad_clip: float | None = None
-    norm_lr_scale: float | None = None  # lr multiplier for biases and norm parameters
-    ema: bool | None = None
-    ema_decay: float | None = None
-    lookahead: bool | None = None  # EMA copied back into the weights (airbench's lookahead)
-    early_stop: int | None = None  # patience in epochs; None: off
-    # minutes for the whole run, decode to saved artifact (probe / lp-ft size their work to it)
-    time_budget: float | None = None
+    epochs: int | None = setting(None, "Default: from the data's size.")
+    batch_size: int | None = setting(None, "Default: from the data's size.")
+    lr: float | None = setting(None, "Default: the optimizer's usual rate.")
+    optimizer: str | None = setting(None, "sgd, momentum, nesterov, adagrad, rmsprop, adadelta, "
+                                    "adam, adamw.")
+    momentum: float | None = setting(None, "Momentum of sgd-family optimizers (default: the "
+                                     "recipe's).")
+    weight_decay: float | None = setting(None, "Default: the recipe's.")
+    l1: float = setting(0.0, "L1 penalty on weights.")
+    schedule: str | None = setting(None, "cosine, step, onecycle, triangle, plateau, constant.")
+    warmup_epochs: float | None = setting(None, "Epochs of linear warm-up (default: the "
+                                          "recipe's).")
+    step_size: int | None = setting(None, "--schedule step: epochs between decays (default: a "
+                                    "third of the run).")
+    gamma: float = setting(0.1, "--schedule step: factor of each decay.")
+    label_smoothing: float | None = setting(None, "Default: the recipe's.")
+    grad_clip: float | None = setting(None, "Clip the gradient norm to this.")
+    norm_lr_scale: float | None = setting(None, "LR multiplier for biases and norms.")
+    ema: bool | None = setting(None, "Keep an exponential moving average of the weights.")
+    ema_decay: float | None = setting(None, "--ema: decay per step (default: the recipe's).")
+    # EMA copied back into the weights (airbench's lookahead)
+    lookahead: bool | None = setting(None, "Average weights every 5 steps and copy back "
+                                     "(airbench).")
+    early_stop: int | None = setting(None, "Stop after N epochs without val gain.")
+    # decode to saved artifact; probe / lp-ft size their work to it
+    time_budget: float | None = setting(None, "Minutes for the whole run (probe, lp-ft): "
+                                        "epochs are sized to fit.")
     # --- augmentation ---
-    augment: str = "light"
-    translate: int | None = None  # random shift in pixels; None: 1/8 of the side
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    # --- semi-supervised (FixMatch): unlabelled images of the same classes ---
-    unlabeled: str | None = None  # folder of unlabelled images; None: supervised only
-    mu: int = 7  # unlabelled images per labelled one in each step
-    # confidence a pseudo-label needs to count; None: 0.95 (FixMatch), none (teacher)
-    threshold: float | None = None
-    lambda_u: float = 1.0  # weight of the unlabelled consistency loss
-    # "teacher": a converged teacher labels every image once per round, a student learns from
-    # both (training/self_training.py; the default because it gained over the labels alone
-    # on CIFAR-10 with 4,000 labels where FixMatch lost at the same time budget: the figures
-    # are in bench/README.md and bench/results/few_labels-*.json); "epoch": FixMatch with
-    # pseudo-labels taken once per epoch and only confident images forwarded (cheap); "step":
-    # the paper's per-step weak-view labels (see training/semi.py)
-    pseudo_labels: str = "teacher"
-    # "teacher": students trained, each the next one's teacher (a second round bought nothing
-    # on CIFAR-10 with 4,000 labels: bench/results/few_labels-2rounds.json)
-    rounds: int = 1
-    teacher_epochs: int | None = None  # "teacher": the teacher's epochs; None: the recipe's
-    teacher: str | None = None  # "teacher": an artifact to use as the first teacher
-    pseudo_share: float = 0.5  # "teacher": the most confident share of each class kept
-    # "flex": FlexMatch's class-wise thresholds, low while a class is little learnt, rising to
-    # `threshold`; "fixed": `threshold` for every class. Applies to pseudo_labels="epoch".
-    thresholds: str = "fixed"
+    augment: str = setting("light", "none, light (crop+flip), strong.")
+    translate: int | None = setting(None, "Random shift in pixels (default 1/8).")
+    mixup: float = setting(0.0, "MixUp alpha (0: off).")
+    cutmix: float = setting(0.0, "CutMix alpha (0: off).")
+    # --- semi-supervised: unlabelled images of the same classes ---
+    unlabeled: str | None = setting(None, "Folder of unlabelled images of the same classes: "
+                                    "semi-supervised training (self-training with a teacher, "
+                                    "or FixMatch).")
+    mu: int = setting(7, "FixMatch: unlabelled images per labelled one per step.")
+    threshold: float | None = setting(None, "--unlabeled: pseudo-label confidence needed "
+                                      "(default 0.95; none with a teacher).")
+    lambda_u: float = setting(1.0, "FixMatch: weight of the unlabelled loss.")
+    # "teacher" is the default because it gained over the labels alone on CIFAR-10 with 4,000
+    # labels where FixMatch lost at the same time budget (the figures are in bench/README.md and
+    # bench/results/few_labels-*.json); see training/self_training.py and training/semi.py
+    pseudo_labels: str = setting("teacher", "--unlabeled: teacher (self-training: a teacher "
+                                 "trained on the labels labels every image once, a student "
+                                 "learns from both), epoch (FixMatch, labelled once per epoch, "
+                                 "only confident images trained) or step (FixMatch's per-step "
+                                 "labels).")
+    # a second round bought nothing on CIFAR-10 with 4,000 labels
+    # (bench/results/few_labels-2rounds.json)
+    rounds: int = setting(1, "--pseudo-labels teacher: students trained, each the next round's "
+                          "teacher.")
+    teacher_epochs: int | None = setting(None, "--pseudo-labels teacher: the teacher's epochs "
+                                         "(default: the recipe's).")
+    teacher: str | None = setting(None, "--pseudo-labels teacher: an artifact to use as the "
+                                  "first teacher instead of training one.")
+    pseudo_share: float = setting(0.5, "--pseudo-labels teacher: the most confident share of "
+                                  "each class's images that gets a label.")
+    # FlexMatch thresholds rise to `threshold` as a class is learnt; for pseudo_labels="epoch"
+    thresholds: str = setting("fixed", "FixMatch: flex (FlexMatch's class-wise thresholds, low "
+                              "while a class is little learnt) or fixed (--threshold for all).")
     # --- inference ---
-    tta: str | None = None  # test-time augmentation, saved in the card for eval and predict
+    # saved in the card for eval and predict
+    tta: str | None = setting(None, "Test-time augmentation: none, flip, flip-translate, "
+                              "multi-crop.")
     # --- hardware ---
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    workers: int | None = None
+    device: str = setting("auto", "auto, cpu or cuda.")
+    precision: str = setting("auto", "auto, fp32, bf16 or fp16.")
+    channels_last: bool | None = setting(None, "Channels-last memory layout, which lets "
+                                         "oneDNN and cuDNN pick faster kernels (default: yes).")
+    workers: int | None = setting(None, "Image-decoding worker processes (default: from the "
+                                  "CPU count).")
     # --- bookkeeping ---
-    seed: int = 0
-    progress: bool = True
+    seed: int = setting(0, "Seed of the split, the initialisation and the augmentation.")
+    progress: bool = setting(True, "Show progress bars (default: when stderr is a terminal).")
 
     def __post_init__(self) -> None:
         # Paths given through the Python API are kept as text: the config goes into JSON

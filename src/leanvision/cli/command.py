@@ -1,0 +1,191 @@
+"""The typer app, the error handling every verb shares, and `verb`: one call that turns an API
+function (and the config dataclasses behind its **settings) into a command, so an option's type,
+default and help are written once, where the setting lives."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..errors import LeanvisionError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and inspect image classifiers on the hardware at hand.")
+out_console = Console()
+err_console = Console(stderr=True)
+# The verb being run (set by main): only its options are built, so `leanvision --help` imports
+# no stage and `leanvision eval` no training code. None (an embedded `app`): every verb's.
+RUNNING: str | None = None
+
+# Help of options that many verbs share; a config field's or a verb's own text wins.
+COMMON_HELP = {
+    "out": "Output folder (default: runs/<verb>/<name>).",
+    "track": "Record the run in MLflow (default store: runs/mlflow.db; see --track-uri).",
+    "track_uri": "MLflow tracking URI (http://host:5000, sqlite:///file.db, ...); implies "
+                 "--track. Default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db.",
+    "tta": "Test-time augmentation: none, flip, flip-translate or multi-crop (default: the one "
+           "the card stores).",
+    "artifact": "Artifact folder.", "images": "Image files.",
+    "data": "Folder, CSV file or builtin:digits.", "device": "auto, cpu or cuda.",
+    "skip_bad_images": "Leave out images that cannot be decoded.",
+    "nproc": "Data-parallel processes, as for train (--batch-size is global).",
+}
+# CLI types of parameters whose API annotation is a union the command line cannot parse.
+NAMED_TYPES = {"artifact": Path, "data": str, "out": Path, "resume": Path, "images": list[Path],
+               "artifacts": list[Path], "paths": list[Path], "teacher": Path, "base": Path,
+               "bench": Path, "target": Path, "student": str, "text_columns": str}
+SIMPLE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclasses.dataclass
+class Opt:
+    """How one option differs from what its API parameter or config field says."""
+
+    help: str | None = None
+    type: Any = None
+    default: Any = inspect.Parameter.empty
+    flag: str | None = None
+    panel: str | None = None
+    argument: bool = False
+
+
+# Taken by a decorator (tracking.tracked) rather than named in the API's signature.
+TRACKING = {"track": Opt(type=bool, default=False, flag="--track"), "track_uri": Opt(type=str)}
+Options = dict[str, Opt | str | None]
+
+
+def find(ref: str) -> Any:
+    """'compress.prune:PruneConfig' -> the object, imported when a command needs it."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(f"leanvision.{module}"), name)
+
+
+def fields_of(ref: str) -> Options:
+    return dict.fromkeys(f.name for f in dataclasses.fields(find(ref)))
+
+
+@dataclasses.dataclass(eq=False)
+class Command:
+    """A verb: `api` ('module:function') with `options` (or a function returning them) drawn
+    from its signature, else from the first of `configs` with such a field. `call(**values)`
+    runs it (default: the API with the `context` it takes from the CLI: its console, whether to
+    draw progress bars); `show` prints a result, `then` may still exit non-zero."""
+
+    name: str
+    api: str
+    doc: str
+    options: Options | Callable[[], Options]
+    configs: tuple[str, ...] = ()
+    show: Callable[[Any], None] = lambda result: None
+    call: Callable[..., Any] | None = None
+    then: Callable[[Any], None] | None = None
+    context: tuple[str, ...] = ("console",)
+    as_json: bool = True
+
+    def __post_init__(self) -> None:
+        self.__doc__, self.__annotations__ = self.doc, {}  # what typer reads of a function
+
+    @functools.cached_property
+    def __signature__(self) -> inspect.Signature:  # typer builds the options from this
+        if RUNNING is not None and self.name != RUNNING:
+            return inspect.Signature([])
+        options = self.options() if callable(self.options) else self.options
+        params = [self._parameter(key, spec if isinstance(spec, Opt) else Opt(spec))
+                  for key, spec in options.items()]
+        if self.as_json:
+            params.append(inspect.Parameter(
+                "as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                default=typer.Option(False, "--json", help="Print one JSON summary as the last "
+                                     "stdout line.")))
+        # An unset option that is no parameter of the API is left out, so the default of the
+        # config (or of the stage that fills it) applies.
+        self.unset_dropped = set(options) - set(inspect.signature(find(self.api)).parameters)
+        return inspect.Signature(params)
+
+    def __call__(self, **values: Any) -> None:
+        as_json = values.pop("as_json", False)
+        values = {k: v for k, v in values.items() if v is not None or k not in self.unset_dropped}
+        given = {"console": err_console, "progress": sys.stderr.isatty()}
+        values.update({k: given[k] for k in self.context if values.get(k) is None})
+        result = run_verb(lambda: (self.call or find(self.api))(**values), as_json, self.show)
+        if self.then is not None:
+            self.then(result)
+
+    def _parameter(self, key: str, spec: Opt) -> inspect.Parameter:
+        found = inspect.signature(find(self.api)).parameters.get(key)
+        field = next((f for ref in self.configs for f in dataclasses.fields(find(ref))
+                      if f.name == key), None)
+        annotation, default = "", None  # an option of the CLI's own: its Opt says the rest
+        if found is not None and found.kind != found.VAR_KEYWORD:
+            annotation, default = found.annotation, found.default
+        elif field is not None:
+            annotation, default = field.type, field.default
+        if spec.default is not inspect.Parameter.empty:
+            default = spec.default
+        if isinstance(default, tuple):  # a list the command line takes comma-separated
+            default = ",".join(map(str, default))
+        cli_type = spec.type or _cli_type(str(annotation), key)
+        text = (spec.help or (field.metadata.get("help") if field else None)
+                or COMMON_HELP.get(key))
+        required = ... if default is inspect.Parameter.empty else default
+        info = (typer.Argument(required, help=text) if spec.argument else
+                typer.Option(required, *([spec.flag] if spec.flag else []), help=text,
+                             rich_help_panel=spec.panel))
+        return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                 annotation=cli_type | None if default is None else cli_type)
+
+
+def verb(name: str, api: str, doc: str, options: Options | Callable[[], Options],
+         **how: Any) -> None:
+    """Register the command `name`; `how` holds the rest of Command's fields."""
+    app.command(name)(Command(name, api, doc, options, **how))
+
+
+def _cli_type(annotation: str, key: str) -> Any:
+    kinds = [part.strip() for part in annotation.split("|") if part.strip() != "None"]
+    if len(kinds) == 1 and kinds[0] in SIMPLE_TYPES:
+        return SIMPLE_TYPES[kinds[0]]
+    return NAMED_TYPES[key]  # a KeyError here: give the option an Opt(type=...)
+
+
+def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]) -> Any:
+    """Run an API call; turn user errors into one clear line and a non-zero exit."""
+    try:
+        result = call()
+    except LeanvisionError as exc:
+        err_console.print(f"[bold red]{type(exc).__name__}:[/bold red] {exc}", highlight=False)
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc), "kind": type(exc).__name__}))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted; a training run continues with --resume RUN_FOLDER")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: say so plainly, keep the traceback one variable away
+        if os.environ.get("LEANVISION_DEBUG"):
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error[/bold red] {type(exc).__name__}: {exc}\n"
+                          "This is a leanvision bug; set LEANVISION_DEBUG=1 for the traceback.",
+                          highlight=False)
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc), "kind": "InternalError"}))
+        raise typer.Exit(1) from None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+        return result
+    if as_json:
+        print(json.dumps({"ok": True, **(result if isinstance(result, dict)
+                                          else {"results": result})}, default=str))
+    else:
+        show(result)
+    return result
