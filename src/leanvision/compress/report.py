@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..artifact import CARD_FILE, WEIGHTS_FILE
+from ..formatting import percent
 from ..training.report import print_outputs
 
 
@@ -31,8 +32,8 @@ def print_prune_summary(console: Console, summary: dict[str, Any], out_dir: Path
         table.add_row(str(entry["step"]), _ratio(entry.get("flops"), base["flops"]),
                       _ratio(entry.get("params"), base["params"]),
                       f"{entry.get('sparsity', 0.0):.0%}",
-                      _pct(entry.get("val_top1_pruned", entry.get("val_top1_soft"))),
-                      _pct(entry.get("val_top1_finetuned")))
+                      percent(entry.get("val_top1_pruned", entry.get("val_top1_soft"))),
+                      percent(entry.get("val_top1_finetuned")))
     console.print(table)
     result = record["result"]
     console.print(f"FLOPs {base['flops'] / 1e6:.1f}M → {result['flops'] / 1e6:.1f}M "
@@ -47,7 +48,7 @@ def prune_step_line(entry: dict[str, Any], base, cfg) -> str:
     before = entry.get("val_top1_pruned")
     return (f"step {entry['step']}/{cfg.steps}: FLOPs {entry['flops'] / base.flops:.0%}, params "
             f"{entry['params'] / base.params:.0%} of the original; val top-1 "
-            f"{_pct(before)} pruned → {_pct(acc)} fine-tuned")
+            f"{percent(before)} pruned → {percent(acc)} fine-tuned")
 
 
 def _checks(checks: dict[str, Any]) -> str:
@@ -59,7 +60,3 @@ def _checks(checks: dict[str, Any]) -> str:
 
 def _ratio(value: float | None, base: float) -> str:
     return "—" if value is None else f"{value / base:.0%}"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"

@@ -3,12 +3,14 @@ calibration, and the explanation gallery with its drift from the parent."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from ..errors import LeanvisionError
+from ..formatting import percent
 from . import html, plots
 from .collect import (
     Evaluation,
@@ -210,8 +212,8 @@ def _gallery(explained: Explained, v: Variant, parent_name: str | None) -> str:
     return html.gallery(figures, wide=paired) + html.paragraph(" ".join(notes), "muted")
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}"
+# the report's cells show the number alone (no % sign)
+_pct = partial(percent, sign="")
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -5,8 +5,10 @@ a larger drop than its parent's."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
+from ..formatting import percent
 from . import html
 from .collect import Variant, parent_folder
 
@@ -83,5 +85,5 @@ def robustness_section(variants: list[Variant]) -> html.Section:
     return html.Section("robustness", title, "".join(parts))
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}"
+# the report's cells show the number alone (no % sign)
+_pct = partial(percent, sign="")

@@ -124,15 +124,15 @@ def print_ranking(console: Console, ranked: list[dict[str, Any]]) -> None:
                 "seconds"):
         table.add_column(col, justify="left" if col == "optimizer" else "right")
     for r in ranked:
-        table.add_row(str(r["rank"]), r["optimizer"], f"{r['lr']:.3g}", _pct(r["best_val_top1"]),
-                      _pct(r["final_val_top1"]), str(r["epochs_run"]), f"{r['seconds']:.0f}")
+        table.add_row(str(r["rank"]), r["optimizer"], f"{r['lr']:.3g}", _top1(r["best_val_top1"]),
+                      _top1(r["final_val_top1"]), str(r["epochs_run"]), f"{r['seconds']:.0f}")
     console.print(table)
     for r in ranked:
         if r.get("error"):
             console.print(f"{r['optimizer']}: {r['error']}", style="yellow")
 
 
-def _pct(value: float | None) -> str:
+def _top1(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
