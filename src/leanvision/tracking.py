@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .artifact import CARD_FILE
 from .errors import LeanvisionError, TrackingError
 from .hardware import world_rank_is_main
 from .io import read_jsonl, write_json
@@ -41,7 +42,7 @@ DEFAULT_ARTIFACTS = Path("runs") / "mlartifacts"
 DEFAULT_EXPERIMENT = "leanvision"
 # MLflow caps a parameter value at 6000 characters; a long list (class names) is cut to fit.
 MAX_PARAM_CHARS = 500
-ATTACHED = ("model.json", "config.json", "metrics.jsonl")
+ATTACHED = (CARD_FILE, "config.json", "metrics.jsonl")
 
 _active: TrackedRun | None = None  # the run the fit loop reports epochs to (rank 0 only)
 # Writes the HTML report of an artifact folder to a file, attached to its run. The reports
@@ -97,7 +98,7 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         folder = Path(folder)
-        card_file = folder / "model.json"
+        card_file = folder / CARD_FILE
         if not card_file.is_file():
             return
         card = json.loads(card_file.read_text(encoding="utf-8"))
@@ -274,9 +275,9 @@ def parent_run_id(artifact: str | Path, hops: int = 20) -> str | None:
     folder is untracked; its parent may be)."""
     folder: Path | None = Path(artifact)
     for _ in range(hops):
-        if folder is None or not (folder / "model.json").is_file():
+        if folder is None or not (folder / CARD_FILE).is_file():
             return None
-        card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
         run_id = (card.get("tracking") or {}).get("run_id")
         if run_id:
             return run_id
@@ -291,7 +292,7 @@ def _artifact_path(value: Any) -> Path | None:
     if value is None:
         return None
     path = Path(getattr(value, "path", value))  # an Artifact or a path
-    return path if (path / "model.json").is_file() else None
+    return path if (path / CARD_FILE).is_file() else None
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from ..artifact import Artifact, read_card
+from ..artifact import CARD_FILE, Artifact, read_card
 from ..data import DataSource
 from ..data.partition import partition
 from ..errors import ConfigError
@@ -272,7 +272,7 @@ def _deploy_int8(model: nn.Module, out_dir: Path, source: DataSource, cfg: Train
         "export": {k: exported[k] for k in ("opset", "max_abs_error")},
         "files": files,
     }
-    write_json(out_dir / "model.json", card)
+    write_json(out_dir / CARD_FILE, card)
     _print_result(console, metrics, files)
     return {**summary, "metrics": metrics, "quantization": card["quantization"]}
 

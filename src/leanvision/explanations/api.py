@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._version import __version__
-from ..artifact import Artifact, load
+from ..artifact import CARD_FILE, Artifact, load
 from ..data import BadImageError, ImageChecks, load_rgb, normalize, to_tensor_resized
 from ..errors import ConfigError, DatasetError
 from ..hardware import choose_hardware
@@ -284,7 +284,7 @@ def _resolve_parent(art: Artifact, parent: str | Path | Artifact | None
     # Stages record the parent's path as given at the time; it may be relative to the working
     # directory then or to the artifact's own folder.
     for candidate in (Path(recorded), art.path.parent / recorded, art.path / recorded):
-        if (candidate / "model.json").is_file():
+        if (candidate / CARD_FILE).is_file():
             return load(candidate), None
     return None, f"the parent {recorded} named by the card does not exist here"
 

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..artifact import CARD_FILE
 from ..data.partition import Partition
 from ..hardware import Hardware
 from .config import TrainConfig
@@ -89,7 +90,7 @@ def print_summary(console: Console, summary: dict[str, Any], out_dir: Path) -> N
                   f"{training['images_per_second'] or 0:.0f} img/s, waiting on data "
                   f"{100 * (training['data_wait_fraction'] or 0):.1f}% of step time; "
                   f"{metrics['params']:,} params, {metrics['flops'] / 1e6:.1f} MFLOPs")
-    print_outputs(console, out_dir, ["model.safetensors", "model.json", "metrics.jsonl",
+    print_outputs(console, out_dir, ["model.safetensors", CARD_FILE, "metrics.jsonl",
                                      "checkpoint.pt", "config.json"])
 
 
