@@ -6,10 +6,8 @@ teacher's answers never change either, so they are computed once for the whole t
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..artifact import Artifact, load, require_image_only
+from ..artifact import Artifact
 from ..data import DataSource, decoding_for, load_data, normalize
 from ..data.partition import partition
 from ..errors import ConfigError
@@ -27,10 +25,10 @@ from ..setting import setting
 from ..tracking import tracked
 from ..training import distributed
 from ..training.api import StartModel, decode_partition, train_on
-from ..training.checkpoint import CHECKPOINT_FILE
 from ..training.config import TrainConfig
 from ..training.losses import dkd_loss, kd_loss
 from ..training.recipe import data_stats, resolve_recipe
+from .stage import check_fresh, default_out, open_parent, safe_name
 
 DISTILL_LOSSES = ("kd", "dkd")
 CACHE_MODES = ("auto", "always", "never")
@@ -164,16 +162,14 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
     processes, as for train (training/distributed.py). skip_bad_images, unless given, is True
     when the teacher (or student artifact) was trained with it, on the same data."""
     if nproc > 1:
-        distributed.check_nproc(nproc, train_settings.get("device", "auto"),
-                                train_settings.get("batch_size"))
-        out = Path(out) if out is not None else default_distill_dir(str(data), student)
-        _check_fresh(out)
-        return distributed.launch(
-            distill, dict(data=data, teacher=teacher, student=student, out=out, loss=loss,
+        return distributed.relaunch(
+            distill, dict(data=data, teacher=teacher, student=student, loss=loss,
                           temperature=temperature, alpha=alpha, dkd_alpha=dkd_alpha,
                           dkd_beta=dkd_beta, dkd_warmup_epochs=dkd_warmup_epochs,
-                          cache_teacher=cache_teacher, **train_settings),
-            nproc=nproc, what="distillation")
+                          cache_teacher=cache_teacher),
+            nproc=nproc, settings=train_settings, out=out, what="distillation",
+            default_out=lambda: default_distill_dir(str(data), student),
+            check_out=lambda folder: check_fresh(folder, run=True))
     console = console or Console(stderr=True)
     if not distributed.world_rank_is_main():
         console = Console(stderr=True, quiet=True)
@@ -183,21 +179,7 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
     for key, flag in (("data", "DATA"), ("model", "--student")):
         if key in train_settings:
             raise ConfigError(f"distill takes its {key} as {flag}; drop the '{key}' setting")
-    teacher_art = load(teacher)
-    student_art = load(student) if _is_artifact_path(student) else None
-    for used in (teacher_art, student_art):
-        if used is not None:
-            require_image_only(used.card, used.path, "distill")
-    if student_art is not None:
-        _check_artifact_size(student_art, train_settings.get("img_size"))
-        arch = student_art.card["arch"]
-    else:
-        arch = str(student)
-        model_preprocessing(arch)  # an unknown name raises here, with close matches
-    if train_settings.get("skip_bad_images") is None:  # not chosen: the parents' choice
-        train_settings["skip_bad_images"] = any(
-            bool(used.card.get("config", {}).get("skip_bad_images"))
-            for used in (teacher_art, student_art) if used is not None)
+    teacher_art, student_art, arch = _open_models(teacher, student, train_settings)
     cfg = TrainConfig.from_dict({"data": str(data), "model": arch, **train_settings})
     source = load_data(cfg.data)
     _check_classes("teacher", teacher_art, source)
@@ -205,7 +187,7 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
         _check_classes("student", student_art, source)
     use_cache = _cache_decision(dcfg.cache_teacher, cfg)
     out_dir = Path(out) if out is not None else default_distill_dir(cfg.data, student)
-    _check_fresh(out_dir)
+    check_fresh(out_dir, run=True)
 
     parts = partition(source, cfg.val_fraction, cfg.seed)
     # The recipe resolves the same way again inside train_on; here it only tells the criterion
@@ -216,37 +198,70 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
                    else _named_preprocess(arch, cfg.img_size))
     teacher_pre = Preprocess.of(teacher_art)
     teacher_net = teacher_art.model.to(hw.device).eval().requires_grad_(False)
-
-    cache, n_train, cache_seconds, teacher_train_top1 = None, len(parts.train), None, None
-    if use_cache:
-        started = time.perf_counter()
-        train_imgs, _ = decode_partition(parts, student_pre.size, resolved)
-        cache = cache_teacher_logits(teacher_net, train_imgs.images, student_pre, teacher_pre, hw)
-        cache_seconds = round(time.perf_counter() - started, 2)
-        n_train = len(train_imgs)
-        hits = cache.argmax(1).cpu() == train_imgs.labels
-        teacher_train_top1 = float(hits.float().mean())
+    cached = (_teacher_cache(teacher_net, parts, student_pre, teacher_pre, resolved, hw)
+              if use_cache else TeacherCache(n_train=len(parts.train)))
+    n_train = cached.n_train
     steps_per_epoch = max(1, n_train // min(resolved.batch_size, n_train))
     warmup_epochs = (dcfg.dkd_warmup_epochs if dcfg.dkd_warmup_epochs is not None
                      else min(DKD_WARMUP_MAX_EPOCHS, resolved.epochs // 4))
     criterion = DistillCriterion(teacher_net, dcfg, student=student_pre, teacher_pre=teacher_pre,
                                  hw=hw, label_smoothing=resolved.label_smoothing or 0.0,
                                  warmup_steps=round(warmup_epochs * steps_per_epoch),
-                                 cache=cache)
+                                 cache=cached.logits)
 
     block = _card_block(dcfg, teacher_art, student, use_cache, warmup_epochs)
     console.print(f"teacher {teacher_art.path}: " + (
-        f"logits cached for {n_train} training images in {cache_seconds}s" if use_cache
+        f"logits cached for {n_train} training images in {cached.seconds}s" if use_cache
         else "run on every batch (augmentation changes the pixels each epoch)"))
     summary = train_on(source, cfg, out_dir, console=console, parts=parts,
                        extra_card={"distill": block}, start=_start(student_art),
                        stage="distill", parent=str((student_art or teacher_art).path),
                        criterion=criterion)
     summary["distill"] = {**block, "teacher_input_adapted": student_pre != teacher_pre,
-                          "teacher_cache_seconds": cache_seconds,
-                          "teacher_train_top1": teacher_train_top1,
+                          "teacher_cache_seconds": cached.seconds,
+                          "teacher_train_top1": cached.train_top1,
                           "teacher_batches": criterion.teacher_batches}
     return summary
+
+
+def _open_models(teacher: str | Path, student: str | Path, settings: dict[str, Any]
+                 ) -> tuple[Artifact, Artifact | None, str]:
+    """(teacher, student artifact or None for a registry name, the student's architecture);
+    sets skip_bad_images in `settings` to the parents' choice when it was not chosen."""
+    teacher_art = open_parent(teacher, "distill")
+    student_art = open_parent(student, "distill") if _is_artifact_path(student) else None
+    if student_art is not None:
+        _check_artifact_size(student_art, settings.get("img_size"))
+        arch = student_art.card["arch"]
+    else:
+        arch = str(student)
+        model_preprocessing(arch)  # an unknown name raises here, with close matches
+    if settings.get("skip_bad_images") is None:  # not chosen: the parents' choice
+        settings["skip_bad_images"] = any(
+            bool(used.card.get("config", {}).get("skip_bad_images"))
+            for used in (teacher_art, student_art) if used is not None)
+    return teacher_art, student_art, arch
+
+
+@dataclass
+class TeacherCache:
+    """The teacher's logits for every training image (None: asked on every batch)."""
+
+    n_train: int
+    logits: torch.Tensor | None = None
+    seconds: float | None = None
+    train_top1: float | None = None
+
+
+def _teacher_cache(teacher_net: torch.nn.Module, parts, student_pre: Preprocess,
+                   teacher_pre: Preprocess, resolved: TrainConfig, hw: Hardware) -> TeacherCache:
+    started = time.perf_counter()
+    train_imgs, _ = decode_partition(parts, student_pre.size, resolved)
+    cache = cache_teacher_logits(teacher_net, train_imgs.images, student_pre, teacher_pre, hw)
+    hits = cache.argmax(1).cpu() == train_imgs.labels
+    return TeacherCache(n_train=len(train_imgs), logits=cache,
+                        seconds=round(time.perf_counter() - started, 2),
+                        train_top1=float(hits.float().mean()))
 
 
 def _card_block(dcfg: DistillConfig, teacher: Artifact, student: str | Path, cached: bool,
@@ -329,13 +344,6 @@ def _cache_decision(mode: str, cfg: TrainConfig) -> bool:
     return identity and mode != "never"
 
 
-def _check_fresh(out_dir: Path) -> None:
-    if (out_dir / "model.json").exists() or (out_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(f"{out_dir} already holds a run; choose another --out")
-
-
 def default_distill_dir(data: str, student: str | Path) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(data.replace("builtin:", "")).name)
-    student_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(student)).name)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "distill" / f"{name}-{student_name}-{stamp}"
+    name = safe_name(Path(data.replace("builtin:", "")).name)
+    return default_out("distill", f"{name}-{safe_name(Path(str(student)).name)}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,8 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..artifact import (
-    Artifact,
-    load,
-    read_card,
-    require_image_only,
-    save_artifact,
-)
-from ..data import ImageChecks, decode_images, decoding_for, load_data, normalize
+from ..artifact import Artifact, load, read_card, save_artifact
+from ..data import ImageChecks, decode_images, decoding_for, normalize
 from ..data.partition import Partition, partition
 from ..errors import ConfigError
 from ..setting import setting
@@ -38,6 +31,7 @@ from . import pruning
 from .checks import check_pruned
 from .prune_steps import _save_untrained, _stepwise, _transforms
 from .report import print_prune_plan, print_prune_summary
+from .stage import check_fresh, data_of, default_out, matching_data, open_parent
 
 METHODS = ("structured", "unstructured", "soft")
 TARGETS = ("flops", "params", "channels")
@@ -128,32 +122,26 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
                  round_to=round_to, check=check)
     cfg = PruneConfig(**flags)  # a bad flag is refused here, before any process starts
     if nproc != 1:  # check_nproc refuses 0 and below
-        return _launch(artifact, data, out, nproc, flags, train_settings)
+        return distributed.relaunch(
+            prune, dict(artifact=artifact, data=data, **flags), nproc=nproc,
+            settings=train_settings, out=out, check_out=check_fresh, what="pruning",
+            default_out=lambda: _default_out(read_card(artifact)[0]))
     world = distributed.join(train_settings.get("device", "auto"))
     console = console or Console(stderr=True)
     if not world.main:
         console = Console(stderr=True, quiet=True)
     started = time.perf_counter()
-    art = load(artifact)
-    require_image_only(art.card, art.path, "prune")
-    if any(t.get("kind") == "fold_bn" for t in art.card.get("transforms", [])):
-        raise ConfigError(f"{art.path} is quantization-ready (batch norm folded); prune the model "
-                          "before quantizing it, e.g. its parent artifact")
-    if cfg.method != "unstructured":
-        pruning.refuse_attention(art.model, art.card["arch"])
-    data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
-    if not data_spec:
-        raise ConfigError("the artifact's card does not say which data it was trained on; "
-                          "pass the data to fine-tune on (leanvision prune ARTIFACT --data DIR)")
+    art = _open(artifact, cfg)
+    data_spec = data_of(art, data, "the artifact's card does not say which data it was trained "
+                        "on; pass the data to fine-tune on (leanvision prune ARTIFACT --data "
+                        "DIR)")
     train_cfg = _finetune_config(art, data_spec, cfg, train_settings)
     # Rank 0's folder: under torchrun each process's default name has its own time stamp.
     out_dir = distributed.share(Path(out) if out is not None else _default_out(art.path), world)
-    _check_fresh(out_dir)
-    source = load_data(data_spec)
-    if list(source.classes) != art.classes:
-        raise ConfigError(f"the data's classes ({_short(source.classes)}) differ from the "
-                          f"artifact's ({_short(art.classes)}); prune with the data the model "
-                          "was trained on")
+    check_fresh(out_dir)
+    source = matching_data(data_spec, art, lambda classes: (
+        f"the data's classes ({_short(classes)}) differ from the artifact's "
+        f"({_short(art.classes)}); prune with the data the model was trained on"))
     parts = partition(source, train_cfg.val_fraction, train_cfg.seed)
 
     model = art.model.float().eval()
@@ -164,12 +152,7 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
     # Only rank 0 ranks channels (the others get its network), so Taylor's data runs once.
     taylor = cfg.importance == "taylor" and world.main
     gradients = _taylor_gradients(parts, art) if taylor else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pruning.layers_to_keep(model)
-    skipped = sorted({str(c.message) for c in caught if "pruning skips" in str(c.message)})
-    for message in skipped:
-        console.print(f"[yellow]warning:[/] {message}")
+    skipped = _skipped_layers(model, console)
 
     history: list[dict[str, Any]] = []
     if cfg.method == "soft":
@@ -180,6 +163,36 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
                             console, history, gradients)
     if not world.main:  # rank 0 checks and writes the final artifact; the others get its summary
         return distributed.share(None, world)
+    record = _finish(out_dir, example, cfg, base, history, skipped, started)
+    summary = {**summary, "pruning": record}
+    print_prune_summary(console, summary, out_dir)
+    return distributed.share(summary, world)
+
+
+def _open(artifact: str | Path, cfg: PruneConfig) -> Artifact:
+    art = open_parent(artifact, "prune")
+    if any(t.get("kind") == "fold_bn" for t in art.card.get("transforms", [])):
+        raise ConfigError(f"{art.path} is quantization-ready (batch norm folded); prune the model "
+                          "before quantizing it, e.g. its parent artifact")
+    if cfg.method != "unstructured":
+        pruning.refuse_attention(art.model, art.card["arch"])
+    return art
+
+
+def _skipped_layers(model: torch.nn.Module, console: Console) -> list[str]:
+    """The layers pruning leaves alone (warned once each, and recorded in the card)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruning.layers_to_keep(model)
+    skipped = sorted({str(c.message) for c in caught if "pruning skips" in str(c.message)})
+    for message in skipped:
+        console.print(f"[yellow]warning:[/] {message}")
+    return skipped
+
+
+def _finish(out_dir: Path, example: torch.Tensor, cfg: PruneConfig, base, history: list,
+            skipped: list[str], started: float) -> dict[str, Any]:
+    """Check the final artifact and add the "pruning" block to its card; returns the block."""
     final = load(out_dir)
     result = pruning.measure(final.model, example)
     checks = check_pruned(final, out_dir, example) if cfg.check else {}
@@ -191,9 +204,7 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
               "seconds": round(time.perf_counter() - started, 2)}
     final.card["pruning"] = record
     save_artifact(out_dir, final.model, final.card)
-    summary = {**summary, "pruning": record}
-    print_prune_summary(console, summary, out_dir)
-    return distributed.share(summary, world)
+    return record
 
 
 def _soft(art: Artifact, model: torch.nn.Module, example: torch.Tensor, cfg: PruneConfig,
@@ -260,27 +271,8 @@ def _finetune_config(art: Artifact, data_spec: str, cfg: PruneConfig,
     return TrainConfig.from_dict({**base, **settings})
 
 
-def _check_fresh(out_dir: Path) -> None:
-    if (out_dir / "model.json").exists():
-        raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
-
-
-def _launch(artifact: str | Path, data: str | Path | None, out: str | Path | None, nproc: int,
-            flags: dict[str, Any], train_settings: dict[str, Any]) -> dict[str, Any]:
-    """Run prune() in `nproc` local processes (see prune's docstring); rank 0's summary."""
-    distributed.check_nproc(nproc, train_settings.get("device", "auto"),
-                            train_settings.get("batch_size"))
-    # Named once, here: each worker would give the default name its own time stamp.
-    out_dir = Path(out) if out is not None else _default_out(read_card(artifact)[0])
-    _check_fresh(out_dir)
-    return distributed.launch(
-        prune, dict(artifact=artifact, data=data, out=out_dir, **flags, **train_settings),
-        nproc=nproc, what="pruning")
-
-
 def _default_out(folder: Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "prune" / f"{folder.name}-pruned-{stamp}"
+    return default_out("prune", f"{folder.name}-pruned")
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifact import CARD_FILE, WEIGHTS_FILE, Artifact, make_card, save_weights
+from ..artifact import CARD_FILE, WEIGHTS_FILE, Artifact, save_weights
 from ..data import DataSource, ImageChecks, ImageRecords, decode_images, normalize
 from ..data.partition import partition
 from ..errors import ArtifactError, ConfigError
@@ -45,6 +45,7 @@ from ..runtime.ort_quant import (
 from ..runtime.sensitivity import node_sensitivity
 from ..runtime.stage import onnx_export_record
 from ..tta import tta_logits
+from .stage import child_card
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 PTQ_METHODS = ("ptq", "dynamic")
@@ -330,12 +331,9 @@ def quantized_card(art: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
     """The card of a quantize stage's artifact before its "quantization" block: the parent's
     architecture, preprocessing, config and TTA, this stage's lineage and `metrics`."""
     parent = art.card
-    card = make_card(arch=parent["arch"], arch_kwargs=parent.get("arch_kwargs", {}),
-                     classes=art.classes, input_size=art.input_size, mean=art.mean,
-                     std=art.std, stage="quantize", parent=str(art.path),
-                     config=copy.deepcopy(parent.get("config", {})), metrics=metrics,
-                     tta=art.tta, transforms=copy.deepcopy(parent.get("transforms", [])))
-    card["input"] = copy.deepcopy(parent["input"])
+    card = child_card(art, "quantize", config=copy.deepcopy(parent.get("config", {})),
+                      metrics=metrics)
+    card["input"] = copy.deepcopy(parent["input"])  # the parent's, as written
     if "cv" in parent:
         card["cv"] = copy.deepcopy(parent["cv"])
     return card

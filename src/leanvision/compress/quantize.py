@@ -8,18 +8,18 @@ from __future__ import annotations
 import copy
 import difflib
 from dataclasses import fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from ..artifact import CARD_FILE, Artifact, load, require_image_only
-from ..data import decoding_for, load_data
+from ..artifact import Artifact
+from ..data import decoding_for
 from ..errors import ConfigError
 from ..tracking import tracked
 from .ptq import PTQ_METHODS, PTQConfig, run_ptq
 from .qat import QATConfig, qat_train_config, run_qat
+from .stage import check_fresh, data_of, default_out, matching_data, open_parent
 
 METHODS = ("ptq", "dynamic", "qat")
 # onnxruntime: QDQ ONNX (model.int8.onnx); openvino: NNCF's OpenVINO IR (model.openvino-int8.*).
@@ -69,23 +69,18 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
                          **({"calibration_images": calibration_images}
                             if calibration_images is not None else {}))
     if isinstance(artifact, Artifact):  # QAT edits the network; keep the caller's intact
-        art = Artifact(artifact.path, artifact.card, copy.deepcopy(artifact.model))
-    else:
-        art = load(artifact)
-        require_image_only(art.card, art.path, "quantize")
+        artifact = Artifact(artifact.path, artifact.card, copy.deepcopy(artifact.model))
+    art = open_parent(artifact, "quantize")
     if method in PTQ_METHODS and "skip_bad_images" not in settings:  # QAT: qat.INHERITED
         pcfg.skip_bad_images = bool(art.card.get("config", {}).get("skip_bad_images", False))
-    data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
-    if not data_spec:
-        raise ConfigError(f"the card of {art.path} does not name its training data; pass "
-                          "--data DATA to calibrate on")
-    source = load_data(data_spec)
-    check_classes(source.classes, art.classes, data_spec)
+    data_spec = data_of(art, data, f"the card of {art.path} does not name its training data; "
+                        "pass --data DATA to calibrate on")
+    source = matching_data(data_spec, art)
     if method == "qat":
         cfg = qat_train_config(art.card.get("config", {}), data_spec, qcfg, settings)
-    out_dir = Path(out) if out is not None else default_out(art, method)
-    if (out_dir / CARD_FILE).exists():
-        raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
+    out_dir = (Path(out) if out is not None
+               else default_out("quantize", f"{art.path.name}-{method}"))
+    check_fresh(out_dir)
     if method == "qat":
         return run_qat(art, source, cfg, qcfg, out_dir, console)
     if backend == "openvino":
@@ -132,22 +127,3 @@ def _ptq_config(method: str, epochs: int | None, lr: float | None,
     if max_drop is not None:
         chosen["max_drop"] = max_drop
     return PTQConfig(method=method, calibrate=calibrate, **chosen)
-
-
-def check_classes(data_classes: list[str], model_classes: list[str], data_spec: str) -> None:
-    """ConfigError unless the data holds exactly the model's classes, in the model's order."""
-    if list(data_classes) == list(model_classes):
-        return
-    missing = [c for c in model_classes if c not in data_classes]
-    extra = [c for c in data_classes if c not in model_classes]
-    detail = "; ".join(part for part in (
-        f"missing from the data: {', '.join(missing[:5])}" if missing else "",
-        f"unknown to the model: {', '.join(extra[:5])}" if extra else "",
-        "same names in another order" if not missing and not extra else "") if part)
-    raise ConfigError(f"the classes of {data_spec} do not match the model's ({detail}); "
-                      "pass --data with the data the model was trained on")
-
-
-def default_out(art: Artifact, method: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "quantize" / f"{art.path.name}-{method}-{stamp}"

@@ -24,13 +24,13 @@ from typing import Any
 
 from rich.console import Console
 
-from ..artifact import Artifact, load, require_image_only
-from ..data import decoding_for, load_data
+from ..artifact import Artifact
+from ..data import decoding_for
 from ..errors import ConfigError
 from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from ..training.transfer import TOP_STAGES
-from .quantize import check_classes
+from .stage import data_of, matching_data, open_parent
 
 # Settings of the parent's training that describe its recipe, not its run: the top-only path
 # copies them so that only the input size differs.
@@ -52,18 +52,14 @@ def resize(artifact: str | Path | Artifact, data: str | Path | None = None,
     parent is re-fitted (default: one more than the transfer recipe's).
     `settings`: TrainConfig fields that override the parent's recipe.
     Returns the training summary of the new artifact."""
-    art = artifact if isinstance(artifact, Artifact) else load(artifact)
-    require_image_only(art.card, art.path, "resize")
+    art = open_parent(artifact, "resize")
     if not MIN_SIDE <= int(size) <= 4096:
         raise ConfigError(f"--size {size} must lie between {MIN_SIDE} and 4096 pixels")
     if top_stages is not None and top_stages < 1:
         raise ConfigError(f"--top-stages {top_stages} must be at least 1 (the last stage)")
     config = dict(art.card.get("config", {}))
-    data_spec = str(data) if data is not None else config.get("data")
-    if not data_spec:
-        raise ConfigError(f"{art.path} does not name its data; pass DATA")
-    source = load_data(data_spec)
-    check_classes(source.classes, list(art.card["classes"]), data_spec)
+    data_spec = data_of(art, data, f"{art.path} does not name its data; pass DATA")
+    source = matching_data(data_spec, art)
     out_dir = Path(out) if out is not None else art.path.parent / f"{art.path.name}-{size}px"
     console = console or Console(stderr=True)
     start = StartModel.from_artifact(art)

@@ -13,10 +13,7 @@ anything is written; a failure afterwards removes what this call wrote."""
 
 from __future__ import annotations
 
-import re
-import shutil
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +21,23 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..artifact import (
-    CARD_FILE,
-    WEIGHTS_FILE,
-    Artifact,
-    load,
-    make_card,
-    require_image_only,
-    save_artifact,
+from ..artifact import CARD_FILE, WEIGHTS_FILE, Artifact, save_artifact
+from ..compress.stage import (
+    child_card,
+    claim,
+    data_of,
+    default_out,
+    open_parent,
+    release,
+    safe_name,
 )
 from ..data import decoding_for
 from ..data.unlabeled import UnlabeledImages, load_unlabeled
 from ..errors import ConfigError, DatasetError
 from ..evaluate import evaluate_records, evaluation_records, model_cost
+from ..formatting import percent
 from ..hardware import choose_hardware
 from ..setting import setting
-from ..training.checkpoint import CHECKPOINT_FILE
 from ..training.report import print_outputs
 from .adabn import adabn, batch_norm_layers
 
@@ -94,14 +92,13 @@ def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path |
         raise ConfigError("AdaBN trains nothing, so " + ", ".join(
             "--" + k.replace("_", "-") for k in sorted(train_settings))
             + " do not apply; drop them or pass --method dann")
-    art = artifact if isinstance(artifact, Artifact) else load(artifact)
-    require_image_only(art.card, art.path, "adapt")
+    art = open_parent(artifact, "adapt")
     bn_layers = batch_norm_layers(art.model)
     if cfg.method == "adabn" and not bn_layers:
         raise ConfigError(f"{art.path} ({art.card['arch']}) has no batch-norm layers with "
                           "running statistics, so AdaBN has nothing to re-estimate; use "
                           "--method dann, which aligns the features with a domain classifier")
-    data_spec = str(data) if data is not None else art.card.get("config", {}).get("data")
+    data_spec = data_of(art, data, None)  # without it, the source accuracy is not measured
     dann_plan = None
     if cfg.method == "dann":
         from .dann_stage import plan_dann  # the recipe and data checks DANN alone needs
@@ -111,7 +108,7 @@ def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path |
         dann_plan = plan_dann(art, data_spec, batch_size, {**train_settings, **skip}, seed=seed,
                               device=device, progress=progress)
     out_dir = Path(out) if out is not None else default_adapt_dir(art, cfg.method)
-    created = _claim(out_dir)
+    created = claim(out_dir)
     target_images = load_unlabeled(target, art.input_size, min_images=cfg.min_target_images,
                                    need="to estimate the target domain's statistics; a few "
                                    "hundred or more estimate them well",
@@ -129,7 +126,7 @@ def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path |
             result = run_dann(art, target_images, cfg, out_dir, dann_plan, device, console,
                               _target_block(target_images, cfg), finish=_finish)
     except BaseException:
-        _release(out_dir, created)
+        release(out_dir, created)
         raise
     print_adapt_summary(console, result, art)
     print_outputs(console, out_dir, [WEIGHTS_FILE, CARD_FILE, "metrics.jsonl", "config.json"])
@@ -153,13 +150,8 @@ def _finish(parent: Artifact, model: torch.nn.Module, block: dict[str, Any], out
     """Write the adapted artifact: the parent's architecture and preprocessing, this stage's
     lineage and block, and the source accuracy of the adapted weights (where the data is
     there), so that a drop on the source domain is visible beside the parent's."""
-    card = make_card(arch=parent.card["arch"], arch_kwargs=dict(parent.card.get("arch_kwargs",
-                                                                               {})),
-                     classes=parent.classes, input_size=parent.input_size, mean=parent.mean,
-                     std=parent.std, stage="adapt", parent=str(parent.path),
-                     config={**config, "data": data_spec} if data_spec else config,
-                     interpolation=parent.card["input"].get("interpolation", "bilinear"),
-                     tta=parent.tta, transforms=parent.card.get("transforms", []))
+    card = child_card(parent, "adapt",
+                      config={**config, "data": data_spec} if data_spec else config)
     card.update(extra_card or {})
     card["adapt"] = block
     save_artifact(out_dir, model, {**card, "metrics": {}})
@@ -223,33 +215,6 @@ def _bn_shift(before: dict[str, tuple[torch.Tensor, torch.Tensor]],
             "first_layer_shift": shifts[0] if shifts else 0.0}
 
 
-def _claim(out_dir: Path) -> bool:
-    """Refuse a folder that holds anything; True when this call creates it."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ConfigError(f"--out {out_dir} is a file; choose a folder")
-        if (out_dir / CARD_FILE).exists() or (out_dir / CHECKPOINT_FILE).exists():
-            raise ConfigError(f"{out_dir} already holds an artifact; choose another --out")
-        if any(out_dir.iterdir()):
-            raise ConfigError(f"{out_dir} is not empty; choose a new or empty --out folder")
-        return False
-    return True
-
-
-def _release(out_dir: Path, created: bool) -> None:
-    """Remove what this call wrote (the folder if it made it, else its contents)."""
-    if not out_dir.exists():
-        return
-    if created:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return
-    for child in out_dir.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
 def print_adapt_summary(console: Console, result: dict[str, Any], parent: Artifact) -> None:
     block = result["adapt"]
     table = Table(title=f"adapt ({block['method']}) result", show_header=True)
@@ -261,8 +226,7 @@ def print_adapt_summary(console: Console, result: dict[str, Any], parent: Artifa
         entry = result["metrics"].get(split)
         if isinstance(entry, dict):
             before = (parent_metrics.get(split) or {}).get("top1")
-            table.add_row(split, "—" if before is None else f"{100 * before:.2f}%",
-                          f"{100 * entry['top1']:.2f}%")
+            table.add_row(split, percent(before), percent(entry["top1"]))
     console.print(table)
     details = [f"{block['images']} target images from {block['target']}"]
     if "adabn" in block:
@@ -284,8 +248,4 @@ def print_adapt_summary(console: Console, result: dict[str, Any], parent: Artifa
 
 
 def default_adapt_dir(art: Artifact, method: str) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", art.path.name)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "adapt" / f"{name}-{method}-{stamp}"
-
-
+    return default_out("adapt", f"{safe_name(art.path.name)}-{method}")

@@ -22,10 +22,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .._version import __version__
-from ..artifact import Artifact, load, require_image_only
+from ..artifact import Artifact
+from ..compress.stage import open_parent
 from ..data import ImageChecks, decode_images, decoding_for
 from ..errors import ConfigError
 from ..evaluate import evaluation_records, predict_logits
+from ..formatting import percent
 from ..hardware import choose_hardware
 from ..io import write_json
 from ..setting import setting
@@ -77,8 +79,7 @@ def robustness(artifact: str | Path | Artifact, data: str | Path | None = None, 
     cfg = RobustnessConfig(severities=severities, families=check_families(families),
                            split=split, seed=seed, max_images=max_images,
                            batch_size=batch_size, runtime=runtime, tta=tta)
-    art = artifact if isinstance(artifact, Artifact) else load(artifact)
-    require_image_only(art.card, art.path, "robustness")
+    art = open_parent(artifact, "robustness")
     target = Path(out) / ROBUSTNESS_FILE if out is not None else art.path / ROBUSTNESS_FILE
     score, runtime_used, tta_used = make_scorer(art, cfg, device)
     split_name, records, data_spec = evaluation_records(art, data, cfg.split)
@@ -189,17 +190,13 @@ def print_robustness(console: Console, record: dict[str, Any]) -> None:
     table.add_column("mean", justify="right")
     table.add_column("drop", justify="right")
     for family, row in record["families"].items():
-        table.add_row(family, *[_pct(row["top1"][str(s)]) for s in severities],
-                      _pct(row["mean_top1"]), _pts(row["drop"]))
+        table.add_row(family, *[percent(row["top1"][str(s)]) for s in severities],
+                      percent(row["mean_top1"]), _pts(row["drop"]))
     table.add_section()
-    table.add_row("clean", *[""] * len(severities), _pct(record["clean_top1"]), "")
+    table.add_row("clean", *[""] * len(severities), percent(record["clean_top1"]), "")
     table.add_row("all corruptions (mCA)", *[""] * len(severities),
-                  _pct(record["mean_corruption_top1"]), _pts(record["mean_drop"]))
+                  percent(record["mean_corruption_top1"]), _pts(record["mean_drop"]))
     console.print(table)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def _pts(x: float) -> str:

@@ -207,6 +207,20 @@ def launch(fn: Callable[..., Any], kwargs: dict[str, Any], *, nproc: int,
     return results[0]
 
 
+def relaunch(fn: Callable[..., Any], kwargs: dict[str, Any], *, nproc: int,
+             settings: dict[str, Any], out: str | Path | None,
+             default_out: Callable[[], Path], check_out: Callable[[Path], None],
+             what: str) -> Any:
+    """Run stage `fn(**kwargs, out=..., **settings)` in `nproc` local processes (the `nproc`
+    of prune and distill); rank 0's result. The output folder is named once, here: each worker
+    would give a default name its own time stamp. `check_out` refuses an occupied one before
+    any process starts."""
+    check_nproc(nproc, settings.get("device", "auto"), settings.get("batch_size"))
+    out_dir = Path(out) if out is not None else default_out()
+    check_out(out_dir)
+    return launch(fn, {**kwargs, "out": out_dir, **settings}, nproc=nproc, what=what)
+
+
 def _run_rank(job: _Job) -> Any:
     """The body of every worker process."""
     if job.threads is not None:
