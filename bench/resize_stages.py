@@ -46,7 +46,7 @@ def main() -> None:
     if not (base / "model.json").is_file():
         console.print(f"training the base with defaults into {base} ...")
         leanvision.train(str(data), base, progress=False)
-    base_card = read_card(base)
+    _, base_card = read_card(base)
     runs: list[dict[str, Any]] = []
     with CpuShare() as share:
         for seed in range(args.seeds):
@@ -55,7 +55,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 leanvision.resize(base, data, out, size=args.size, top_stages=stages,
                                   seed=seed, progress=False)
-                card = read_card(out)
+                _, card = read_card(out)
                 runs.append({"stages": stages, "seed": seed,
                              "seconds": round(time.perf_counter() - t0, 1),
                              "start_val_top1": card["training"]["transfer"]["start_val_top1"],
