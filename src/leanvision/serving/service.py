@@ -41,20 +41,19 @@ class Service:
     @classmethod
     def start(cls, predictor: Runtime, explainer: Explainer | None, settings: ServeSettings,
               name: str, warmup: Callable[[], None]) -> Service:
-        holder: dict[str, Service] = {}
-        metrics = Metrics(lambda: holder["service"].batcher.depth)
+        # The lambdas run only once the server is up, after both names below are bound.
+        metrics = Metrics(lambda: batcher.depth)
         batcher = DynamicBatcher(predictor.logits, max_batch=settings.max_batch,
                                  max_wait_ms=settings.max_wait_ms,
                                  queue_size=settings.queue_size, warmup=warmup,
                                  on_batch=metrics.observe_batch,
                                  # the batcher waits for requests that are still arriving only
-                                 arriving=lambda: holder["service"].arriving)
+                                 arriving=lambda: service.arriving)
         # Decoding runs beside the network (PIL releases the GIL); two threads keep a core
         # busy while the other decodes, without crowding the runtime's own threads.
         service = cls(predictor, explainer, settings, name, batcher, Gate(), metrics,
                       ThreadPoolExecutor(max_workers=2, thread_name_prefix="leanvision-decode"),
                       ThreadPoolExecutor(max_workers=1, thread_name_prefix="leanvision-explain"))
-        holder["service"] = service
         return service
 
     @property
