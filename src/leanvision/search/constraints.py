@@ -62,6 +62,9 @@ class Candidate:
     size_mb: float
     test_top1: float | None = None
     pipeline: dict[str, Any] = field(default_factory=dict)
+    flops: int | None = None  # multiply-adds of one image (quantisation leaves them unchanged)
+    # (fastest, slowest) of the interleaved re-timing rounds (retime.py); None: timed once.
+    latency_range: tuple[float, float] | None = None
 
     def drop_points(self, base_val: float) -> float:
         return round((base_val - self.val_top1) * 100, 4)
@@ -119,9 +122,13 @@ def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> C
         return Choice(None, False, "no candidate was measured, so none can be chosen")
     meeting = [c for c in candidates if not misses(c, base_val, cons)]
     if meeting:
-        best = min(meeting, key=lambda c: (c.latency_ms, c.size_mb, -c.val_top1))
+        fastest = min(meeting, key=lambda c: (c.latency_ms, c.size_mb, -c.val_top1))
+        best = timed_alike_fewest_flops(fastest, meeting)
+        why = "is the fastest that does" if best is fastest else (
+            f"timed alike with the fastest, {fastest.label} ({fastest.latency_ms:.3f} ms; their "
+            "re-timing rounds overlap), with fewer multiply-adds")
         return Choice(best, True, f"{best.label} meets every constraint ({_figures(best, base_val)}"
-                                  f"; {_limits(cons)}) and is the fastest that does")
+                                  f"; {_limits(cons)}) and {why}")
     closest = min(candidates, key=lambda c: (_shortfall(c, base_val, cons), c.latency_ms))
     reasons = _impossible(candidates, base_val, cons)
     if not reasons:
@@ -133,6 +140,17 @@ def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> C
                  + f". Closest: {closest.label} ({_figures(closest, base_val)}), which misses "
                  + gaps + ".")
     return Choice(closest, False, statement)
+
+
+def timed_alike_fewest_flops(fastest: Candidate, meeting: list[Candidate]) -> Candidate:
+    """Among the candidates whose re-timing rounds overlap the fastest's (timing cannot tell
+    them apart), the one with the fewest multiply-adds: the likelier to stay faster on the
+    next run and the next machine. `fastest` when none overlaps or FLOPs are unknown."""
+    if fastest.latency_range is None or fastest.flops is None:
+        return fastest
+    alike = [c for c in meeting if c.latency_range is not None and c.flops is not None
+             and c.latency_range[0] <= fastest.latency_range[1]]
+    return min(alike, key=lambda c: (c.flops, c.latency_ms))
 
 
 _NAMES = {"max_drop": "max-drop", "max_latency_ms": "max-latency-ms",

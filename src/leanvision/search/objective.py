@@ -163,7 +163,8 @@ class Objective:
             trial.set_user_attr("error", message)
             self.console.print(f"  [red]failed[/red]: {message}")
             raise
-        figures = {k: v for k, v in figures.items() if k != "bench"}
+        figures = {k: v for k, v in figures.items() if k != "bench"} | {
+            "flops": figures["bench"].get("flops")}
         trial.set_user_attr("artifact", self._relative(folder))
         trial.set_user_attr("figures", figures)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))

@@ -20,6 +20,7 @@ from ..errors import LeanvisionError
 from ..io import write_json
 from .constraints import Candidate, Choice, choose, misses, pareto_front
 from .objective import SearchContext, measure
+from .retime import retime
 from .stages import NOT_SHIPPED, QUIET, ensure_onnx
 
 
@@ -28,6 +29,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     out = ctx.out
     trials = study.get_trials(deepcopy=False)
     candidates = [c for t in trials if (c := candidate(t, out)) is not None]
+    retimed = retime(candidates, ctx.base_val, ctx.constraints, ctx.threads, console)
     front = pareto_front(candidates)
     choice = choose(candidates, ctx.base_val, ctx.constraints)
     if choice.chosen is not None:  # one record per artifact and runtime: the front's
@@ -44,7 +46,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
         "study": study.study_name, "storage": storage_url, "data": data,
         "base": reference, "constraints": ctx.constraints.to_dict(),
         "space": ctx.space.to_dict(), "budget": ctx.budget.to_dict(), "counts": counts,
-        "left_out": left_out(trials, ctx),
+        "left_out": left_out(trials, ctx), "retimed": retimed,
         "trials": [trial_record(t) for t in trials]})
     chosen_dir = write_chosen(choice, ctx, reference) if choice.chosen else None
     shown = front + ([choice.chosen] if choice.chosen and choice.chosen not in front else [])
@@ -54,7 +56,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     pareto_path = write_json(out / "pareto.json", {
         "front": entries, "chosen": entry(choice.chosen, ctx, reference, True)
         if choice.chosen else None, "met": choice.met, "statement": choice.statement,
-        "base": reference, "constraints": ctx.constraints.to_dict()})
+        "retimed": retimed, "base": reference, "constraints": ctx.constraints.to_dict()})
 
     skipped = left_out(trials, ctx)
     if skipped["line"]:
@@ -89,7 +91,7 @@ def candidate(t: FrozenTrial, out: Path) -> Candidate | None:
                      runtime=pipeline.get("runtime", "?"),
                      val_top1=figures["val_top1"], latency_ms=figures["latency_ms"],
                      size_mb=figures["size_mb"], test_top1=figures.get("test_top1"),
-                     pipeline=pipeline)
+                     pipeline=pipeline, flops=figures.get("flops"))
 
 
 def nothing_measured(trials: list[FrozenTrial], counts: dict[str, int]) -> str:
