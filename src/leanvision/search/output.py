@@ -186,12 +186,17 @@ def write_chosen(choice: Choice, ctx: SearchContext, reference: dict[str, Any]) 
 def write_bench(shown: list[Candidate], ctx: SearchContext,
                 reference: dict[str, Any]) -> Path:
     """A bench.json of the measured rows the report shows (the base's eager row unless the
-    base itself is on the front, where the report would prefer it over the front's runtime)."""
+    base itself is on the front, where the report would prefer it over the front's runtime);
+    a re-timed candidate's p50 is the median of its re-timing rounds."""
     rows, seen = [], set()
     for c in shown:
         if (c.artifact, c.runtime) not in seen:
             seen.add((c.artifact, c.runtime))
-            rows.append(measure(Path(c.artifact), c.runtime, ctx.budget, ctx.threads)["bench"])
+            row = measure(Path(c.artifact), c.runtime, ctx.budget, ctx.threads)["bench"]
+            if c.latency_range is not None:  # re-timed: the report shows what was chosen on
+                row = {**row, "latency_ms": {**row["latency_ms"], "p50": c.latency_ms,
+                                             "retimed_range": list(c.latency_range)}}
+            rows.append(row)
     if all(Path(c.artifact).resolve() != ctx.base.resolve() for c in shown):
         rows.append(measure(ctx.base, "torch", ctx.budget, ctx.threads)["bench"])
     settings = measure(ctx.base, "torch", ctx.budget, ctx.threads)["settings"]
