@@ -12,7 +12,6 @@ import io
 import multiprocessing
 import os
 import re
-import resource
 import signal
 import socket
 import struct
@@ -227,18 +226,64 @@ def _bomb_png(side: int = 20000) -> bytes:
     return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def test_decompression_bomb_is_refused_fast_with_flat_memory(model_client):
+def _rss_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _post_bomb_and_measure(bomb: bytes, conn) -> None:
+    """In a forked child: post the bomb, send back (status, detail, seconds, MB of RSS rise).
+
+    The rise is from this process's own RSS just before the request, not a lifetime peak: the
+    peak-RSS mark is reset where Linux allows it (clear_refs), and a sampler thread reads the
+    current RSS every millisecond besides (decoding 400 MB takes far longer than that)."""
+    with TestClient(create_app(predictor=SlowRuntime())) as client:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+            hwm_reset = True
+        except OSError:
+            hwm_reset = False
+        baseline = _rss_kib()
+        peak, done = [baseline], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_kib())
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        response = client.post("/v1/predict", files=files(("bomb.png", bomb)))
+        elapsed = time.perf_counter() - started
+        done.set()
+        sampler.join(5)
+        top = max(peak[0], _rss_kib("VmHWM") if hwm_reset else 0, _rss_kib())
+        conn.send((response.status_code, response.json().get("detail", ""), elapsed,
+                   (top - baseline) / 1024))
+    conn.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_decompression_bomb_is_refused_fast_with_flat_memory():
     bomb = _bomb_png()
     assert len(bomb) < 200_000
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the peak so far
-    started = time.perf_counter()
-    response = model_client.post("/v1/predict", files=files(("bomb.png", bomb)))
-    elapsed = time.perf_counter() - started
-    peak_rise_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert response.status_code == 422
-    assert "too large (400 MP; cap 40 MP)" in response.json()["detail"]
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_post_bomb_and_measure, args=(bomb, send))
+    child.start()
+    try:
+        assert receive.poll(60), "the child never answered"
+        status, detail, elapsed, rise_mb = receive.recv()
+    finally:
+        child.join(20)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert rise_mb < 50  # decoding would need 400 MB
+    assert status == 422
+    assert "too large (400 MP; cap 40 MP)" in detail
     assert elapsed < 1.0
-    assert peak_rise_mb < 50  # decoding would need 400 MB
 
 
 def test_explain_returns_a_grad_cam_png(model_client):
@@ -302,7 +347,11 @@ def test_api_key_guards_every_endpoint_but_health():
     with TestClient(create_app(predictor=FakeRuntime(), api_key=KEY)) as client:
         upload = files(("a.png", png()))
         assert client.get("/healthz").status_code == 200
-        assert client.get("/readyz").status_code in (200, 503)
+        deadline = time.monotonic() + 10  # readyz needs no key either, warming up or ready
+        while (ready := client.get("/readyz")).status_code != 200:
+            assert ready.status_code == 503, ready.text
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.01)
         for headers in ({}, {"X-API-Key": "wrong" * 5}, {"Authorization": f"Basic {KEY}"},
                         {"Authorization": f"Bearer {KEY}x"}):
             assert client.post("/v1/predict", files=upload, headers=headers).status_code == 401
@@ -446,6 +495,7 @@ class SlowRuntime:
     """Numpy only: the server runs in a forked child, where OpenMP pools must not be used."""
 
     runtime, input_size, classes = "slow", (16, 16), CLASSES
+    HOLD_S = 2.0  # each request after warm-up takes this long
 
     def __init__(self) -> None:
         self.calls = 0
@@ -453,7 +503,7 @@ class SlowRuntime:
     def logits(self, batch) -> np.ndarray:
         self.calls += 1
         if self.calls > 2:  # after the two warm-up calls
-            time.sleep(1.0)
+            time.sleep(self.HOLD_S)
         return np.asarray(batch, dtype=np.float32).mean(axis=(2, 3))
 
 
@@ -487,19 +537,26 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones():
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(httpx.post, f"{base}/v1/predict",
                                     files=files(("a.png", png())), timeout=10)
+            deadline = time.monotonic() + 10
             while metric(httpx.get(f"{base}/metrics").text,
                          "leanvision_in_flight_requests") < 2:  # the POST and this GET
+                assert time.monotonic() < deadline, "the POST never reached the server"
                 time.sleep(0.01)
             os.kill(proc.pid, signal.SIGTERM)
-            time.sleep(0.1)
+            # Wait for the state, not a fixed time: the in-flight POST holds the server up for
+            # SlowRuntime.HOLD_S, the window in which it must refuse new work.
+            deadline = time.monotonic() + SlowRuntime.HOLD_S
+            while httpx.get(f"{base}/readyz").status_code != 503:
+                assert time.monotonic() < deadline, "readyz never turned 503 after SIGTERM"
+                time.sleep(0.01)
             refused = httpx.post(f"{base}/v1/predict", files=files(("b.png", png())))
             assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
-            assert httpx.get(f"{base}/readyz").status_code == 503
             assert httpx.get(f"{base}/healthz").status_code == 200
-            finished = in_flight.result()
+            finished = in_flight.result(timeout=30)
         assert finished.status_code == 200
         assert finished.json()["results"][0]["top"][0]["class"] == "red"
         proc.join(15)
+        assert not proc.is_alive(), "the server did not exit within 15 s of SIGTERM"
         assert proc.exitcode == 0  # serve() returned: a clean exit, not death by signal
     finally:
         if proc.is_alive():
