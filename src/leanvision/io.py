@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,10 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def run_folder(verb: str, name: str = "") -> Path:
+    """runs/<verb>/<name>-<time stamp> (runs/<verb>/<time stamp> without a name): the default
+    output folder of every verb (DESIGN.md: outputs go under runs/<verb>/)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / verb / (f"{name}-{stamp}" if name else stamp)

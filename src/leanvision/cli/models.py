@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .command import Opt, err_console, find, out_console, verb
+from .command import Opt, err_console, fields_of, find, out_console, verb
 
 TEXTS = Opt("Image + text models: the text of each image, in order (repeat; '' for none).",
             type=list[str], flag="--text")
@@ -91,31 +91,21 @@ verb("models", "models:list_models",
      {"pattern": Opt("A glob such as 'resnet*'.", argument=True)}, context=(),
      show=lambda names: out_console.print("\n".join(names)))
 
+EXPLAIN, REPORT = "explanations.api:ExplainOptions", "reports.api:ReportOptions"
+
 verb("explain", "explanations:explain",
      "Overlay PNGs and raw maps (.npy) of what ARTIFACT looks at in each image.",
-     {"artifact": Opt("Artifact folder to explain.", argument=True),
-      "images": Opt(argument=True),
-      "method": "gradcam, gradcam++, scorecam, lime or shap.",
-      "target": Opt("Class names (comma-separated) or 'all'; default: the predicted class.",
-                    type=str),
-      "parent": Opt("Also explain this artifact ('auto': the card's parent) and report how "
-                    "the maps drifted.", type=str),
-      "faithfulness": "Score each map by deletion/insertion.",
-      "samples": "lime/shap: perturbed samples per image.", "out": None,
-      "text": Opt("Image + text models: the text of each image, in order (repeat).",
-                  type=list[str], flag="--text")},
+     lambda: fields_of(EXPLAIN) | {"artifact": ARTIFACT, "images": ARTIFACT, "out": None,
+                                   "target": Opt(type=str), "parent": Opt(type=str),
+                                   "text": Opt("Image + text models: the text of each image, "
+                                               "in order (repeat).", type=list[str],
+                                               flag="--text")},
+     configs=(EXPLAIN,),
      show=lambda r: out_console.print(f"explanations: {r['out']}"),
      call=lambda text=None, **kw: find("explanations:explain")(texts=text or None, **kw))
 
 verb("report", "reports:report",
      "One self-contained HTML page: curves, confusion, calibration, variants with Pareto charts, "
      "and an explanation gallery with drift between variants.",
-     {"paths": Opt("Run or artifact folders (parents named in their cards are added when on "
-                   "disk).", argument=True),
-      "out": "report.html path or folder (default: runs/report/<time>/report.html).",
-      "data": "Data for calibration and the gallery (default: the data in each card).",
-      "bench": "A bench.json from `leanvision bench` with the variants' speed.",
-      "measure": "Time variants with no bench figures.",
-      "explain_images": "Images in the explanation gallery (0: none).",
-      "explain_method": "Method of the gallery's maps."},
+     lambda: fields_of(REPORT) | {"paths": ARTIFACT}, configs=(REPORT,),
      show=lambda r: out_console.print(f"report: {r['path']}"))

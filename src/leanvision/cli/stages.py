@@ -56,49 +56,20 @@ def _quantize(method: str, batch_size: int | None = None, progress: bool = False
     return find("compress:quantize")(method=method, **fine_tuning, **kw)
 
 
+QUANTIZE, OPTIMIZE = "compress.quantize:QuantizeOptions", "search.options:OptimizeOptions"
 verb("quantize", "compress:quantize",
      "Quantize ARTIFACT to INT8 ONNX (QDQ: uint8 activations, int8 per-channel weights), or with "
      "--backend openvino to OpenVINO IR through NNCF.",
-     {"artifact": Opt(ARTIFACT.format("quantize"), argument=True), "data": DATA, "out": None,
-      "method": "ptq (static INT8 with an accuracy guard), dynamic, or qat "
-                "(quantization-aware fine-tuning first).",
-      "max_drop": "ptq: most top-1 points INT8 may lose on validation data before layers "
-                  "return to FP32 (default 0.5).",
-      "calibration_images": "Training images that calibrate activation ranges (300 ptq, 512 "
-                            "qat).",
-      "calibrate": "minmax, entropy or percentile.",
-      "backend": "ptq: onnxruntime (model.int8.onnx) or openvino (NNCF; "
-                 "model.openvino-int8.xml/.bin, needs leanvision[openvino]).",
-      "epochs": "qat: fine-tuning epochs (default 2).",
-      "lr": "qat: rate (default: the parent's / 20).",
-      "batch_size": "qat: fine-tuning batch size.", "skip_bad_images": SKIP_BAD, **TRACKING},
-     configs=(TRAIN,), call=_quantize, context=("console", "progress"), show=_artifact)
+     lambda: {"artifact": Opt(ARTIFACT.format("quantize"), argument=True), "data": DATA,
+              "out": None, **fields_of(QUANTIZE), "skip_bad_images": SKIP_BAD, **TRACKING},
+     configs=(QUANTIZE, TRAIN), call=_quantize, context=("console", "progress"), show=_artifact)
 
 verb("optimize", "search:optimize",
      "The smallest, fastest model that meets the constraints: search pruning, distillation and "
      "INT8 together, every candidate measured on this machine.",
-     {"data": Opt(argument=True, default="builtin:digits"),
-      "base": "A model trained on DATA (default: train one with the default recipe).",
-      "out": "Output folder (default: runs/optimize/<data>; the same folder resumes).",
-      "max_drop": "Most validation top-1 points the result may lose against the base.",
-      "max_latency_ms": "Batch-1 latency limit, measured here.",
-      "max_size_mb": "Model file size limit.",
-      "trials": "Finished trials in the study (default 12; with --time-budget every pipeline, "
-                "as time allows; resumed runs count earlier ones).",
-      "timeout_s": "Stop starting trials after this.",
-      "time_budget": "Minutes for the whole run, the base's training included; it ends in time "
-                     "with the best front found and says what it skipped.",
-      "storage": "Optuna storage URL (default: sqlite in --out); point several workers at one "
-                 "RDB URL.",
-      "study_name": "Study to create or resume.",
-      "workers": "Local worker processes sharing the storage.",
-      "runtime": Opt("Runtimes to consider (repeatable; default onnx-fp32 and onnx-int8).",
-                     type=list[str], flag="--runtime"),
-      "threads": "Threads for timing (default: physical cores).", "seed": None,
-      "quick": "Smaller budgets: a first look in minutes.",
-      "explain_images": "Explanation gallery size in the report.",
-      "skip_bad_images": "Leave out images that cannot be decoded, in the base's training and "
-                         "every trial (default: as --base was trained; no without)."},
+     lambda: fields_of(OPTIMIZE) | {"data": Opt(argument=True, default="builtin:digits"),
+                                    "runtime": Opt(type=list[str], flag="--runtime")},
+     configs=(OPTIMIZE,),
      call=lambda runtime=None, **kw: find("search:optimize")(**kw, **(
          {"runtimes": tuple(runtime)} if runtime else {})),
      show=lambda r: out_console.print(f"report: {r['report']}\nchosen: {r['chosen']}\n"

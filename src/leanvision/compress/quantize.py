@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from rich.console import Console
 from ..artifact import Artifact
 from ..data import decoding_for
 from ..errors import ConfigError
+from ..setting import setting
 from ..tracking import tracked
 from .ptq import PTQ_METHODS, PTQConfig, run_ptq
 from .qat import QATConfig, qat_train_config, run_qat
@@ -32,6 +33,24 @@ _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
 
 @tracked("quantize", "artifact")
 @decoding_for("quantize")
+@dataclass
+class QuantizeOptions:
+    """quantize's settings with their help (`leanvision quantize` draws its options from here)."""
+
+    method: str = setting("ptq", "ptq (static INT8 with an accuracy guard), dynamic, or qat "
+                          "(quantization-aware fine-tuning first).")
+    max_drop: float | None = setting(None, "ptq: most top-1 points INT8 may lose on validation "
+                                     "data before layers return to FP32 (default 0.5).")
+    calibration_images: int | None = setting(None, "Training images that calibrate activation "
+                                             "ranges (300 ptq, 512 qat).")
+    calibrate: str = setting("minmax", "minmax, entropy or percentile.")
+    backend: str = setting("onnxruntime", "ptq: onnxruntime (model.int8.onnx) or openvino (NNCF; "
+                           "model.openvino-int8.xml/.bin, needs leanvision[openvino]).")
+    epochs: int | None = setting(None, "qat: fine-tuning epochs (default 2).")
+    lr: float | None = setting(None, "qat: rate (default: the parent's / 20).")
+    batch_size: int | None = setting(None, "qat: fine-tuning batch size.")
+
+
 def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
              lr: float | None = None, calibration_images: int | None = None,

@@ -13,13 +13,13 @@ import copy
 import re
 import shutil
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..artifact import CARD_FILE, Artifact, load, make_card, require_image_only
 from ..data import DataSource, load_data
 from ..errors import ConfigError
+from ..io import run_folder
 from ..training.checkpoint import CHECKPOINT_FILE
 
 
@@ -71,8 +71,7 @@ def check_classes(data_classes: list[str], model_classes: list[str], data_spec: 
 
 def default_out(verb: str, name: str) -> Path:
     """runs/<verb>/<name>-<time stamp>: outputs go under runs/ (DESIGN.md, conventions)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / verb / f"{name}-{stamp}"
+    return run_folder(verb, name)
 
 
 def safe_name(text: str) -> str:

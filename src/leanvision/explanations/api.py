@@ -23,8 +23,9 @@ from ..artifact import CARD_FILE, Artifact, load
 from ..data import BadImageError, ImageChecks, load_rgb, normalize, to_tensor_resized
 from ..errors import ConfigError, DatasetError
 from ..hardware import choose_hardware
-from ..io import write_atomic, write_json
+from ..io import run_folder, write_atomic, write_json
 from ..kinds import kind_of
+from ..setting import setting
 from .attribution import ATTRIBUTION_METHODS, DEFAULT_GRID, DEFAULT_SAMPLES, attribution_maps
 from .cam import CAM_METHODS, TargetLayer, cam_maps, find_target_layer, frozen
 from .drift import explanation_drift, mean_drift
@@ -53,6 +54,21 @@ class _Explainer:
 
     def normalised(self, index: int) -> torch.Tensor:
         return normalize(self.images[index].to(self.device), self.art.mean, self.art.std)[None]
+
+
+@dataclass
+class ExplainOptions:
+    """explain's settings with their help (`leanvision explain` draws its options from here)."""
+
+    artifact: Path = setting(None, "Artifact folder to explain.")
+    images: list[Path] = setting((), "Image files.")
+    method: str = setting("gradcam", "gradcam, gradcam++, scorecam, lime or shap.")
+    target: str | None = setting(None, "Class names (comma-separated) or 'all'; default: the "
+                                 "predicted class.")
+    parent: str | None = setting(None, "Also explain this artifact ('auto': the card's parent) "
+                                 "and report how the maps drifted.")
+    faithfulness: bool = setting(True, "Score each map by deletion/insertion.")
+    samples: int = setting(DEFAULT_SAMPLES, "lime/shap: perturbed samples per image.")
 
 
 def explain(artifact: str | Path | Artifact, images: Sequence[str | Path], *,
@@ -99,7 +115,7 @@ def explain(artifact: str | Path | Artifact, images: Sequence[str | Path], *,
         same = tuple(parent_art.input_size) == tuple(art.input_size)
         other = _prepare(parent_art, pictures if same else
                          _decode_all(paths, parent_art.input_size), method, hw.device)
-    out_dir = Path(out) if out is not None else _default_out(art.path)
+    out_dir = Path(out) if out is not None else run_folder("explain", _safe(art.path.name))
 
     settings = dict(method=method, samples=samples, grid=grid, seed=seed)
     records, devices = [], {}
@@ -326,11 +342,6 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "x"
-
-
-def _default_out(artifact_path: Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "explain" / f"{_safe(artifact_path.name)}-{stamp}"
 
 
 def _summary_table(result: dict[str, Any]) -> Table:

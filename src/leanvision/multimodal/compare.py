@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import run_folder, write_json
 from .config import FUSIONS
 
 BASELINES = ("image-only", "text-only")
@@ -37,8 +36,7 @@ def compare_fusions(data: str | Path, text_columns: str | Sequence[str], *,
     if unknown or not fusions:
         raise ConfigError(f"--fusions {','.join(fusions) or '(none)'}: choose from early, late, "
                           "attention (comma-separated)")
-    out_dir = Path(out) if out is not None else Path("runs") / "compare-fusions" / \
-        datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out is not None else run_folder("compare-fusions")
     names = ([*BASELINES] if baselines else []) + list(fusions)
     image_settings = {k: v for k, v in settings.items() if k not in _TEXT_KEYS}
     runs = []

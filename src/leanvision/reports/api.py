@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -16,7 +17,8 @@ from rich.console import Console
 
 from .._version import __version__
 from ..errors import ConfigError, LeanvisionError
-from ..io import write_text
+from ..io import run_folder, write_text
+from ..setting import setting
 from . import html, plots
 from .collect import (
     BENCH,
@@ -43,6 +45,23 @@ from .sections import (
 from .shift_section import robustness_section
 
 REPORT_FILE = "report.html"
+
+
+@dataclass
+class ReportOptions:
+    """report's settings with their help (`leanvision report` draws its options from here)."""
+
+    paths: list[Path] = setting((), "Run or artifact folders (parents named in their cards are "
+                                "added when on disk).")
+    out: Path | None = setting(None, "report.html path or folder (default: "
+                               "runs/report/<time>/report.html).")
+    data: str | None = setting(None, "Data for calibration and the gallery (default: the data in "
+                               "each card).")
+    bench: Path | None = setting(None, "A bench.json from `leanvision bench` with the variants' "
+                                 "speed.")
+    measure: bool = setting(True, "Time variants with no bench figures.")
+    explain_images: int = setting(4, "Images in the explanation gallery (0: none).")
+    explain_method: str = setting("gradcam", "Method of the gallery's maps.")
 
 
 def report(paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -111,7 +130,7 @@ def _check_method(method: str) -> str:
 
 def _target(out: str | os.PathLike | None) -> Path:
     if out is None:
-        return Path("runs") / "report" / datetime.now().strftime("%Y%m%d-%H%M%S") / REPORT_FILE
+        return run_folder("report") / REPORT_FILE
     out = Path(out)
     return out if out.suffix.lower() in (".html", ".htm") else out / REPORT_FILE
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,31 @@ from ..data import ImageChecks, decode_images, load_data
 from ..data.partition import select_split
 from ..errors import ConfigError
 from ..hardware import describe_machine, physical_cores
-from ..io import write_json
+from ..io import run_folder, write_json
+from ..setting import setting
 from .openvino_runtime import OPENVINO_RUNTIMES, openvino_available, require_openvino
 from .predictor import ONNX_FILES, RUNTIMES, Predictor, available_runtimes
 
 # torch.compile takes tens of seconds per model to compile; it is benchmarked when named.
 DEFAULT_RUNTIMES = tuple(r for r in RUNTIMES if r != "torch-compile")
 RESULT_FILE = "bench.json"
+
+
+@dataclass
+class BenchOptions:
+    """bench's settings with their help (`leanvision bench` draws its options from here)."""
+
+    artifacts: list[Path] = setting((), "Artifact folders to measure.")
+    data: str | None = setting(None, "Also measure top-1 on this data (its val split, else test).")
+    runtimes: str | None = setting(None, "Comma-separated: torch, torch-compile, onnx-fp32, "
+                                   "onnx-int8, openvino-fp32, openvino-int8 (default: all but "
+                                   "torch-compile).")
+    batch: int = setting(32, "Batch size of the throughput run.")
+    threads: int | None = setting(None, "Threads per run (default: physical cores).")
+    warmup: int = setting(10, "Untimed runs before timing.")
+    iterations: int = setting(100, "Timed runs per measurement.")
+    split: str = setting("auto", "auto, val or test (with --data).")
+    out: Path | None = setting(None, "Folder for bench.json (default: runs/bench/<time>).")
 
 
 def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
@@ -57,7 +76,7 @@ def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
             require_openvino(f"--runtime {runtime}")
     threads = threads or physical_cores()
     console = console or Console(stderr=True)
-    out_dir = Path(out) if out is not None else _default_out()
+    out_dir = Path(out) if out is not None else run_folder("bench")
     folders = [read_card(a)[0] for a in artifacts]  # fail on a bad folder before any timing
     rows: list[dict[str, Any]] = []
     before = torch.get_num_threads()
@@ -93,10 +112,6 @@ def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
     console.print(results_table(rows, batch, threads))
     console.print(f"wrote {path}")
     return {**report, "path": str(path)}
-
-
-def _default_out() -> Path:
-    return Path("runs") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def _scoring_images(folder: Path, data: str | Path | None,

@@ -12,6 +12,7 @@ import copy
 import io
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,23 @@ from ..artifact import CARD_FILE, WEIGHTS_FILE, Artifact, load, save_weights
 from ..errors import ConfigError, ModelError
 from ..io import write_atomic, write_json
 from ..kinds import kind_of
+from ..setting import setting
 from .export import INPUT_NAME, OUTPUT_NAME, describe_export_failure, export_onnx
 
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class ExportOptions:
+    """export's settings with their help (`leanvision export` draws its options from here)."""
+
+    artifact: Path = setting(None, "Artifact folder to export.")
+    format: str = setting("onnx", "onnx.")
+    out: Path | None = setting(None, "Copy the artifact here and export into the copy (default: "
+                               "export into ARTIFACT).")
+    batch: int = setting(8, "Batch size of the parity check beside batch 1.")
+    opset: int | None = setting(None, "ONNX opset (default: the exporter's).")
 
 
 def export(artifact: str | Path | Artifact, format: str = "onnx", out: str | Path | None = None,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
-from .app import create_app
+from ..setting import setting
+from .app import ServeSettings, create_app
 from .limits import Gate, resolve_api_key
 
 DRAIN_SLACK_S = 5.0
@@ -53,6 +55,22 @@ def run_app(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
         # Connections beyond this get 503 from uvicorn itself, before any request is parsed.
         limit_concurrency=settings.queue_size * 2 + 32)
     DrainingServer(config, app.state.gate, settings.timeout_s + DRAIN_SLACK_S).run()
+
+
+@dataclass
+class ServeOptions(ServeSettings):
+    """serve's settings with their help (`leanvision serve` draws its options from here)."""
+
+    host: str = setting("127.0.0.1", "Address to bind; anything but loopback needs an API key.")
+    port: int = setting(8000, "Port to listen on.")
+    runtime: str = setting("auto", "auto (the card's recommendation), onnx-int8, onnx-fp32 or "
+                           "torch.")
+    threads: int | None = setting(None, "Inference threads (default: physical cores).")
+    explain: bool = setting(True, "Serve /v1/explain (Grad-CAM) too.")
+    log_level: str = setting("info", "uvicorn's log level.")
+    spin: bool = setting(False, "Let ONNX Runtime's threads spin-wait between batches (off: the "
+                         "cores parse and decode requests meanwhile; bench/serve_load.py --spin "
+                         "off,on measures both).")
 
 
 def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,

@@ -6,7 +6,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,12 @@ import torch
 from rich.console import Console
 
 from .. import tracking
-from ..artifact import Artifact
+from ..artifact import CARD_FILE, Artifact
 from ..data import DataSource, DecodedImages, ImageChecks, decode_images, load_data
 from ..data.partition import Partition, concat_records, partition
 from ..errors import ConfigError, DatasetError
 from ..hardware import choose_hardware, describe_machine
-from ..io import write_json
+from ..io import run_folder, write_json
 from ..kinds import training_kind
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
@@ -321,12 +320,11 @@ def _resumed_config(saved: dict, settings: dict) -> TrainConfig:
 
 def check_fresh(out_dir: Path) -> None:
     """Refuse to start a run in a folder that already holds one (resume continues it)."""
-    if (out_dir / CHECKPOINT_FILE).exists() or (out_dir / "model.json").exists():
+    if (out_dir / CHECKPOINT_FILE).exists() or (out_dir / CARD_FILE).exists():
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir} to "
                           "continue it, or choose another --out")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.replace("builtin:", "")).name)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "train" / f"{name}-{cfg.model or 'auto'}-{stamp}"
+    return run_folder("train", f"{name}-{cfg.model or 'auto'}")

@@ -1,0 +1,41 @@
+"""optimize's settings with their help: `leanvision optimize` draws its options from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..setting import setting
+
+
+@dataclass
+class OptimizeOptions:
+    data: str = setting("builtin:digits", "Folder, CSV file or builtin:digits.")
+    base: Path | None = setting(None, "A model trained on DATA (default: train one with the "
+                                "default recipe).")
+    out: Path | None = setting(None, "Output folder (default: runs/optimize/<data>; the same "
+                               "folder resumes).")
+    max_drop: float = setting(1.0, "Most validation top-1 points the result may lose against "
+                              "the base.")
+    max_latency_ms: float | None = setting(None, "Batch-1 latency limit, measured here.")
+    max_size_mb: float | None = setting(None, "Model file size limit.")
+    trials: int | None = setting(None, "Finished trials in the study (default 12; with "
+                                 "--time-budget every pipeline, as time allows; resumed runs "
+                                 "count earlier ones).")
+    timeout_s: float | None = setting(None, "Stop starting trials after this.")
+    time_budget: float | None = setting(None, "Minutes for the whole run, the base's training "
+                                        "included; it ends in time with the best front found "
+                                        "and says what it skipped.")
+    storage: str | None = setting(None, "Optuna storage URL (default: sqlite in --out); point "
+                                  "several workers at one RDB URL.")
+    study_name: str | None = setting(None, "Study to create or resume.")
+    workers: int = setting(1, "Local worker processes sharing the storage.")
+    runtime: list[str] | None = setting(None, "Runtimes to consider (repeatable; default "
+                                        "onnx-fp32 and onnx-int8).")
+    threads: int | None = setting(None, "Threads for timing (default: physical cores).")
+    seed: int = setting(0, "Seed of the study's sampler.")
+    quick: bool = setting(False, "Smaller budgets: a first look in minutes.")
+    explain_images: int = setting(0, "Explanation gallery size in the report.")
+    skip_bad_images: bool | None = setting(None, "Leave out images that cannot be decoded, in the "
+                                           "base's training and every trial (default: as --base "
+                                           "was trained; no without).")
