@@ -126,17 +126,81 @@ def test_divergence_in_first_epoch_is_a_clear_error(tiny_folder, tmp_path, monke
         lv.train(tiny_folder, tmp_path / "run", **FAST)
 
 
+# The torch class each --optimizer builds, and whether it carries momentum.
+OPTIMIZER_CLASSES = {
+    "sgd": (torch.optim.SGD, False), "momentum": (torch.optim.SGD, True),
+    "adagrad": (torch.optim.Adagrad, False), "rmsprop": (torch.optim.RMSprop, True),
+    "adadelta": (torch.optim.Adadelta, False), "adam": (torch.optim.Adam, False),
+    "adamw": (torch.optim.AdamW, False),
+}
+
+
+def _record_optimizer_and_rates(monkeypatch) -> tuple[list, list[float]]:
+    """The optimizer the fit loop builds, and the learning rate each batch ran at."""
+    made: list[torch.optim.Optimizer] = []
+    rates: list[float] = []
+    real_build, real_controller = loop_module.build_optimizer, loop_module.LRController
+
+    def build(*args, **kwargs):
+        made.append(real_build(*args, **kwargs))
+        return made[-1]
+
+    class Recording(real_controller):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            rates.append(made[-1].param_groups[0]["lr"])  # the first batch's rate
+
+        def step_batch(self) -> None:
+            super().step_batch()
+            rates.append(made[-1].param_groups[0]["lr"])
+
+    monkeypatch.setattr(loop_module, "build_optimizer", build)
+    monkeypatch.setattr(loop_module, "LRController", Recording)
+    return made, rates
+
+
 @pytest.mark.parametrize("optimizer,schedule", [
     ("sgd", "step"), ("momentum", "onecycle"), ("adagrad", "plateau"), ("rmsprop", "constant"),
     ("adadelta", "cosine"), ("adam", "onecycle"), ("adamw", "plateau"),
 ])
-def test_every_optimizer_and_schedule_trains(tiny_folder, tmp_path, optimizer, schedule):
+def test_every_optimizer_and_schedule_trains(tiny_folder, tmp_path, monkeypatch, optimizer,
+                                             schedule):
+    made, rates = _record_optimizer_and_rates(monkeypatch)
     summary = lv.train(tiny_folder, tmp_path / "run", **dict(
         FAST, optimizer=optimizer, schedule=schedule, epochs=2, ema=False, grad_clip=1.0,
         l1=1e-5, dropout=0.1, warmup_epochs=0.5))
-    card = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert card["config"]["optimizer"] == optimizer and card["config"]["schedule"] == schedule
     assert summary["training"]["epochs_run"] == 2
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    lr, gamma = card["config"]["lr"], card["config"]["gamma"]
+    # the optimizer named is the one that ran, and it took steps
+    (opt,) = made
+    cls, with_momentum = OPTIMIZER_CLASSES[optimizer]
+    assert type(opt) is cls
+    if cls is torch.optim.SGD:
+        assert (opt.defaults["momentum"] > 0) == with_momentum
+    # the rate follows the schedule named
+    rates = rates[:-1]  # the last entry is the rate after the final batch
+    per_epoch = len(rates) // 2
+    warmup = round(0.5 * per_epoch)
+    assert len(rates) == 2 * per_epoch and per_epoch >= 2
+    close = lambda a, b: abs(a - b) <= 1e-6 * max(abs(b), 1e-12)  # noqa: E731
+    assert close(max(rates), lr) or schedule == "onecycle" and max(rates) <= lr * (1 + 1e-6)
+    if schedule == "step":  # full rate until one epoch after warm-up, then gamma times it
+        drop = warmup + per_epoch  # StepLR counts its epoch from the end of warm-up
+        assert close(rates[drop - 1], lr) and close(rates[drop], lr * gamma)
+        assert all(close(r, lr * gamma) for r in rates[drop:])
+    elif schedule == "onecycle":  # up from lr/25 to a peak inside the run, then far below
+        peak = rates.index(max(rates))
+        assert 0 < peak < len(rates) - 1 and max(rates) > 0.9 * lr
+        assert rates[0] < lr / 10 and rates[-1] < rates[0]
+    elif schedule == "cosine":  # warm-up to lr, then falling at every step
+        after = rates[warmup:]
+        assert close(after[0], lr)
+        assert all(b < a for a, b in zip(after, after[1:], strict=False))
+        assert rates[-1] < 0.5 * lr
+    else:  # constant, and plateau (no plateau within 2 epochs): warm-up, then flat at lr
+        assert rates[0] < lr / 10
+        assert all(close(r, lr) for r in rates[warmup:])
 
 
 def test_user_settings_are_never_rewritten(tiny_folder, tmp_path):
@@ -146,14 +210,52 @@ def test_user_settings_are_never_rewritten(tiny_folder, tmp_path):
     assert not any(note.startswith(("lr ", "optimizer ")) for note in config["recipe_notes"])
 
 
-def test_balanced_sampler_and_class_weights(tmp_path):
+def test_balanced_sampler_and_class_weights(tmp_path, monkeypatch):
+    """red has 20 images, the other classes 4 each: `loss` weights the rare classes up in the
+    loss the loop computes, `sampler` draws them more often than their share of the data."""
     from conftest import make_image_folder
 
     data = make_image_folder(tmp_path / "data", per_class=4)
     make_image_folder(tmp_path / "data", per_class=20, classes={"red": (200, 30, 30)})
+    labels: list[torch.Tensor] = []
+    drawn: list[torch.Tensor] = []
+    loss_weights: list[torch.Tensor | None] = []
+    real_epoch, real_order = loop_module._train_epoch, loop_module.epoch_order
+    real_cross_entropy = torch.nn.functional.cross_entropy
+
+    def train_epoch(run, batches, *args, **kwargs):
+        labels.append(batches.labels.cpu())
+        return real_epoch(run, batches, *args, **kwargs)
+
+    def epoch_order(*args, **kwargs):
+        drawn.append(real_order(*args, **kwargs).cpu())
+        return drawn[-1]
+
+    def cross_entropy(*args, weight=None, **kwargs):
+        loss_weights.append(None if weight is None else weight.detach().cpu())
+        return real_cross_entropy(*args, weight=weight, **kwargs)
+
+    monkeypatch.setattr(loop_module, "_train_epoch", train_epoch)
+    monkeypatch.setattr(loop_module, "epoch_order", epoch_order)
+    monkeypatch.setattr(loop_module.F, "cross_entropy", cross_entropy)
     for balance in ("loss", "sampler"):
+        for record in (labels, drawn, loss_weights):
+            record.clear()
         summary = lv.train(data, tmp_path / balance, **dict(FAST, balance=balance))
         assert summary["training"]["epochs_run"] == 2
+        red = json.loads((tmp_path / balance / "model.json").read_text())["classes"].index("red")
+        rare = labels[0] != red
+        assert 0 < rare.float().mean() < 0.5  # red is the majority of the training split
+        if balance == "loss":
+            weights = [w for w in loss_weights if w is not None]
+            assert weights, "the loss never received class weights"
+            others = [c for c in range(len(weights[0])) if c != red]
+            assert all(w[c] > 1.5 * w[red] for w in weights for c in others)
+        else:
+            assert all(w is None for w in loss_weights)
+            share_in_data = rare.float().mean().item()
+            share_drawn = rare[torch.cat(drawn)].float().mean().item()
+            assert share_drawn > share_in_data + 0.2, (share_drawn, share_in_data)
 
 
 def test_early_stopping_stops(tiny_folder, tmp_path):
