@@ -9,8 +9,9 @@
 - test top-1 of the base and the chosen model, read once at the end from their cards (the search
   decides on validation only).
 
-Run: python bench/optimize_photos.py [--budget 30]  (or python bench/optimize.py --photos).
-Writes bench/results/optimize_photos.json."""
+Run: python bench/optimize_photos.py [--budget 30] [--data FOLDER]  (or python bench/optimize.py
+--photos). Writes bench/results/optimize_photos.json (optimize_photos-<FOLDER name>.json for
+another folder: the same command on photos the defaults were not chosen on)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def main() -> None:
                                 args.threads)))
         return
     revision = git_revision()
-    data = clothing()
+    data = Path(args.data) if args.data else clothing()
     out = WORK / datetime.now().strftime("%Y%m%d-%H%M%S")
     command = [sys.executable, "-m", "leanvision", "optimize", str(data), "--time-budget",
                str(args.budget), "--out", str(out), "--json"]
@@ -67,8 +68,8 @@ def main() -> None:
                            {"budget_minutes": args.budget, "data": str(data), "out": str(out),
                             "rounds": args.rounds, "iterations": args.iterations,
                             "threads": args.threads}, revision=revision)
-    write_result("optimize_photos", record)
-    print_summary(figures)
+    write_result(f"optimize_photos-{data.name}" if args.data else "optimize_photos", record)
+    print_summary(figures, data.name)
 
 
 def retime(out: Path, rounds: int, iterations: int, threads: int) -> dict[str, Any]:
@@ -140,16 +141,21 @@ def summarise(summary: dict[str, Any], timed: dict[str, Any], wall: float, budge
     return figures
 
 
-def print_summary(f: dict[str, Any]) -> None:
+def _top1(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_summary(f: dict[str, Any], name: str) -> None:
     rows = [[name, m["runtime"], "x".join(map(str, m["input_size"])), m["latency_ms_median"],
              f"{m['latency_ms_range'][0]:.2f}-{m['latency_ms_range'][1]:.2f}"]
             for name, m in f["timing"].items()]
     print_table("batch-1 latency, fresh process, interleaved rounds",
                 ["model", "runtime", "input", "median ms", "range ms"], rows)
     chosen = f.get("chosen") or {}
-    print_table("optimize clothing --time-budget", ["figure", "value"], [
+    print_table(f"optimize {name} --time-budget", ["figure", "value"], [
         ["whole command s (budget)", f"{f['wall_s']} ({f['budget_s']:.0f})"],
-        ["base val / test top-1", f"{f['base']['val_top1']:.4f} / {f['base']['test_top1']:.4f}"],
+        ["base val / test top-1", f"{_top1(f['base']['val_top1'])} / "
+                                  f"{_top1(f['base']['test_top1'])}"],
         ["chosen", chosen.get("label", "none")],
         ["chosen val / test top-1", f"{chosen.get('val_top1')} / {chosen.get('test_top1')}"],
         ["val drop (points)", chosen.get("val_drop_points")],
@@ -161,6 +167,8 @@ def print_summary(f: dict[str, Any]) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=float, default=30.0, help="--time-budget minutes")
+    p.add_argument("--data", default=None, help="another photo folder (default: clothing); "
+                   "results go to optimize_photos-<folder name>.json")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
