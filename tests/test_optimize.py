@@ -233,7 +233,10 @@ def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -
     pareto = json.loads((out / "pareto.json").read_text())
     assert len(pareto["front"]) == 1 and pareto["front"][0]["chosen"]
     front = pareto["front"][0]
-    assert front["val_top1"] >= 0.0 and front["latency_ms"] > 0 and front["size_mb"] > 0
+    # the front reports the accuracy the chosen INT8 file scored on validation, as its card says
+    assert 0.0 <= front["val_top1"] <= 1.0
+    assert front["val_top1"] == pytest.approx(card["metrics"]["int8"]["val"]["top1"])
+    assert front["latency_ms"] > 0 and front["size_mb"] > 0
     assert pareto["base"]["runtime"] == "torch" and front["vs_base_torch"]["speedup_b1"] > 0
     bench_rows = json.loads((out / "bench.json").read_text())["results"]
     assert {r["runtime"] for r in bench_rows} == {"onnx-int8", "torch"}
