@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from ..errors import LeanvisionError
+from ..setting import SharedOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and inspect image classifiers on the hardware at hand.")
@@ -29,19 +30,7 @@ err_console = Console(stderr=True)
 # no stage and `leanvision eval` no training code. None (an embedded `app`): every verb's.
 RUNNING: str | None = None
 
-# Help of options that many verbs share; a config field's or a verb's own text wins.
-COMMON_HELP = {
-    "out": "Output folder (default: runs/<verb>/<name>).",
-    "track": "Record the run in MLflow (default store: runs/mlflow.db; see --track-uri).",
-    "track_uri": "MLflow tracking URI (http://host:5000, sqlite:///file.db, ...); implies "
-                 "--track. Default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db.",
-    "tta": "Test-time augmentation: none, flip, flip-translate or multi-crop (default: the one "
-           "the card stores).",
-    "artifact": "Artifact folder.", "images": "Image files.",
-    "data": "Folder, CSV file or builtin:digits.", "device": "auto, cpu or cuda.",
-    "skip_bad_images": "Leave out images that cannot be decoded.",
-    "nproc": "Data-parallel processes, as for train (--batch-size is global).",
-}
+COMMON_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(SharedOptions)}
 # CLI types of parameters whose API annotation is a union the command line cannot parse.
 NAMED_TYPES = {"artifact": Path, "data": str, "out": Path, "resume": Path, "images": list[Path],
                "artifacts": list[Path], "paths": list[Path], "teacher": Path, "base": Path,
