@@ -143,3 +143,17 @@ def test_multimodal_resume_does_not_unpickle_the_checkpoint(tmp_path, marker):
     with pytest.raises(ArtifactError, match="could not be read as a leanvision checkpoint"):
         lv.train(resume=run, progress=False)
     assert not marker.exists()
+
+
+def test_decoded_image_cache_file_is_not_unpickled(tmp_path, marker):
+    """A .npy in the decode cache holding pickled objects is treated as no cache (rebuilt)."""
+    import numpy as np
+
+    from leanvision.data.cache import _load_file
+
+    npy, meta = tmp_path / "images.npy", tmp_path / "images.json"
+    np.save(npy, np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    meta.write_text(json.dumps({"format": 1, "shape": [1], "kept": [0], "bad_index": [],
+                                "bad_reason": []}))
+    assert _load_file(npy, meta, (1,)) is None
+    assert not marker.exists()
