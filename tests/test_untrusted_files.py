@@ -44,7 +44,7 @@ def _write_payload(path: Path, marker: Path, *, wrap: str = "state_dict",
         obj = {wrap: obj}
     if writer == "pickle":  # a plain pickle stream, which torch.load also accepts
         with open(path, "wb") as f:
-            pickle.dump(obj, f)
+            pickle.dump(obj, f, protocol=2)  # torch.load's own protocol: no warning
     else:
         torch.save(obj, path)
     return path
