@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,23 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..io import run_folder, write_json
+from ..setting import setting
 from .config import FUSIONS
 
 BASELINES = ("image-only", "text-only")
+
+
+@dataclass
+class CompareFusionsOptions:
+    """compare_fusions' settings with their help (`leanvision compare-fusions` reads them)."""
+
+    data: Path = setting(None, "CSV with path, label and text columns.")
+    text_columns: str = setting(None, "Text columns (comma-separated).")
+    fusions: str = setting(("early", "late", "attention"), "Fusion strategies to compare.")
+    baselines: bool = setting(True, "Also train image-only and text-only models.")
+    text_encoder: str = setting("hashed", "hashed or minilm.")
+    model: str | None = setting(None, "Image network (default: from the recipe).")
+    epochs: int | None = setting(None, "The same for every run.")
 
 
 def compare_fusions(data: str | Path, text_columns: str | Sequence[str], *,
