@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .command import Opt, Options, find, out_console, verb
+from .command import Opt, Options, fields_of, find, out_console, verb
 
 # The config's groups, named by their first field: `train --help` shows one panel per concern.
 PANELS = {"data": "Data", "recipe": "Model", "epochs": "Optimisation", "augment": "Augmentation",
           "unlabeled": "Semi-supervised (--unlabeled)", "tta": "Inference",
           "device": "Hardware", "seed": "Run"}
 TRAIN_CONFIG = "training.config:TrainConfig"
+LR_FIND = "training.lr_find:LrFindOptions"
 FIT = ("model", "epochs", "batch_size", "lr", "optimizer")
 
 
@@ -81,13 +82,10 @@ verb("cv", "cv:cross_validate",
 
 verb("lr-find", "training.lr_find:lr_find",
      "Learning-rate range test: suggest a learning rate for training on DATA.",
-     {"data": Opt(argument=True, default="builtin:digits"), "out": None,
-      "model": None, "optimizer": None, "batch_size": None,
-      "start_lr": "Rate of the first step.", "end_lr": "Rate of the last step.",
-      "steps": "Mini-batches in the sweep (it stops early on blow-up).",
-      "skip_bad_images": "Leave out images that cannot be decoded.", "device": None,
-      "seed": None},
-     configs=(TRAIN_CONFIG,), context=("console", "progress"),
+     lambda: {"data": Opt(argument=True, default="builtin:digits"), "out": None,
+              "model": None, "optimizer": None, "batch_size": None, **fields_of(LR_FIND),
+              "skip_bad_images": None, "device": None, "seed": None},
+     configs=(LR_FIND, TRAIN_CONFIG), context=("console", "progress"),
      show=lambda r: out_console.print(
          f"suggested lr {r['suggested_lr']:.3g} for {r['optimizer']} (min-loss lr / 10: "
          f"{r['min_loss_lr']:.3g}); plot {r['plot']}"))
@@ -98,8 +96,7 @@ verb("compare", "training.compare:compare",
       "optimizers": Opt("Comma-separated optimizer names.", type=str), "epochs": None,
       "model": None, "batch_size": None, "find_steps": "Steps of each learning-rate range test.",
       "val_fraction": None, "out": None,
-      "skip_bad_images": "Leave out images that cannot be decoded.", "device": None,
-      "seed": None},
+      "skip_bad_images": None, "device": None, "seed": None},
      configs=(TRAIN_CONFIG,), context=("console", "progress"),
      show=lambda r: out_console.print(f"best: {r['best']} ({' > '.join(r['ranking'])}); "
                                       f"{r['json']}"))

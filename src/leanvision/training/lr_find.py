@@ -23,6 +23,7 @@ from ..hardware import choose_hardware, describe_machine
 from ..io import write_atomic, write_json
 from ..models import create_model, model_preprocessing
 from ..models.finetune import plan_finetune
+from ..setting import setting
 from .api import balance_weights, decode_partition, default_run_dir
 from .config import TrainConfig
 from .loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
@@ -46,6 +47,15 @@ class RangeTest:
 
 
 @decoding_for("find a learning rate")
+@dataclass
+class LrFindOptions:
+    """lr_find's own settings with their help (`leanvision lr-find` reads them)."""
+
+    start_lr: float = setting(1e-7, "Rate of the first step.")
+    end_lr: float = setting(10.0, "Rate of the last step.")
+    steps: int = setting(100, "Mini-batches in the sweep (it stops early on blow-up).")
+
+
 def lr_find(data: str | Path, out: str | Path | None = None, *, model: str | None = None,
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
             batch_size: int | None = None, optimizer: str | None = None,
