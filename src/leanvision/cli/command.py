@@ -114,8 +114,9 @@ class Command:
 
     def _parameter(self, key: str, spec: Opt) -> inspect.Parameter:
         found = inspect.signature(find(self.api)).parameters.get(key)
-        field = next((f for ref in self.configs for f in dataclasses.fields(find(ref))
-                      if f.name == key), None)
+        fields = [f for ref in self.configs for f in dataclasses.fields(find(ref))
+                  if f.name == key]
+        field = fields[0] if fields else None  # a plain field (no setting) borrows a later help
         annotation, default = "", None  # an option of the CLI's own: its Opt says the rest
         if found is not None and found.kind != found.VAR_KEYWORD:
             annotation, default = found.annotation, found.default
@@ -126,8 +127,8 @@ class Command:
         if isinstance(default, tuple):  # a list the command line takes comma-separated
             default = ",".join(map(str, default))
         cli_type = spec.type or _cli_type(str(annotation), key)
-        text = (spec.help or (field.metadata.get("help") if field else None)
-                or COMMON_HELP.get(key))
+        text = (spec.help or next((f.metadata["help"] for f in fields if "help" in f.metadata),
+                                  None) or COMMON_HELP.get(key))
         required = ... if default is inspect.Parameter.empty else default
         info = (typer.Argument(required, help=text) if spec.argument else
                 typer.Option(required, *([spec.flag] if spec.flag else []), help=text,

@@ -7,15 +7,9 @@ from typing import Any
 
 from .command import TRACKING, Opt, fields_of, find, out_console, verb
 
-DATA = Opt("Data to fine-tune on (default: the data named in the artifact's card).")
-# Tri-state: unset, a stage reads the data as its parent artifact was trained (with or without
-# the unreadable images); either flag given wins.
-SKIP_BAD = Opt("Leave out images that cannot be decoded (default: as the parent artifact was "
-               "trained).", default=None)
-UNSET = Opt(default=None)  # the stage's own default, not TrainConfig's, applies
-ARTIFACT = "Artifact folder to {}."
 TRAIN, PRUNE = "training.config:TrainConfig", "compress.prune:PruneConfig"
-DISTILL = "compress.distill:DistillConfig"
+PRUNE_OPTIONS = "compress.prune:PruneOptions"
+DISTILL, DISTILL_OPTIONS = "compress.distill:DistillConfig", "compress.distill:DistillOptions"
 
 
 def _artifact(result: dict[str, Any]) -> None:
@@ -24,30 +18,18 @@ def _artifact(result: dict[str, Any]) -> None:
 
 verb("prune", "compress:prune",
      "Remove channels (or weights) from ARTIFACT, fine-tune, and write a smaller artifact.",
-     lambda: {"artifact": Opt(ARTIFACT.format("prune"), argument=True), "data": DATA,
-              "out": None, **fields_of(PRUNE), "batch_size": "Fine-tuning batch size.",
-              "lr": "Fine-tuning rate (default 1e-3 AdamW).",
-      "optimizer": "Fine-tuning optimizer.", "augment": Opt("none, light, strong.", default=None),
-      "device": None, "precision": None,
-      "nproc": "Data-parallel processes for the fine-tuning, as for train (--batch-size is "
-               "global).", "skip_bad_images": SKIP_BAD, **TRACKING},
-     configs=(PRUNE, TRAIN), context=("console", "progress"),
+     lambda: {"artifact": None, "data": None, "out": None, **fields_of(PRUNE),
+              **fields_of(PRUNE_OPTIONS), **TRACKING} | {"artifact": Opt(argument=True)},
+     configs=(PRUNE, PRUNE_OPTIONS, TRAIN), context=("console", "progress"),
      show=lambda r: out_console.print(
          f"artifact: {r['artifact']} ({r['pruning']['flops_fraction']:.0%} of the FLOPs, "
          f"{r['pruning']['params_fraction']:.0%} of the parameters)"))
 
 verb("distill", "compress:distill",
      "Train STUDENT on DATA with TEACHER's predictions as soft targets.",
-     lambda: {"data": Opt("Folder, CSV file or builtin:digits to train on.", argument=True),
-      "teacher": "Trained artifact whose logits teach the student.",
-      "student": "Model name (leanvision models) or an artifact folder, e.g. a pruned model.",
-      "out": None, **fields_of(DISTILL),
-      "epochs": None, "batch_size": None, "lr": "Default: the recipe's rate.",
-      "optimizer": "Default: the recipe's optimizer.", "augment": UNSET, "val_fraction": UNSET,
-      "device": None, "precision": None, "seed": UNSET, "nproc": None,
-      "skip_bad_images": SKIP_BAD, **TRACKING},
-     configs=(DISTILL, TRAIN), context=("console", "progress"), show=_artifact)
-
+     lambda: {**dict.fromkeys(("data", "teacher", "student", "out")), **fields_of(DISTILL),
+              **fields_of(DISTILL_OPTIONS), **TRACKING} | {"data": Opt(argument=True)},
+     configs=(DISTILL, DISTILL_OPTIONS, TRAIN), context=("console", "progress"), show=_artifact)
 
 def _quantize(method: str, batch_size: int | None = None, progress: bool = False,
               **kw: Any) -> dict[str, Any]:
@@ -60,8 +42,8 @@ QUANTIZE, OPTIMIZE = "compress.quantize:QuantizeOptions", "search.options:Optimi
 verb("quantize", "compress:quantize",
      "Quantize ARTIFACT to INT8 ONNX (QDQ: uint8 activations, int8 per-channel weights), or with "
      "--backend openvino to OpenVINO IR through NNCF.",
-     lambda: {"artifact": Opt(ARTIFACT.format("quantize"), argument=True), "data": DATA,
-              "out": None, **fields_of(QUANTIZE), "skip_bad_images": SKIP_BAD, **TRACKING},
+     lambda: {**dict.fromkeys(("artifact", "data", "out")), **fields_of(QUANTIZE), **TRACKING}
+     | {"artifact": Opt(argument=True)},
      configs=(QUANTIZE, TRAIN), call=_quantize, context=("console", "progress"), show=_artifact)
 
 verb("optimize", "search:optimize",
@@ -88,20 +70,8 @@ verb("robustness", "shift:robustness",
          f"{100 * r['mean_corruption_top1']:.2f}% (drop {100 * r['mean_drop']:.2f} pts); "
          f"{r['json']}"))
 
-verb("adapt", "shift:adapt",
-     "Adapt ARTIFACT to unlabelled TARGET images; writes a new artifact.",
-     {"artifact": Opt(ARTIFACT.format("adapt"), argument=True),
-      "target": "Folder of unlabelled images from the deployment domain (flat or in "
-                "subfolders).",
-      "method": None,
-      "data": "DANN: labelled source data (default: the data named in the artifact's card).",
-      "out": None, "min_target_images": None,
-      "epochs": "DANN: fine-tuning epochs (default 10).", "batch_size": None,
-      "lr": "DANN: rate (default 1e-3 AdamW).", "optimizer": "DANN: optimizer.",
-      "augment": Opt("DANN: none, light, strong.", default=None),
-      "domain_weight": None, "target_bn": None,
-      "skip_bad_images": "Adapt without unreadable images (target, and DANN's source data).",
-      "device": None, "precision": Opt("DANN: auto, fp32, bf16 or fp16.", default=None),
-      "seed": None},
-     configs=("shift.adaptation:AdaptConfig", TRAIN), context=("console", "progress"),
+ADAPT = "shift.adaptation:AdaptOptions"
+verb("adapt", "shift:adapt", "Adapt ARTIFACT to unlabelled TARGET images; writes a new artifact.",
+     lambda: fields_of(ADAPT) | {"artifact": Opt(argument=True)},
+     configs=(ADAPT, "shift.adaptation:AdaptConfig", TRAIN), context=("console", "progress"),
      show=_artifact)

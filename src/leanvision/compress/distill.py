@@ -68,6 +68,29 @@ class DistillConfig:
                               "one of " + ", ".join(CACHE_MODES))
 
 
+@dataclass
+class DistillOptions:
+    """distill's training settings as `leanvision distill` offers them: TrainConfig fields, unset
+    unless given (a plain field takes TrainConfig's help)."""
+
+    data: str = setting(None, "Folder, CSV file or builtin:digits to train on.")
+    teacher: str = setting(None, "Trained artifact whose logits teach the student.")
+    student: str = setting(None, "Model name (leanvision models) or an artifact folder, e.g. a "
+                           "pruned model.")
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = setting(None, "Default: the recipe's rate.")
+    optimizer: str | None = setting(None, "Default: the recipe's optimizer.")
+    augment: str | None = None
+    val_fraction: float | None = None
+    device: str = TrainConfig.device
+    precision: str = TrainConfig.precision
+    seed: int | None = None
+    nproc: int = 1
+    skip_bad_images: bool | None = setting(None, "Leave out images that cannot be decoded "
+                                           "(default: as the parent artifact was trained).")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """What a network expects of its input tensor."""

@@ -102,6 +102,27 @@ class PruneConfig:
         return 1.0 - self.ratio * step / self.steps
 
 
+@dataclass
+class PruneOptions:
+    """prune's fine-tuning settings as `leanvision prune` offers them (TrainConfig fields, unset
+    unless given, so the stage's own defaults apply)."""
+
+    artifact: str = setting(None, "Artifact folder to prune.")
+    data: str | None = setting(None, "Data to fine-tune on (default: the data named in the "
+                               "artifact's card).")
+    batch_size: int | None = setting(None, "Fine-tuning batch size.")
+    lr: float | None = setting(None, "Fine-tuning rate (default 1e-3 AdamW).")
+    optimizer: str | None = setting(None, "Fine-tuning optimizer.")
+    augment: str | None = setting(None, "none, light, strong.")
+    device: str = setting(TrainConfig.device, "auto, cpu or cuda.")
+    precision: str = setting(TrainConfig.precision, "auto, fp32, bf16 or fp16.")
+    nproc: int = setting(1, "Data-parallel processes for the fine-tuning, as for train "
+                         "(--batch-size is global).")
+    # unset: the data is read as the parent artifact was trained (with or without bad images)
+    skip_bad_images: bool | None = setting(None, "Leave out images that cannot be decoded "
+                                           "(default: as the parent artifact was trained).")
+
+
 @tracked("prune", "artifact")
 @decoding_for("prune")
 def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path | None = None, *,

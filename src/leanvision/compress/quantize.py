@@ -37,6 +37,9 @@ _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
 class QuantizeOptions:
     """quantize's settings with their help (`leanvision quantize` draws its options from here)."""
 
+    artifact: str = setting(None, "Artifact folder to quantize.")
+    data: str | None = setting(None, "Data to fine-tune on (default: the data named in the "
+                               "artifact's card).")
     method: str = setting("ptq", "ptq (static INT8 with an accuracy guard), dynamic, or qat "
                           "(quantization-aware fine-tuning first).")
     max_drop: float | None = setting(None, "ptq: most top-1 points INT8 may lose on validation "
@@ -49,6 +52,9 @@ class QuantizeOptions:
     epochs: int | None = setting(None, "qat: fine-tuning epochs (default 2).")
     lr: float | None = setting(None, "qat: rate (default: the parent's / 20).")
     batch_size: int | None = setting(None, "qat: fine-tuning batch size.")
+    # unset: the data is read as the parent artifact was trained (with or without bad images)
+    skip_bad_images: bool | None = setting(None, "Leave out images that cannot be decoded "
+                                           "(default: as the parent artifact was trained).")
 
 
 def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,

@@ -74,6 +74,33 @@ class AdaptConfig:
             raise ConfigError(f"--domain-weight must be > 0, got {self.domain_weight}")
 
 
+@dataclass
+class AdaptOptions:
+    """adapt's settings as `leanvision adapt` offers them; a plain field takes the help of
+    AdaptConfig's or TrainConfig's (DANN's fine-tuning settings are TrainConfig fields)."""
+
+    artifact: str = setting(None, "Artifact folder to adapt.")
+    target: str = setting(None, "Folder of unlabelled images from the deployment domain (flat "
+                          "or in subfolders).")
+    method: str = "adabn"
+    data: str | None = setting(None, "DANN: labelled source data (default: the data named in "
+                               "the artifact's card).")
+    out: str | None = None
+    min_target_images: int = MIN_TARGET_IMAGES
+    epochs: int | None = setting(None, "DANN: fine-tuning epochs (default 10).")
+    batch_size: int | None = None
+    lr: float | None = setting(None, "DANN: rate (default 1e-3 AdamW).")
+    optimizer: str | None = setting(None, "DANN: optimizer.")
+    augment: str | None = setting(None, "DANN: none, light, strong.")
+    domain_weight: float = 1.0
+    target_bn: bool = True
+    skip_bad_images: bool = setting(False, "Adapt without unreadable images (target, and DANN's "
+                                    "source data).")
+    device: str = "auto"
+    precision: str | None = setting(None, "DANN: auto, fp32, bf16 or fp16.")
+    seed: int = 0
+
+
 @decoding_for("adapt")
 def adapt(artifact: str | Path | Artifact, target: str | Path, out: str | Path | None = None,
           *, method: str = "adabn", data: str | Path | None = None,
