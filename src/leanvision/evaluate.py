@@ -9,14 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
+from rich.console import Console
+from rich.table import Table
 
 from .artifact import WEIGHTS_FILE, Artifact, load
 from .data import ImageChecks, decode_images, decoding_for, load_data, normalize
@@ -52,6 +46,17 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: list[floa
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
                            classes: list[str]) -> dict[str, Any]:
+    # imported here: torchmetrics takes seconds to import, and the CLI's --help reaches this
+    # module through the training API's signature
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_calibration_error,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
     num = len(classes)
     probs = logits.softmax(1)
     k = min(5, num)
@@ -165,3 +170,21 @@ def evaluate_records(art: Artifact, records: ImageRecords, split_name: str, data
         "metrics": metrics,
         "cost": model_cost(art.model, art.input_size, art.path),
     }
+
+
+def print_evaluation(console: Console, result: dict[str, Any]) -> None:
+    """`leanvision eval`'s summary of evaluate()'s result."""
+    m, cost = result["metrics"], result["cost"]
+    console.print(f"{result['artifact']} on {result['data']} ({result['split']}, "
+                  f"{m['n']} images, TTA {result.get('tta', 'none')})")
+    topk = next((k for k in m if k.startswith("top") and k != "top1"), None)
+    console.print(f"top-1 {m['top1']:.4f}" + (f"  {topk} {m[topk]:.4f}" if topk else "")
+                  + f"  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
+                  f"loss {m['loss']:.4f}")
+    table = Table("class", "precision", "recall", "F1", "support")
+    for name, row in m["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                      f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+    console.print(f"{cost['params']:,} params, {cost['flops'] / 1e6:.1f} MFLOPs, "
+                  f"{cost.get('size_bytes', 0) / 1e6:.2f} MB on disk")

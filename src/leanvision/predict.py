@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from .artifact import Artifact, load, read_card
 from .data import BadImageError, ImageChecks
@@ -75,3 +76,13 @@ def predict(artifact: str | Path | Artifact, images: list[str | Path], *, top_k:
         results[index]["top"] = [{"class": art.classes[int(c)], "prob": float(v)}
                                  for v, c in zip(values, classes, strict=True)]
     return results
+
+
+def print_predictions(console: Console, results: list[dict[str, Any]]) -> None:
+    """`leanvision predict`'s lines: each image's top classes, or why it was not used."""
+    for r in results:
+        if "error" in r:
+            console.print(f"{r['image']}: [red]{r['error']}[/red]", highlight=False)
+            continue
+        top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+        console.print(f"{r['image']}: {top}", highlight=False)
