@@ -1,30 +1,30 @@
 """leanvision: train, compress, measure, explain and ship image classifiers.
 
-The public Python API; every CLI verb is a thin skin over one of these functions. The training,
-compression and ONNX stacks are imported on first use, so loading or evaluating an artifact does
-not pay for them."""
+The public Python API; every CLI verb is a thin skin over one of these functions. Each name is
+imported on first use, so loading or evaluating an artifact does not pay for the training,
+compression and ONNX stacks, nor `leanvision --help` for torch."""
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
-# Packages above the core plug into it when imported (multimodal: its model kind in kinds.py;
-# reports: a tracked run's report in tracking.py). The API surface, the top layer, imports them
-# so that the core never names them.
-from . import multimodal, reports  # noqa: F401
 from ._version import __version__
-from .artifact import Artifact, load
 from .errors import ArtifactError, ConfigError, DatasetError, LeanvisionError, ModelError
 
-# Functions named like their own module are bound eagerly: importing a submodule later sets the
-# package attribute to the module, which a lazy name would then never replace.
-from .evaluate import evaluate
-from .info import info
-from .predict import predict
+# Nothing heavier is imported here: `leanvision --help` and `import leanvision` stay quick (torch
+# and torchmetrics load with the first function that needs them), and packages above the core
+# plug in when first asked (kinds.PLUGINS, tracking.REPORT_PLUGIN).
 
 # public name -> the module that defines it
 _LAZY = {
+    "Artifact": "artifact",
+    "load": "artifact",
+    "evaluate": "evaluate",
+    "info": "info",
+    "predict": "predict",
     "distill": "compress",
     "prune": "compress",
     "quantize": "compress",
@@ -70,11 +70,28 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
+class _Package(types.ModuleType):
+    """Importing leanvision.evaluate (or .info, .predict) would bind the package attribute to
+    the module, hiding the function of the same name; the function keeps its name here (the
+    module stays in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (isinstance(value, types.ModuleType) and _LAZY.get(name) == name):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .artifact import Artifact, load
     from .compress import distill, prune, quantize, resize
     from .cv import cross_validate
+    from .evaluate import evaluate
+    from .info import info
     from .models import create_model, list_models
     from .multimodal import compare_fusions
+    from .predict import predict
     from .runtime.bench import bench
     from .runtime.predictor import Predictor
     from .runtime.stage import export

@@ -4,12 +4,14 @@ The core stages (load, train, evaluate, predict, export, explain) ask this regis
 kind and call its hooks; they never test for a kind themselves. A hook left None means the
 stage's own image path serves the kind, so the image kind, the default, has no hooks at all.
 A plugin package registers its kind when it is imported (leanvision.multimodal does so from its
-__init__, which the top-level package imports), so this module sits low in the layers and
-imports no stage: hooks are plain callables that import their heavy modules on first use."""
+__init__); the registry imports the packages named in PLUGINS on its first lookup, so this module
+sits low in the layers, imports no stage, and `import leanvision` pays for no plugin. Hooks are
+plain callables that import their heavy modules on first use."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,21 +52,36 @@ class Kind:
 
 
 _KINDS: dict[str, Kind] = {IMAGE: Kind(IMAGE)}
+# Packages that register kinds, imported by name on the registry's first use (a name, not an
+# import: they sit above every stage that asks the registry).
+PLUGINS = ["leanvision.multimodal"]
+_loaded = False
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True  # first: a plugin's own register() call comes back here
+        for name in PLUGINS:
+            importlib.import_module(name)
 
 
 def register(kind: Kind) -> None:
     """Add a kind; registering a name twice is refused (two plugins claiming one kind would
     otherwise depend on import order)."""
+    _load_plugins()
     if kind.name in _KINDS and _KINDS[kind.name] != kind:
         raise ValueError(f"model kind {kind.name!r} is already registered")
     _KINDS[kind.name] = kind
 
 
 def registered() -> list[str]:
+    _load_plugins()
     return sorted(_KINDS)
 
 
 def get_kind(name: str) -> Kind:
+    _load_plugins()
     if name not in _KINDS:
         hint = difflib.get_close_matches(name, list(_KINDS), n=1)
         raise ArtifactError(f"unknown model kind {name!r}" + (f" (did you mean {hint[0]!r}?)"
@@ -77,6 +94,7 @@ def get_kind(name: str) -> Kind:
 def kind_of(card: dict[str, Any]) -> Kind:
     """The kind of the artifact a card describes: its "kind" field, else the kind whose block
     the card holds, else image."""
+    _load_plugins()
     if "kind" in card:
         return get_kind(card["kind"])
     for kind in _KINDS.values():
@@ -87,6 +105,7 @@ def kind_of(card: dict[str, Any]) -> Kind:
 
 def training_kind(settings: dict[str, Any], resume: Any) -> tuple[Kind, dict[str, Any]]:
     """The kind a train() call is for and the settings to train it with."""
+    _load_plugins()
     for kind in list(_KINDS.values()):
         if kind.claim_training is not None:
             claimed, settings = kind.claim_training(settings, resume)

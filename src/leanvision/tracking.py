@@ -20,6 +20,7 @@ id is kept in `RUN/tracking.json`). MLflow is an optional extra: `pip install 'l
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import logging
@@ -47,8 +48,10 @@ ATTACHED = (CARD_FILE, "config.json", "metrics.jsonl")
 _active: TrackedRun | None = None  # the run the fit loop reports epochs to (rank 0 only)
 # Writes the HTML report of an artifact folder to a file, attached to its run. The reports
 # package sits above the stages that track, so it plugs this in when imported (set_report_writer)
-# instead of being imported from here.
+# instead of being imported from here; a run's end imports it by name (REPORT_PLUGIN) if nothing
+# has yet.
 _report_writer: Callable[[Path, Path], None] | None = None
+REPORT_PLUGIN = "leanvision.reports"
 
 
 def set_report_writer(write: Callable[[Path, Path], None]) -> None:
@@ -122,6 +125,8 @@ class TrackedRun:
         write_json(card_file, card)
 
     def _attach_report(self, folder: Path) -> None:
+        if _report_writer is None:
+            importlib.import_module(REPORT_PLUGIN)
         if _report_writer is None:
             return
         with tempfile.TemporaryDirectory(prefix="leanvision-track-") as scratch:
