@@ -31,8 +31,6 @@ _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
                       if f.name not in ("method", "calibration_images", "calibrate", "max_drop"))
 
 
-@tracked("quantize", "artifact")
-@decoding_for("quantize")
 @dataclass
 class QuantizeOptions:
     """quantize's settings with their help (`leanvision quantize` draws its options from here)."""
@@ -57,6 +55,8 @@ class QuantizeOptions:
                                            "(default: as the parent artifact was trained).")
 
 
+@tracked("quantize", "artifact")
+@decoding_for("quantize")
 def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
              lr: float | None = None, calibration_images: int | None = None,

@@ -46,7 +46,6 @@ class RangeTest:
     seconds: float
 
 
-@decoding_for("find a learning rate")
 @dataclass
 class LrFindOptions:
     """lr_find's own settings with their help (`leanvision lr-find` reads them)."""
@@ -56,6 +55,7 @@ class LrFindOptions:
     steps: int = setting(100, "Mini-batches in the sweep (it stops early on blow-up).")
 
 
+@decoding_for("find a learning rate")
 def lr_find(data: str | Path, out: str | Path | None = None, *, model: str | None = None,
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
             batch_size: int | None = None, optimizer: str | None = None,
