@@ -13,8 +13,10 @@ import pytest
 import torch
 from conftest import FAST, make_image_folder
 from rich.console import Console
+from typer.testing import CliRunner
 
 from leanvision.artifact import load
+from leanvision.cli import app
 from leanvision.compress import ptq
 from leanvision.compress.quantize import quantize
 from leanvision.errors import ConfigError
@@ -83,6 +85,23 @@ def test_ptq_writes_a_qdq_artifact_that_scores_like_fp32(trained) -> None:
         fp32 = art.model(x).numpy()
     int8 = ort_session(out / "model.int8.onnx").run(None, {"input": x.numpy()})[0]
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max() + 0.05
+
+
+def test_guard_records_the_paired_comparison_and_the_rule(trained) -> None:
+    guard = json.loads((trained["out"] / "model.json").read_text())["quantization"]["guard"]
+    comparison, n = guard["comparison"], guard["comparison"]["images"]
+    assert guard["accept"] == "likely" and comparison["rule"] == guard["rule_applied"]
+    assert n == 9 and comparison["lost"] - comparison["gained"] == pytest.approx(
+        guard["drop_points"] * n / 100)
+    low, high = comparison["interval95_points"]
+    assert low <= guard["drop_points"] <= high and 0 <= comparison["agreement"] <= 1
+    # 9 validation images cannot show anything within 0.5 points: said, and judged on the
+    # point estimate rather than failing every model.
+    assert guard["rule_applied"] == "point"
+    assert "the 9 validation images cannot resolve 0.5 points at --accept likely" in (
+        guard["status"])
+    assert guard["status"].startswith("met: drop ") and "agreement" in guard["status"]
+    assert set(guard["worst_class"]) == {"class", "drop_points", "images"}
 
 
 def test_guard_returns_sensitive_nodes_to_fp32_until_within_budget(trained, tmp_path,
@@ -174,6 +193,13 @@ def test_bad_input_is_refused_before_anything_is_written(trained, tmp_path) -> N
         quantize(fp32, out=tmp_path / "d", epochs=2, console=QUIET)
     with pytest.raises(ConfigError, match="unknown dynamic setting 'thread'; did you mean"):
         quantize(fp32, out=tmp_path / "e", method="dynamic", thread=2, console=QUIET)
+    with pytest.raises(ConfigError, match="--accept 'maybe' is not one of point, likely, sure"):
+        quantize(fp32, out=tmp_path / "f", accept="maybe", console=QUIET)
+    with pytest.raises(ConfigError, match="--max-drop and --accept apply to --method ptq"):
+        quantize(fp32, out=tmp_path / "g", method="qat", accept="sure", console=QUIET)
+    result = CliRunner().invoke(app, ["quantize", str(fp32), "--out", str(tmp_path / "h"),
+                                      "--accept", "perhaps", "--json"])
+    assert result.exit_code == 2 and "--accept 'perhaps' is not one of" in result.stdout
     with pytest.raises(ConfigError, match="already holds an artifact"):
         quantize(fp32, out=trained["out"], console=QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]

@@ -33,6 +33,7 @@ from ..errors import ArtifactError, ConfigError
 from ..evaluate import classification_metrics
 from ..hardware import physical_cores
 from ..io import write_atomic, write_json
+from ..paired import RULES
 from ..runtime.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
 from ..runtime.ort_quant import (
     CALIBRATION_METHODS,
@@ -45,6 +46,7 @@ from ..runtime.ort_quant import (
 from ..runtime.sensitivity import node_sensitivity
 from ..runtime.stage import onnx_export_record
 from ..tta import tta_logits
+from .guard import DEFAULT_ACCEPT, Scores, Verdict, guard_record, judge
 from .stage import child_card
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -58,6 +60,7 @@ class PTQConfig:
     calibration_images: int = 300  # a few hundred images fix uint8 ranges; more adds little
     calibrate: str = "minmax"
     max_drop: float = 0.5  # top-1 points INT8 may lose against FP32 ONNX on validation data
+    accept: str = DEFAULT_ACCEPT  # how sure "within max_drop" must be: guard.DEFAULT_ACCEPT
     max_rounds: int = 4  # guard rounds that return 1, 2, 4, 8 more nodes to FP32
     sensitivity_images: int = 64  # calibration images the per-node SQNR is measured on
     threads: int | None = None  # timing threads; None: the physical cores
@@ -71,6 +74,8 @@ class PTQConfig:
         if self.calibrate not in CALIBRATION_METHODS:
             raise ConfigError(f"--calibrate {self.calibrate!r} is not one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
+        if self.accept not in RULES:
+            raise ConfigError(f"--accept {self.accept!r} is not one of {', '.join(RULES)}")
         if self.calibration_images < 1:
             raise ConfigError(f"--calibration-images {self.calibration_images} must be >= 1")
         if not 0 <= self.max_rounds <= 10:
@@ -112,7 +117,7 @@ def onnx_top1(path: str | Path, scored: ScoringSet, batch_size: int = 256) -> di
 def runner_top1(run: Callable[[np.ndarray], np.ndarray], scored: ScoringSet,
                 batch_size: int = 256) -> dict[str, Any]:
     """{"n", "top1"} of any runtime's network call (normalised float32 in, logits out) on
-    `scored`, with the card's test-time augmentation."""
+    `scored`, with the card's test-time augmentation; its `predictions` are the classes."""
 
     def network(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run(np.ascontiguousarray(x.numpy(), dtype=np.float32)))
@@ -122,7 +127,9 @@ def runner_top1(run: Callable[[np.ndarray], np.ndarray], scored: ScoringSet,
                                       scored.std), scored.tta)
         for i in range(0, len(scored.images), batch_size)])
     result = classification_metrics(logits, scored.labels, scored.classes)
-    return {"n": result["n"], "top1": result["top1"]}
+    scores = Scores(n=result["n"], top1=result["top1"])
+    scores.predictions = logits.argmax(1).numpy()
+    return scores
 
 
 def calibration_images(art: Artifact, train: ImageRecords, n: int, seed: int) -> np.ndarray:
@@ -201,23 +208,24 @@ def _guarded_static(prepared: Path, calibration: np.ndarray, guard_set: ScoringS
     Returns the best model (lowest drop, then fewest FP32 nodes) and the guard's record."""
     excluded: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
-    best: tuple[float, int, Path, list[dict[str, Any]], dict[str, Any] | None] | None = None
+    best: tuple[float, int, Path, list[dict[str, Any]], dict[str, Any], Verdict] | None = None
     for round_no in range(pcfg.max_rounds + 1):
         path = scratch / f"int8-{round_no}.onnx"
         quantize_onnx_static(prepared, path, calibration, calibrate=pcfg.calibrate,
                              per_channel=True, nodes_to_exclude=[e["name"] for e in excluded],
                              preprocessed=True)
         if guard_set is None:
-            return path, _guard_record(pcfg, None, None, [], [], None)
+            return path, guard_record(pcfg, None, None, [], [], None)
         scored = onnx_top1(path, guard_set)
-        drop = _drop_points(fp32[guard_set.name]["top1"], scored["top1"])
+        verdict = guard_verdict(fp32, scored, guard_set, pcfg, console if not rounds else None)
+        drop = verdict.drop_points
         rounds.append({"round": round_no, "fp32_nodes": len(excluded),
                        "top1": scored["top1"], "drop_points": drop})
         console.print(f"guard round {round_no}: {len(excluded)} node(s) FP32, int8 top-1 "
-                      f"{scored['top1']:.4f}, drop {drop:.2f} points (budget {pcfg.max_drop})")
+                      f"{scored['top1']:.4f}, {verdict.statement(pcfg.max_drop)}")
         if best is None or (drop, len(excluded)) < best[:2]:
-            best = (drop, len(excluded), path, list(excluded), scored)
-        if drop <= pcfg.max_drop or round_no == pcfg.max_rounds:
+            best = (drop, len(excluded), path, list(excluded), scored, verdict)
+        if verdict.met or round_no == pcfg.max_rounds:
             break
         ranked = node_sensitivity(prepared, path, calibration,
                                   max_images=pcfg.sensitivity_images)
@@ -227,40 +235,32 @@ def _guarded_static(prepared: Path, calibration: np.ndarray, guard_set: ScoringS
             break
         excluded += more
     assert best is not None
-    drop, _, path, kept_fp32, scored = best
-    return path, _guard_record(pcfg, guard_set.name, drop, kept_fp32, rounds, scored)
+    _, _, path, kept_fp32, scored, verdict = best
+    return path, guard_record(pcfg, guard_set.name, verdict, kept_fp32, rounds, scored)
 
 
 def _dynamic_guard(path: Path, guard_set: ScoringSet | None, fp32: dict[str, Any],
                    pcfg: PTQConfig, console: Console) -> dict[str, Any]:
     """Dynamic quantisation has no QDQ pairs to debug: the drop is measured and reported."""
     if guard_set is None:
-        return _guard_record(pcfg, None, None, [], [], None)
+        return guard_record(pcfg, None, None, [], [], None)
     scored = onnx_top1(path, guard_set)
-    drop = _drop_points(fp32[guard_set.name]["top1"], scored["top1"])
-    rounds = [{"round": 0, "fp32_nodes": 0, "top1": scored["top1"], "drop_points": drop}]
-    return _guard_record(pcfg, guard_set.name, drop, [], rounds, scored)
+    verdict = guard_verdict(fp32, scored, guard_set, pcfg, console)
+    rounds = [{"round": 0, "fp32_nodes": 0, "top1": scored["top1"],
+               "drop_points": verdict.drop_points}]
+    return guard_record(pcfg, guard_set.name, verdict, [], rounds, scored)
 
 
-def _drop_points(fp32_top1: float, int8_top1: float) -> float:
-    return round((fp32_top1 - int8_top1) * 100, 4)
-
-
-def _guard_record(pcfg: PTQConfig, split: str | None, drop: float | None,
-                  kept_fp32: list[dict[str, Any]], rounds: list[dict[str, Any]],
-                  scored: dict[str, Any] | None) -> dict[str, Any]:
-    if split is None:
-        status = "skipped: the data has no validation or test images to measure the drop on"
-    elif drop <= pcfg.max_drop:
-        status = "met"
-    else:
-        status = (f"NOT met: the best model loses {drop:.2f} points (budget {pcfg.max_drop}) "
-                  f"after {len(rounds)} round(s); consider --method qat")
-    return {"max_drop_points": pcfg.max_drop, "split": split, "drop_points": drop,
-            "met": split is not None and drop <= pcfg.max_drop, "status": status,
-            "rounds": rounds, "int8_top1": scored,
-            "fp32_nodes": [{"name": e["name"], "op_type": e["op_type"],
-                            "sqnr_loss_db": e["sqnr_loss_db"]} for e in kept_fp32]}
+def guard_verdict(fp32: dict[str, Any], scored: dict[str, Any], guard_set: ScoringSet,
+                  pcfg: PTQConfig, console: Console | None) -> Verdict:
+    """The guard's judgement of one INT8 model; `console` (the first round's) hears once when
+    the split is too small for --accept."""
+    verdict = judge(fp32[guard_set.name], scored, guard_set.labels.numpy(), pcfg.max_drop,
+                    pcfg.accept, guard_set.classes)
+    if console is not None and verdict.note:
+        console.print(f"accuracy guard: {verdict.note}; hold out more validation images for a "
+                      "decision that noise cannot flip")
+    return verdict
 
 
 def _speed_check(out_dir: Path, input_size: tuple[int, int], pcfg: PTQConfig,

@@ -50,15 +50,15 @@ from ..runtime.openvino_runtime import (
 )
 from ..runtime.stage import onnx_export_record
 from ..tta import tta_logits
+from .guard import guard_record
 from .ptq import (
     ONNX_FILE,
     TIMING_BATCHES,
     PTQConfig,
     ScoringSet,
-    _drop_points,
-    _guard_record,
     calibration_images,
     copy_weights,
+    guard_verdict,
     quantized_card,
     runner_top1,
     scored_splits,
@@ -140,14 +140,15 @@ def _guarded(onnx_path: Path, calibration: np.ndarray, guard_set: ScoringSet | N
     with _quiet_nncf():
         quantized = nncf.quantize(read_model(onnx_path), calibration_set, **options)
     if guard_set is None:
-        return quantized, _guard_record(pcfg, None, None, [], [], None)
+        return quantized, guard_record(pcfg, None, None, [], [], None)
     scored = _model_top1(quantized, guard_set, threads)
-    drop = _drop_points(fp32[guard_set.name]["top1"], scored["top1"])
+    verdict = guard_verdict(fp32, scored, guard_set, pcfg, console)
+    drop = verdict.drop_points
     rounds = [{"round": 0, "fp32_nodes": 0, "top1": scored["top1"], "drop_points": drop}]
     console.print(f"guard round 0: 0 op(s) FP32, openvino int8 top-1 {scored['top1']:.4f}, "
-                  f"drop {drop:.2f} points (budget {pcfg.max_drop})")
-    best = (drop, 0, quantized, [], scored)
-    if drop > pcfg.max_drop and pcfg.max_rounds > 0:
+                  f"{verdict.statement(pcfg.max_drop)}")
+    best = (drop, 0, quantized, [], scored, verdict)
+    if not verdict.met and pcfg.max_rounds > 0:
         validation_set = nncf.Dataset(_items(guard_set), lambda item: _normalised(item[0],
                                                                                    guard_set))
         parameters = nncf.quantization.advanced_parameters.AdvancedAccuracyRestorerParameters(
@@ -163,15 +164,17 @@ def _guarded(onnx_path: Path, calibration: np.ndarray, guard_set: ScoringSet | N
         returned = [{"name": name, "op_type": op, "sqnr_loss_db": None}
                     for name, op in int8_before.items() if name not in int8_after]
         scored = _model_top1(restored, guard_set, threads)
-        drop = _drop_points(fp32[guard_set.name]["top1"], scored["top1"])
+        verdict = guard_verdict(fp32, scored, guard_set, pcfg, None)
+        drop = verdict.drop_points
         rounds.append({"round": 1, "fp32_nodes": len(returned), "top1": scored["top1"],
                        "drop_points": drop, "by": "nncf.quantize_with_accuracy_control"})
         console.print(f"guard round 1 (NNCF accuracy control): {len(returned)} op(s) FP32, "
-                      f"openvino int8 top-1 {scored['top1']:.4f}, drop {drop:.2f} points")
+                      f"openvino int8 top-1 {scored['top1']:.4f}, "
+                      f"{verdict.statement(pcfg.max_drop)}")
         if (drop, len(returned)) < best[:2]:
-            best = (drop, len(returned), restored, returned, scored)
-    drop, _, model, kept_fp32, scored = best
-    return model, _guard_record(pcfg, guard_set.name, drop, kept_fp32, rounds, scored)
+            best = (drop, len(returned), restored, returned, scored, verdict)
+    _, _, model, kept_fp32, scored, verdict = best
+    return model, guard_record(pcfg, guard_set.name, verdict, kept_fp32, rounds, scored)
 
 
 def _items(scored: ScoringSet) -> list[tuple[torch.Tensor, int]]:

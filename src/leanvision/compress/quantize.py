@@ -28,7 +28,8 @@ BACKENDS = ("onnxruntime", "openvino")
 # Settings the CLI passes to every method; post-training methods run ORT on the CPU.
 _PTQ_PASSTHROUGH = ("progress", "device")
 _PTQ_SETTINGS = tuple(f.name for f in fields(PTQConfig)
-                      if f.name not in ("method", "calibration_images", "calibrate", "max_drop"))
+                      if f.name not in ("method", "calibration_images", "calibrate", "max_drop",
+                                         "accept"))
 
 
 @dataclass
@@ -42,6 +43,9 @@ class QuantizeOptions:
                           "(quantization-aware fine-tuning first).")
     max_drop: float | None = setting(None, "ptq: most top-1 points INT8 may lose on validation "
                                      "data before layers return to FP32 (default 0.5).")
+    accept: str | None = setting(None, "ptq: how sure 'within --max-drop' must be: point "
+                                 "(the estimate), likely (80% interval's upper bound) or sure "
+                                 "(95%'s); default likely.")
     calibration_images: int | None = setting(None, "Training images that calibrate activation "
                                              "ranges (300 ptq, 512 qat).")
     calibrate: str = setting("minmax", "minmax, entropy or percentile.")
@@ -61,16 +65,18 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              out: str | Path | None = None, *, method: str = "ptq", epochs: int | None = None,
              lr: float | None = None, calibration_images: int | None = None,
              calibrate: str = "minmax", max_drop: float | None = None,
-             backend: str = "onnxruntime", console: Console | None = None,
+             accept: str | None = None, backend: str = "onnxruntime",
+             console: Console | None = None,
              **settings: Any) -> dict[str, Any]:
     """Quantize ARTIFACT to INT8; writes an artifact folder with model.onnx and model.int8.onnx.
 
     method "ptq" (default): static QDQ INT8 with an accuracy guard (`max_drop` top-1 points,
-    default 0.5); "dynamic": int8 weights, activations quantised at run time; "qat":
-    quantisation-aware fine-tuning first (`epochs`, `lr`). `calibration_images` defaults to
-    300 (ptq) / 512 (qat). `backend` "openvino" (ptq only): NNCF quantizes for OpenVINO's CPU
-    plugin instead, writing model.openvino-int8.xml / .bin, guarded the same way. `data`
-    defaults to the data the artifact was trained on. `settings`:
+    default 0.5, judged by the paired comparison of INT8 with FP32 under `accept`: point,
+    likely (default) or sure; see compress.guard); "dynamic": int8 weights, activations
+    quantised at run time; "qat": quantisation-aware fine-tuning first (`epochs`, `lr`).
+    `calibration_images` defaults to 300 (ptq) / 512 (qat). `backend` "openvino" (ptq only):
+    NNCF quantizes for OpenVINO's CPU plugin instead, writing model.openvino-int8.xml / .bin,
+    guarded the same way. `data` defaults to the data the artifact was trained on. `settings`:
     for ptq / dynamic, PTQConfig fields (threads, timing_runs, max_rounds, sensitivity_images,
     skip_bad_images); for qat, TrainConfig fields overriding the fine-tune's defaults.
     skip_bad_images, unless given, is the parent's: data it was trained without its unreadable
@@ -83,12 +89,12 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
     if settings.get("skip_bad_images") is None:  # None: not chosen, so the parent's choice
         settings.pop("skip_bad_images", None)
     if method in PTQ_METHODS:
-        pcfg = _ptq_config(method, epochs, lr, calibration_images, calibrate, max_drop,
-                           settings)
+        pcfg = _ptq_config(method, epochs, lr, calibration_images, calibrate,
+                           {"max_drop": max_drop, "accept": accept}, settings)
     else:
-        if max_drop is not None:
-            raise ConfigError("--max-drop applies to --method ptq (QAT has no accuracy guard); "
-                              "drop it or use --method ptq")
+        if max_drop is not None or accept is not None:
+            raise ConfigError("--max-drop and --accept apply to --method ptq (QAT has no "
+                              "accuracy guard); drop them or use --method ptq")
         qcfg = QATConfig(method="qat", lr=lr, calibrate=calibrate,
                          **({"epochs": epochs} if epochs is not None else {}),
                          **({"calibration_images": calibration_images}
@@ -132,8 +138,8 @@ def _check_backend(backend: str, method: str, calibrate: str) -> None:
 
 
 def _ptq_config(method: str, epochs: int | None, lr: float | None,
-                calibration_images: int | None, calibrate: str, max_drop: float | None,
-                settings: dict[str, Any]) -> PTQConfig:
+                calibration_images: int | None, calibrate: str,
+                guard: dict[str, Any], settings: dict[str, Any]) -> PTQConfig:
     if epochs is not None or lr is not None:
         raise ConfigError(f"--epochs and --lr apply to --method qat, not {method} (which does "
                           "not train)")
@@ -149,6 +155,5 @@ def _ptq_config(method: str, epochs: int | None, lr: float | None,
     chosen = {k: v for k, v in settings.items() if k in _PTQ_SETTINGS}
     if calibration_images is not None:
         chosen["calibration_images"] = calibration_images
-    if max_drop is not None:
-        chosen["max_drop"] = max_drop
+    chosen.update({k: v for k, v in guard.items() if v is not None})
     return PTQConfig(method=method, calibrate=calibrate, **chosen)
