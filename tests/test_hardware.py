@@ -10,9 +10,11 @@ import pytest
 
 from leanvision.hardware import choose_hardware
 
-# A fresh interpreter, so the heap holds nothing from earlier tests: page faults over five rounds
-# of a forward pass's worth of large tensors (48, 24 and 36 MB, freed together), after three
-# rounds of warm-up. glibc maps anything above 32 MB afresh by default; tuned, it reuses it.
+# A fresh interpreter, so the heap holds nothing from earlier tests: page faults in each of seven
+# rounds of a forward pass's worth of large tensors (48, 24 and 36 MB, freed together), after
+# three rounds of warm-up. glibc maps anything above 32 MB afresh by default; tuned, it reuses
+# it. The median round is compared: the kernel may reclaim kept pages now and then (a round or
+# two then faults them in again), which is not what the tuning is about.
 PROBE = """
 import resource, sys, torch
 from leanvision.hardware import keep_freed_memory
@@ -24,10 +26,12 @@ def step():
     del tensors
 for _ in range(3):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(7):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(faults)[3])
 """
 
 
@@ -39,7 +43,7 @@ def _faults(mode: str) -> int:
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc's allocator only")
 def test_freed_large_tensors_are_reused_not_faulted_in_again():
-    assert _faults("default") > 50_000  # 27,648 pages a round, the cost the tuning removes
+    assert _faults("default") > 10_000  # 27,648 pages a round, the cost the tuning removes
     assert _faults("tuned") < 1_000
 
 
