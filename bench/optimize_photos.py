@@ -75,13 +75,9 @@ def main() -> None:
 def retime(out: Path, rounds: int, iterations: int, threads: int) -> dict[str, Any]:
     """Batch-1 latency of the base (torch eager), each INT8 model of the base as it is, and the
     chosen model, interleaved."""
-    import numpy as np
-    import torch
+    from leanvision.artifact import read_card
+    from leanvision.search.retime import RetimeSettings, time_interleaved
 
-    from leanvision.runtime.bench import latency_ms
-    from leanvision.runtime.predictor import Predictor
-
-    torch.set_num_threads(threads)
     search = json.loads((out / "search.json").read_text())
     pareto = json.loads((out / "pareto.json").read_text())
     models = {"base (torch fp32 eager)": (out / "base", "torch")}
@@ -93,18 +89,13 @@ def retime(out: Path, rounds: int, iterations: int, threads: int) -> dict[str, A
     chosen = pareto.get("chosen")
     if chosen:
         models["chosen: " + chosen["label"]] = (out / "chosen", chosen["runtime"])
-    predictors = {name: Predictor.from_artifact(folder, runtime=runtime, threads=threads)
-                  for name, (folder, runtime) in models.items()}
-    inputs = {name: np.random.default_rng(0).standard_normal(
-        (1, 3, *p.input_size), dtype=np.float32) for name, p in predictors.items()}
-    names = list(predictors)
-    per_round: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            run = predictors[name].run_normalised
-            per_round[name].append(latency_ms(run, inputs[name], 5, iterations)["p50"])
+    names = list(models)
+    rounds_ms = time_interleaved([models[n] for n in names], threads,
+                                 RetimeSettings(rounds=rounds, iterations=iterations, warmup=5))
+    per_round = dict(zip(names, rounds_ms, strict=True))
+    sizes = {n: list(read_card(models[n][0])[1]["input"]["size"]) for n in names}
     return {"models": {n: {"artifact": str(models[n][0]), "runtime": models[n][1],
-                           "input_size": list(predictors[n].input_size),
+                           "input_size": sizes[n],
                            "latency_ms_rounds": [round(v, 3) for v in per_round[n]],
                            "latency_ms_median": round(statistics.median(per_round[n]), 3),
                            "latency_ms_range": [round(min(per_round[n]), 3),
