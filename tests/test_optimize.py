@@ -237,6 +237,14 @@ def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -
     assert 0.0 <= front["val_top1"] <= 1.0
     assert front["val_top1"] == pytest.approx(card["metrics"]["int8"]["val"]["top1"])
     assert front["latency_ms"] > 0 and front["size_mb"] > 0
+    # The drop comes with its paired comparison against the base on the same images; a split
+    # this small cannot resolve 1 point under the default rule, and the statement says so.
+    paired, base_card = front["paired"], json.loads((out / "base" / "model.json").read_text())
+    assert paired["images"] == base_card["metrics"]["val"]["n"] and paired["lost"] >= 0
+    assert paired["drop_points"] == pytest.approx(front["drop_points"], abs=1e-3)
+    assert 0 <= paired["agreement"] <= 1 and len(paired["interval95_points"]) == 2
+    assert first["paired"] == second["paired"] == paired and paired["rule"] == "point"
+    assert "validation images cannot resolve 1 point at --accept likely" in summary["statement"]
     assert pareto["base"]["runtime"] == "torch" and front["vs_base_torch"]["speedup_b1"] > 0
     bench_rows = json.loads((out / "bench.json").read_text())["results"]
     assert {r["runtime"] for r in bench_rows} == {"onnx-int8", "torch"}

@@ -151,8 +151,9 @@ def evaluation_records(art: Artifact, data: str | Path | None,
 def evaluate_records(art: Artifact, records: ImageRecords, split_name: str, data_spec: str, *,
                      batch_size: int = 256, skip_bad_images: bool = False,
                      device: str = "auto", progress: bool = False,
-                     tta: str | None = None) -> dict[str, Any]:
-    """`tta` None: the card's own test-time augmentation."""
+                     tta: str | None = None, keep_predictions: bool = False) -> dict[str, Any]:
+    """`tta` None: the card's own test-time augmentation. `keep_predictions`: the result's
+    "predictions" holds (predicted classes, labels) per scored image, as numpy arrays."""
     tta = check_tta(tta) or art.tta
     hw = choose_hardware(device, "fp32")
     decoded = decode_images(records, art.input_size, ImageChecks(), skip_bad=skip_bad_images,
@@ -161,7 +162,10 @@ def evaluate_records(art: Artifact, records: ImageRecords, split_name: str, data
                             tta=tta)
     metrics = classification_metrics(logits, decoded.labels, art.classes)
     art.model.to("cpu")
+    kept = ({"predictions": (logits.argmax(1).cpu().numpy(), decoded.labels.cpu().numpy())}
+            if keep_predictions else {})
     return {
+        **kept,
         "artifact": str(art.path),
         "data": data_spec,
         "split": split_name,

@@ -29,6 +29,11 @@ import numpy as np
 RULES = ("point", "likely", "sure")
 # The interval whose upper bound each rule holds to the budget ("point": the estimate itself).
 RULE_LEVELS = {"point": None, "likely": 0.80, "sure": 0.95}
+# Every decision's default (quantize's guard, optimize's constraints): the 80% bound. "sure"
+# (95%) needs 761 validation images to accept even a perfect INT8 model within quantize's
+# 0.5 points, more than most users' splits hold, while "point" accepts a model whose true drop
+# is at the budget half the time. One-sided, "likely" is wrong one time in ten.
+DEFAULT_ACCEPT = "likely"
 
 
 def _z(level: float) -> float:
@@ -89,6 +94,25 @@ def images_to_resolve(budget_points: float, level: float = 0.95) -> int | None:
     return math.ceil(z2 * (1 - share) / share - 1e-9)
 
 
+def applied_rule(images: int, budget_points: float, accept: str) -> tuple[str, str | None]:
+    """(the rule a split of `images` can apply, why it is not `accept` or None). Where even a
+    variant that changed no answer could not be accepted under `accept`, the point estimate
+    decides and the note says so, with the images that would resolve the budget: every
+    variant would fail otherwise, for no measurable reason."""
+    if accept not in RULES:
+        raise ValueError(f"acceptance rule {accept!r} is not one of {', '.join(RULES)}")
+    level = RULE_LEVELS[accept]
+    if level is None:
+        return accept, None
+    needed = images_to_resolve(budget_points, level)
+    if needed is not None and images >= needed:
+        return accept, None
+    points = f"{budget_points:g} point" + ("" if budget_points == 1 else "s")
+    return "point", (f"the {images} validation images cannot resolve {points} at --accept "
+                     f"{accept} ({'no split' if needed is None else needed} would); judged on "
+                     "the point estimate")
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """A variant against its parent on the same `images`; drops are in top-1 points, positive
@@ -118,11 +142,7 @@ class PairedComparison:
         """Could any variant be accepted under `rule` on a split of this size: does even one
         that changed no answer have its upper bound within the budget?"""
         self.upper(rule)  # refuses an unknown rule
-        level = RULE_LEVELS[rule]
-        if level is None:
-            return True
-        needed = images_to_resolve(budget_points, level)
-        return needed is not None and self.images >= needed
+        return applied_rule(self.images, budget_points, rule)[0] == rule
 
     def describe(self) -> str:
         low, high = self.interval95

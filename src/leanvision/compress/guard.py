@@ -8,12 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..paired import RULE_LEVELS, PairedComparison, compare, images_to_resolve, worst_class_drop
-
-# The 80% bound: "sure" (95%) needs 761 validation images to accept even a perfect INT8 model
-# within the default 0.5 points, more than most users' splits hold, while "point" accepts a model
-# whose true drop is at the budget half the time. One-sided, "likely" is wrong one time in ten.
-DEFAULT_ACCEPT = "likely"
+from ..paired import RULE_LEVELS, PairedComparison, applied_rule, compare, worst_class_drop
 
 
 class Scores(dict):
@@ -55,13 +50,7 @@ def judge(fp32: dict[str, Any], int8: dict[str, Any], labels: Any, budget: float
         return Verdict(drop, drop <= budget, "point", None)
     truth = np.asarray(labels)
     comparison = compare(before == truth, after == truth, before, after)
-    rule, note = accept, None
-    if not comparison.resolvable(budget, accept):
-        needed = images_to_resolve(budget, RULE_LEVELS[accept])
-        rule = "point"
-        note = (f"the {comparison.images} validation images cannot resolve {budget:g} points "
-                f"at --accept {accept} ({'no split' if needed is None else needed} would); "
-                "judged on the point estimate")
+    rule, note = applied_rule(comparison.images, budget, accept)
     label, class_drop, images = worst_class_drop(truth, before == truth, after == truth)
     worst = {"class": classes[label] if classes else label,
              "drop_points": round(class_drop, 4), "images": images}

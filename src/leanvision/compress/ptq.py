@@ -33,7 +33,7 @@ from ..errors import ArtifactError, ConfigError
 from ..evaluate import classification_metrics
 from ..hardware import physical_cores
 from ..io import write_atomic, write_json
-from ..paired import RULES
+from ..paired import DEFAULT_ACCEPT, RULES
 from ..runtime.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
 from ..runtime.ort_quant import (
     CALIBRATION_METHODS,
@@ -46,7 +46,7 @@ from ..runtime.ort_quant import (
 from ..runtime.sensitivity import node_sensitivity
 from ..runtime.stage import onnx_export_record
 from ..tta import tta_logits
-from .guard import DEFAULT_ACCEPT, Scores, Verdict, guard_record, judge
+from .guard import Scores, Verdict, guard_record, judge
 from .stage import child_card
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -60,7 +60,7 @@ class PTQConfig:
     calibration_images: int = 300  # a few hundred images fix uint8 ranges; more adds little
     calibrate: str = "minmax"
     max_drop: float = 0.5  # top-1 points INT8 may lose against FP32 ONNX on validation data
-    accept: str = DEFAULT_ACCEPT  # how sure "within max_drop" must be: guard.DEFAULT_ACCEPT
+    accept: str = DEFAULT_ACCEPT  # how sure "within max_drop" must be: paired.DEFAULT_ACCEPT
     max_rounds: int = 4  # guard rounds that return 1, 2, 4, 8 more nodes to FP32
     sensitivity_images: int = 64  # calibration images the per-node SQNR is measured on
     threads: int | None = None  # timing threads; None: the physical cores

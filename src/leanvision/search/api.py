@@ -47,6 +47,7 @@ from ..artifact import read_card
 from ..data import decoding_for, load_data
 from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
+from ..paired import DEFAULT_ACCEPT
 from .base import check_base, data_identity, make_base, skip_bad_choice
 from .constraints import Constraints
 from .objective import Objective, SearchContext, counted_trials, shipped_top1
@@ -65,7 +66,8 @@ DEFAULT_TRIALS = 12
 @decoding_for("optimize")
 def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Path | None = None,
              max_drop: float = 1.0, max_latency_ms: float | None = None,
-             max_size_mb: float | None = None, trials: int | None = None,
+             max_size_mb: float | None = None, accept: str = DEFAULT_ACCEPT,
+             trials: int | None = None,
              timeout_s: float | None = None, time_budget: float | None = None,
              storage: str | None = None,
              study_name: str | None = None, workers: int = 1,
@@ -79,7 +81,9 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
 
     `base`: an artifact trained on DATA (default: one is trained with the default recipe into
     OUT/base). Constraints: `max_drop` validation top-1 points against the base,
-    `max_latency_ms` batch-1 median latency, `max_size_mb` model file size. `trials`: total
+    `max_latency_ms` batch-1 median latency, `max_size_mb` model file size; `accept`: how sure
+    "within max_drop" must be on the paired comparison with the base (point, likely, sure:
+    leanvision.paired), as in quantize's guard. `trials`: total
     finished trials the study should hold (a rerun continues up to it; default 12, or every
     pipeline of the space under a time budget); a trial that repeats a measured pipeline while
     others remain untried is not counted; `timeout_s` stops starting trials after that long.
@@ -95,7 +99,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     "storage", ...}."""
     started = time.perf_counter()
     console = console or Console(stderr=True)
-    constraints = Constraints(max_drop, max_latency_ms, max_size_mb)
+    constraints = Constraints(max_drop, max_latency_ms, max_size_mb, accept)
     _check_run_settings(trials, timeout_s, workers, threads, explain_images, time_budget)
     deadline = None if time_budget is None else time.time() + time_budget * 60
     if quick and budget is not None:
@@ -379,7 +383,7 @@ def _slug(spec: str) -> str:
 
 
 def _limits_line(c: Constraints) -> str:
-    parts = [f"max drop {c.max_drop:g} points"]
+    parts = [f"max drop {c.max_drop:g} points (--accept {c.accept})"]
     if c.max_latency_ms is not None:
         parts.append(f"max latency {c.max_latency_ms:g} ms")
     if c.max_size_mb is not None:

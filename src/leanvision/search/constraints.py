@@ -1,6 +1,10 @@
 """What the user asks of the optimized model, and the choice among measured candidates: the
 fastest candidate that meets every constraint, or a plain statement of which constraint cannot
-be met, with the closest candidate."""
+be met, with the closest candidate.
+
+--max-drop is judged on the paired comparison of each candidate with the base on the same
+validation images (leanvision.paired) under --accept, as quantize's guard is; a candidate
+measured without per-image predictions is judged on its point estimate."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..paired import DEFAULT_ACCEPT, RULE_LEVELS, RULES, PairedComparison, applied_rule
 
 # Measured figures are compared with this slack, so 1.0 points is within a budget of 1.0.
 EPS = 1e-9
@@ -19,8 +24,12 @@ class Constraints:
     max_drop: float = 1.0  # validation top-1 points the model may lose against the base
     max_latency_ms: float | None = None  # batch-1 median latency on this machine
     max_size_mb: float | None = None  # the model file the runtime loads
+    accept: str = DEFAULT_ACCEPT  # how sure "within --max-drop" must be (paired.RULES)
 
     def __post_init__(self) -> None:
+        if self.accept not in RULES:
+            raise ConfigError(f"--accept {self.accept!r} is not a rule: pass point (the "
+                              "estimate), likely (80% interval's upper bound) or sure (95%'s)")
         _positive("--max-drop", self.max_drop, "top-1 points you accept losing, e.g. "
                   "--max-drop 1.0; every compression costs some accuracy, so with no budget "
                   "only the base itself would qualify")
@@ -34,6 +43,11 @@ class Constraints:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def drop_rule(self, images: int) -> tuple[str, str | None]:
+        """The rule a validation split of `images` can apply to --max-drop, and why it is not
+        --accept (paired.applied_rule)."""
+        return applied_rule(images, self.max_drop, self.accept)
 
 
 def _positive(flag: str, value: float | None, what: str) -> None:
@@ -65,21 +79,41 @@ class Candidate:
     flops: int | None = None  # multiply-adds of one image (quantisation leaves them unchanged)
     # (fastest, slowest) of the interleaved re-timing rounds (retime.py); None: timed once.
     latency_range: tuple[float, float] | None = None
+    # Against the base on the same validation images; None: no per-image predictions.
+    comparison: PairedComparison | None = None
 
     def drop_points(self, base_val: float) -> float:
         return round((base_val - self.val_top1) * 100, 4)
 
     def to_dict(self, base_val: float | None = None) -> dict[str, Any]:
-        record = asdict(self)
+        record = {k: v for k, v in asdict(self).items() if k != "comparison"}
         if base_val is not None:
             record["drop_points"] = self.drop_points(base_val)
         return record
 
 
+def judged_drop(c: Candidate, base_val: float, cons: Constraints) -> tuple[float, str]:
+    """(the figure held to --max-drop, the rule that gave it): the upper bound of the paired
+    interval under the rule the split can apply, else the point estimate."""
+    if c.comparison is None:
+        return c.drop_points(base_val), "point"
+    rule, _ = cons.drop_rule(c.comparison.images)
+    return round(c.comparison.upper(rule), 4), rule
+
+
+def paired_record(c: Candidate, cons: Constraints) -> dict[str, Any] | None:
+    """pareto.json's and search.json's account of `c`'s drop: interval, images lost and
+    gained, agreement, and the verdict under the rule applied."""
+    if c.comparison is None:
+        return None
+    rule, note = cons.drop_rule(c.comparison.images)
+    return {**c.comparison.record(cons.max_drop, rule), "accept": cons.accept, "note": note}
+
+
 def misses(c: Candidate, base_val: float, cons: Constraints) -> dict[str, float]:
     """By how much `c` misses each constraint it misses (points, ms, MB)."""
     found = {}
-    drop = c.drop_points(base_val)
+    drop, _ = judged_drop(c, base_val, cons)
     if drop > cons.max_drop + EPS:
         found["max_drop"] = drop - cons.max_drop
     if cons.max_latency_ms is not None and c.latency_ms > cons.max_latency_ms + EPS:
@@ -127,8 +161,9 @@ def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> C
         why = "is the fastest that does" if best is fastest else (
             f"timed alike with the fastest, {fastest.label} ({fastest.latency_ms:.3f} ms; their "
             "re-timing rounds overlap), with fewer multiply-adds")
-        return Choice(best, True, f"{best.label} meets every constraint ({_figures(best, base_val)}"
-                                  f"; {_limits(cons)}) and {why}")
+        return Choice(best, True, f"{best.label} meets every constraint ("
+                                  f"{_figures(best, base_val, cons)}; {_limits(cons)}) and {why}"
+                                  + _split_note(candidates, cons))
     closest = min(candidates, key=lambda c: (_shortfall(c, base_val, cons), c.latency_ms))
     reasons = _impossible(candidates, base_val, cons)
     if not reasons:
@@ -137,8 +172,8 @@ def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> C
     gaps = ", ".join(f"{_NAMES[k]} by {v:.3g} {_UNITS[k]}" for k, v in missed.items())
     statement = (f"No candidate meets every constraint ({_limits(cons)}): "
                  + "; ".join(reasons)
-                 + f". Closest: {closest.label} ({_figures(closest, base_val)}), which misses "
-                 + gaps + ".")
+                 + f". Closest: {closest.label} ({_figures(closest, base_val, cons)}), which "
+                 + "misses " + gaps + "." + _split_note(candidates, cons))
     return Choice(closest, False, statement)
 
 
@@ -164,9 +199,12 @@ def _impossible(candidates: list[Candidate], base_val: float, cons: Constraints)
     by_name = {name: [c for c in candidates if name not in misses(c, base_val, cons)]
                for name in _NAMES}
     if not by_name["max_drop"]:
-        best = max(candidates, key=lambda c: c.val_top1)
-        reasons.append(f"--max-drop {cons.max_drop:g} cannot be met: the most accurate "
-                       f"candidate loses {best.drop_points(base_val):.2f} points ({best.label})")
+        best = min(candidates, key=lambda c: (judged_drop(c, base_val, cons)[0], -c.val_top1))
+        figure, rule = judged_drop(best, base_val, cons)
+        loses = (f"the most accurate candidate loses {best.drop_points(base_val):.2f} points"
+                 if rule == "point" else f"the nearest candidate's {RULE_LEVELS[rule]:.0%} "
+                 f"upper bound is {figure:.2f} points")
+        reasons.append(f"--max-drop {cons.max_drop:g} cannot be met: {loses} ({best.label})")
     if not by_name["max_latency_ms"]:
         best = min(candidates, key=lambda c: c.latency_ms)
         reasons.append(f"--max-latency-ms {cons.max_latency_ms:g} cannot be met on this "
@@ -186,13 +224,36 @@ def _shortfall(c: Candidate, base_val: float, cons: Constraints) -> float:
     return sum(v / limits[k] for k, v in misses(c, base_val, cons).items())
 
 
-def _figures(c: Candidate, base_val: float) -> str:
-    return (f"val top-1 {100 * c.val_top1:.2f}%, drop {c.drop_points(base_val):.2f} points, "
+def _figures(c: Candidate, base_val: float, cons: Constraints) -> str:
+    return (f"val top-1 {100 * c.val_top1:.2f}%, {drop_text(c, base_val, cons)}, "
             f"{c.latency_ms:.3f} ms, {c.size_mb:.3f} MB")
 
 
+def drop_text(c: Candidate, base_val: float, cons: Constraints) -> str:
+    """The drop as the statement quotes it: the paired comparison and the bound held to the
+    budget, e.g. "drop 0.6 points (95% interval -0.4 to 1.6; 2 images lost, 0 gained;
+    agreement 98.9%), 80% upper bound 1.2"."""
+    if c.comparison is None:
+        return f"drop {c.drop_points(base_val):.2f} points"
+    figure, rule = judged_drop(c, base_val, cons)
+    if rule == "point":
+        return c.comparison.describe()
+    return f"{c.comparison.describe()}, {RULE_LEVELS[rule]:.0%} upper bound {figure:.1f}"
+
+
+def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
+    """Said once: the split cannot resolve --max-drop under --accept (and how many images
+    would), or some candidates carry no per-image predictions to compare."""
+    compared = [c for c in candidates if c.comparison is not None]
+    if not compared:
+        return ("" if cons.accept == "point" else " (no per-image validation predictions "
+                "to compare with the base: the drop is judged on the point estimate)")
+    _, note = cons.drop_rule(compared[0].comparison.images)
+    return f" (Too little data to decide: {note}.)" if note else ""
+
+
 def _limits(cons: Constraints) -> str:
-    parts = [f"drop <= {cons.max_drop:g} points"]
+    parts = [f"drop <= {cons.max_drop:g} points at --accept {cons.accept}"]
     if cons.max_latency_ms is not None:
         parts.append(f"latency <= {cons.max_latency_ms:g} ms")
     if cons.max_size_mb is not None:

@@ -24,10 +24,12 @@ from ..artifact import read_card
 from ..errors import ArtifactError, BudgetError, LeanvisionError
 from ..hardware import physical_cores
 from ..io import write_json
+from ..paired import DEFAULT_ACCEPT
 from .base import skip_bad_setting
 from .constraints import Constraints
+from .evidence import ValSplit, metrics_group, val_predictions
 from .schedule import StageClock, pruned_alike, training_stages
-from .space import INT8_RUNTIME, Budget, Pipeline, SearchSpace
+from .space import Budget, Pipeline, SearchSpace
 from .stages import (
     QUIET,
     StageCache,
@@ -69,13 +71,17 @@ class SearchContext:
     # report and the chosen artifact still to come (see schedule.py); None: no budget.
     deadline: float | None = None
 
+    def val_split(self) -> ValSplit:
+        """The base's validation hold-out, which every candidate is compared on."""
+        return ValSplit(self.data, float(self.split["val_fraction"]), int(self.split["seed"]),
+                        self.skip_bad_images)
+
 
 def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None:
-    """Top-1 of what runs under `runtime`: the INT8 file's for onnx-int8, else the network's
-    (ONNX FP32 is parity-checked against it at export)."""
+    """Top-1 of what runs under `runtime` (metrics_group)."""
     metrics = card.get("metrics", {})
-    scored = {INT8_RUNTIME: metrics.get("int8", {}),
-              "openvino-int8": metrics.get("openvino_int8", {})}.get(runtime, metrics)
+    group = metrics_group(runtime)
+    scored = metrics if group is None else metrics.get(group, {})
     entry = scored.get(split)
     return float(entry["top1"]) if isinstance(entry, dict) and "top1" in entry else None
 
@@ -158,6 +164,9 @@ class Objective:
         try:
             folder = self._build(trial, pipeline, stages)
             figures = measure(folder, pipeline.runtime, self.ctx.budget, self.ctx.threads)
+            # Scored now, in this worker, so that the choice compares them with the base's.
+            val_predictions(folder, pipeline.runtime, self.ctx.val_split(),
+                            self.ctx.threads or physical_cores())
         except LeanvisionError as exc:
             message = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("error", message)
@@ -266,15 +275,18 @@ class Objective:
             # ONNX Runtime's keys stay those made before OpenVINO existed (resumable caches).
             backend = "openvino" if p.runtime == "openvino-int8" else "onnxruntime"
             keyed_backend = {"backend": backend} if backend != "onnxruntime" else {}
+            # The guard judges by the search's --accept; keyed only when not the default.
+            accept = ctx.constraints.accept
+            keyed_accept = {"accept": accept} if accept != DEFAULT_ACCEPT else {}
             step("ptq" if not keyed_backend else "ptq-openvino",
                  {"max_drop": max_drop, "calibration_images": budget.calibration_images,
-                  **keyed_backend},
+                  **keyed_backend, **keyed_accept},
                  lambda parent, f, _: ptq_stage(parent, ctx.data, f, max_drop=max_drop,
                                                 calibration_images=budget.calibration_images,
                                                 timing_runs=budget.ptq_timing_runs,
                                                 threads=ctx.threads,
                                                 skip_bad_images=ctx.skip_bad_images,
-                                                backend=backend))
+                                                backend=backend, accept=accept))
         elif p.quant == "qat":
             step("qat", {"epochs": budget.qat_epochs,
                          "calibration_images": budget.calibration_images},

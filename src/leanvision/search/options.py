@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..paired import DEFAULT_ACCEPT
 from ..setting import setting
 
 
@@ -17,6 +18,9 @@ class OptimizeOptions:
                                "folder resumes).")
     max_drop: float = setting(1.0, "Most validation top-1 points the result may lose against "
                               "the base.")
+    accept: str = setting(DEFAULT_ACCEPT, "How sure 'within --max-drop' must be, on the paired "
+                          "comparison with the base: point (the estimate), likely (80% "
+                          "interval's upper bound) or sure (95%'s).")
     max_latency_ms: float | None = setting(None, "Batch-1 latency limit, measured here.")
     max_size_mb: float | None = setting(None, "Model file size limit.")
     trials: int | None = setting(None, "Finished trials in the study (default 12; with "

@@ -17,8 +17,10 @@ from rich.table import Table
 
 from ..artifact import CARD_FILE, read_card
 from ..errors import LeanvisionError
+from ..hardware import physical_cores
 from ..io import write_json
-from .constraints import Candidate, Choice, choose, misses, pareto_front
+from .constraints import Candidate, Choice, choose, misses, paired_record, pareto_front
+from .evidence import attach_comparisons
 from .objective import SearchContext, measure
 from .retime import retime
 from .stages import NOT_SHIPPED, QUIET, ensure_onnx
@@ -29,6 +31,9 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     out = ctx.out
     trials = study.get_trials(deepcopy=False)
     candidates = [c for t in trials if (c := candidate(t, out)) is not None]
+    attach_comparisons(candidates, ctx.base, ctx.base_val, ctx.val_split(),
+                       ctx.threads or physical_cores())
+    paired = {c.trial: paired_record(c, ctx.constraints) for c in candidates}
     retimed = retime(candidates, ctx.base_val, ctx.constraints, ctx.threads, console)
     front = pareto_front(candidates)
     choice = choose(candidates, ctx.base_val, ctx.constraints)
@@ -47,7 +52,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
         "base": reference, "constraints": ctx.constraints.to_dict(),
         "space": ctx.space.to_dict(), "budget": ctx.budget.to_dict(), "counts": counts,
         "left_out": left_out(trials, ctx), "retimed": retimed,
-        "trials": [trial_record(t) for t in trials]})
+        "trials": [{**trial_record(t), "paired": paired.get(t.number)} for t in trials]})
     chosen_dir = write_chosen(choice, ctx, reference) if choice.chosen else None
     shown = front + ([choice.chosen] if choice.chosen and choice.chosen not in front else [])
     bench_path = write_bench(shown, ctx, reference)
@@ -148,6 +153,7 @@ def base_reference(ctx: SearchContext) -> dict[str, Any]:
 def entry(c: Candidate, ctx: SearchContext, reference: dict[str, Any],
           chosen: bool) -> dict[str, Any]:
     record = c.to_dict(ctx.base_val)
+    record["paired"] = paired_record(c, ctx.constraints)
     record["misses"] = misses(c, ctx.base_val, ctx.constraints)
     record["meets"] = not record["misses"]
     record["vs_base_torch"] = {

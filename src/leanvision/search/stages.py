@@ -37,8 +37,9 @@ from ..io import write_json
 MARKER = "stage.json"
 STALE_LOCK_S = 12 * 3600  # a lock from another host is trusted this long
 POLL_S = 0.5
-# Training leftovers and cache bookkeeping that a copied or shipped artifact does not need.
-NOT_SHIPPED = (MARKER, "measure-*.json", "checkpoint.pt", "best.safetensors", "steps", "*.lock")
+# Training leftovers and cache bookkeeping (measurements, per-image validation predictions)
+# that a copied or shipped artifact does not need.
+NOT_SHIPPED = (MARKER, "measure-*", "checkpoint.pt", "best.safetensors", "steps", "*.lock")
 QUIET = Console(quiet=True)
 
 
@@ -250,10 +251,11 @@ def distill_stage(teacher: Path, student: str | Path, data: str, folder: Path, *
 
 def ptq_stage(parent: Path, data: str, folder: Path, *, max_drop: float,
               calibration_images: int, timing_runs: int, threads: int | None,
-              skip_bad_images: bool = False, backend: str = "onnxruntime") -> None:
+              skip_bad_images: bool = False, backend: str = "onnxruntime",
+              accept: str | None = None) -> None:
     from ..compress import quantize
 
-    quantize(parent, data, folder, method="ptq", max_drop=max_drop,
+    quantize(parent, data, folder, method="ptq", max_drop=max_drop, accept=accept,
              calibration_images=calibration_images, timing_runs=timing_runs, threads=threads,
              skip_bad_images=skip_bad_images, backend=backend, console=QUIET)
 

@@ -1,0 +1,127 @@
+"""optimize's --max-drop judged on the paired comparison with the base (search/constraints.py,
+search/evidence.py), on constructed predictions whose answers are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leanvision.errors import ConfigError
+from leanvision.paired import compare
+from leanvision.search import Candidate, Constraints, choose, evidence
+from leanvision.search.constraints import judged_drop, misses, paired_record
+from leanvision.search.evidence import ValSplit, attach_comparisons
+
+BASE_VAL = 0.9
+
+
+def _predictions(n: int, lost: int, gained: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, base's classes, variant's classes) on n images: the base is right on the first
+    90%; the variant loses `lost` of those and gains `gained` of the rest."""
+    labels = np.arange(n) % 3
+    right = int(n * BASE_VAL)
+    base = labels.copy()
+    base[right:] = (labels[right:] + 1) % 3
+    variant = base.copy()
+    variant[:lost] = (labels[:lost] + 1) % 3
+    variant[right:right + gained] = labels[right:right + gained]
+    return labels, base, variant
+
+
+def _candidate(trial: int, n: int, lost: int, gained: int, ms: float = 1.0) -> Candidate:
+    labels, base, variant = _predictions(n, lost, gained)
+    c = Candidate(trial=trial, label=f"c{trial}", artifact=f"a{trial}", runtime="onnx-int8",
+                  val_top1=BASE_VAL - (lost - gained) / n, latency_ms=ms, size_mb=1.0)
+    c.comparison = compare(base == labels, variant == labels, base, variant)
+    return c
+
+
+def test_a_drop_within_budget_on_the_estimate_but_not_likely_is_refused_under_likely() -> None:
+    c = _candidate(0, 400, lost=4, gained=1)  # drop 0.75 points on 400 images
+    assert c.comparison.drop_points <= 1.0 < c.comparison.interval80[1]
+    assert "max_drop" in misses(c, BASE_VAL, Constraints(max_drop=1.0, accept="likely"))
+    assert not misses(c, BASE_VAL, Constraints(max_drop=1.0, accept="point"))
+    figure, rule = judged_drop(c, BASE_VAL, Constraints(max_drop=1.0))
+    assert rule == "likely" and figure == pytest.approx(c.comparison.interval80[1], abs=1e-4)
+    # A candidate that changed no answer is accepted: 400 images resolve 1 point at 80%.
+    clean = _candidate(1, 400, lost=0, gained=0, ms=2.0)
+    choice = choose([c, clean], BASE_VAL, Constraints(max_drop=1.0))
+    assert choice.met and choice.chosen is clean
+    assert ("drop 0.0 points (95% interval " in choice.statement
+            and "0 images lost, 0 gained; agreement 100.0%), 80% upper bound 0.4"
+            in choice.statement and "at --accept likely" in choice.statement)
+    # Under --accept point the faster one, within budget on its estimate, is chosen.
+    assert choose([c, clean], BASE_VAL, Constraints(max_drop=1.0, accept="point")).chosen is c
+
+
+def test_nothing_within_the_bound_names_the_nearest_bound() -> None:
+    pool = [_candidate(0, 400, lost=6, gained=0), _candidate(1, 400, lost=5, gained=1)]
+    choice = choose(pool, BASE_VAL, Constraints(max_drop=1.0, accept="sure"))
+    assert not choice.met and choice.chosen.trial == 1
+    bound = pool[1].comparison.interval95[1]
+    assert (f"--max-drop 1 cannot be met: the nearest candidate's 95% upper bound is "
+            f"{bound:.2f} points (c1)") in choice.statement
+
+
+def test_a_split_too_small_for_the_rule_says_so_once_with_the_images_that_would_do() -> None:
+    pool = [_candidate(0, 100, lost=1, gained=0), _candidate(1, 100, lost=0, gained=0, ms=2)]
+    choice = choose(pool, BASE_VAL, Constraints(max_drop=1.0))
+    # 100 images cannot accept even an unchanged model under likely: the estimate decides.
+    assert choice.met and choice.chosen.trial == 0
+    note = ("Too little data to decide: the 100 validation images cannot resolve 1 point at "
+            "--accept likely (163 would); judged on the point estimate.")
+    assert choice.statement.count(note) == 1
+    sure = choose(pool, BASE_VAL, Constraints(max_drop=1.0, accept="sure")).statement
+    assert "(381 would)" in sure
+    assert "Too little data" not in choose(pool, BASE_VAL, Constraints(accept="point")).statement
+    record = paired_record(pool[0], Constraints(max_drop=1.0))
+    assert record["rule"] == "point" and record["accept"] == "likely"
+    assert record["accepted"] and (record["lost"], record["gained"]) == (1, 0)
+    assert record["images"] == 100 and record["note"].startswith("the 100 validation images")
+
+
+def test_an_unknown_rule_is_a_config_error_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--accept 'maybe' is not a rule: pass point"):
+        Constraints(accept="maybe")
+
+
+def test_comparisons_use_each_candidates_cached_predictions(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    labels, base, variant = _predictions(200, lost=3, gained=1)
+    split = ValSplit("data", 0.2, 0)
+    scored = {("base", "torch"): (base, labels), ("int8", "onnx-int8"): (variant, labels),
+              ("int8", "onnx-fp32"): (base, labels), ("other", "onnx-fp32"): (base, labels[::-1])}
+    calls = []
+
+    def score(folder, runtime, records, skip_bad, threads):
+        calls.append((folder.name, runtime))
+        return scored[(folder.name, runtime)]
+
+    monkeypatch.setattr(evidence, "_records", lambda *args: None)
+    monkeypatch.setattr(evidence, "_score", score)
+
+    def made(folder: str, runtime: str, top1: float) -> Candidate:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        return Candidate(trial=0, label=folder, artifact=str(tmp_path / folder),
+                         runtime=runtime, val_top1=top1, latency_ms=1.0, size_mb=1.0)
+
+    pool = [made("int8", "onnx-int8", BASE_VAL - 0.01), made("int8", "onnx-fp32", BASE_VAL),
+            made("other", "onnx-fp32", BASE_VAL), made("int8", "onnx-int8", 0.5)]
+    assert attach_comparisons(pool, tmp_path / "base", BASE_VAL, split) == 2
+    int8, fp32, other, stale = pool
+    assert (int8.comparison.lost, int8.comparison.gained) == (3, 1)
+    assert int8.comparison.agreement == pytest.approx(196 / 200)
+    assert (fp32.comparison.lost, fp32.comparison.gained) == (0, 0)
+    # Other images, or a file that does not give the card's accuracy: the point estimate.
+    assert other.comparison is None and stale.comparison is None
+    # Scored once per folder and runtime, then read back from the stage folder.
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 4
+    assert attach_comparisons([made("int8", "onnx-int8", BASE_VAL - 0.01)], tmp_path / "base",
+                              BASE_VAL, split) == 1 and len(calls) == 4
+    cached = sorted(p.name for p in (tmp_path / "int8").iterdir())
+    assert cached == [f"measure-onnx-fp32-val-{split.key()}.npz",
+                      f"measure-onnx-int8-val-{split.key()}.npz"]
+    # A base whose predictions do not give its card's accuracy: nothing is compared.
+    assert attach_comparisons(pool, tmp_path / "base", 0.5, split) == 0
