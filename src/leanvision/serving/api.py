@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from ..setting import setting
 from .app import ServeSettings, create_app
+from .connections import guarded_protocol, raise_open_file_limit
 from .limits import Gate, resolve_api_key
 
 DRAIN_SLACK_S = 5.0
@@ -46,14 +47,20 @@ class DrainingServer(uvicorn.Server):
 
 
 def run_app(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
-            log_level: str = "info") -> None:
-    """Run `app` (from create_app) until SIGTERM / Ctrl-C, draining as described above."""
+            log_level: str = "info", head_timeout_s: float = 10.0) -> None:
+    """Run `app` (from create_app) until SIGTERM / Ctrl-C, draining as described above.
+
+    No uvicorn `limit_concurrency`: it counts open sockets, idle ones included, and answers
+    past it with a bare 503 the app never sees. The app's Gate caps requests instead, and
+    connections.py closes sockets that do not send a request head in `head_timeout_s`."""
     settings = app.state.settings
+    raise_open_file_limit()
+    metrics = app.state.metrics
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, server_header=False,
         proxy_headers=False, timeout_graceful_shutdown=int(DRAIN_SLACK_S),
-        # Connections beyond this get 503 from uvicorn itself, before any request is parsed.
-        limit_concurrency=settings.queue_size * 2 + 32)
+        http=guarded_protocol(head_timeout_s, lambda reason: metrics.connections_closed.labels(
+            reason=reason).inc()))
     DrainingServer(config, app.state.gate, settings.timeout_s + DRAIN_SLACK_S).run()
 
 
@@ -68,6 +75,9 @@ class ServeOptions(ServeSettings):
     threads: int | None = setting(None, "Inference threads (default: physical cores).")
     explain: bool = setting(True, "Serve /v1/explain (Grad-CAM) too.")
     log_level: str = setting("info", "uvicorn's log level.")
+    head_timeout_s: float = setting(10.0, "Close a connection that has not sent a complete "
+                                    "request head this many seconds after opening (or after "
+                                    "its previous answer).")
     spin: bool = setting(False, "Let ONNX Runtime's threads spin-wait between batches (off: the "
                          "cores parse and decode requests meanwhile; bench/serve_load.py --spin "
                          "off,on measures both).")
@@ -77,7 +87,8 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
           api_key: str | None = None, runtime: str = "auto", max_batch: int = 32,
           max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 10.0,
           max_body_mb: float = 20.0, threads: int | None = None, top_k: int = 5,
-          explain: bool = True, log_level: str = "info", spin: bool = False) -> None:
+          explain: bool = True, log_level: str = "info", spin: bool = False,
+          head_timeout_s: float = 10.0) -> None:
     """Serve the artifact folder over HTTP until SIGTERM / Ctrl-C.
 
     Binds 127.0.0.1 unless told otherwise; any other address needs an API key (`api_key` or
@@ -87,7 +98,7 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
                      max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
                      max_body_mb=max_body_mb, threads=threads, top_k=top_k, explain=explain,
                      spin=spin)
-    run_app(app, host=host, port=port, log_level=log_level)
+    run_app(app, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s)
 
 
 __all__ = ["DrainingServer", "create_app", "run_app", "serve"]

@@ -23,11 +23,13 @@ from fastapi import FastAPI
 
 from ..errors import ConfigError
 from ..setting import setting
+from .connections import MAX_HEAD_BYTES, MAX_HEADERS
 from .explain import Explainer
 from .limits import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     GateMiddleware,
+    HeadLimitMiddleware,
     SecurityHeadersMiddleware,
 )
 from .metrics import MetricsMiddleware
@@ -124,10 +126,12 @@ def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSetti
     app.state.service = service
     app.state.batcher, app.state.gate = service.batcher, service.gate
     app.state.metrics, app.state.settings = service.metrics, settings
-    # Added innermost first: a request meets metrics, the gate, the key check, the body cap.
+    # Added innermost first: a request meets metrics, the head limits, the gate, the key
+    # check, the body cap.
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mb * 2**20))
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(GateMiddleware, gate=service.gate)
+    app.add_middleware(HeadLimitMiddleware, max_headers=MAX_HEADERS, max_bytes=MAX_HEAD_BYTES)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     add_routes(app)

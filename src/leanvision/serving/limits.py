@@ -140,10 +140,13 @@ class BodyLimitMiddleware:
 
 
 class Gate:
-    """Counts requests in flight and, once draining (SIGTERM), turns new ones away with 503."""
+    """Counts requests in flight; past `limit` of them, or once draining (SIGTERM), new ones
+    are turned away with 503. The health checks pass the gate: they cost nothing and an
+    orchestrator must see the process answer while the queue is full."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.in_flight = 0
+        self.limit = limit
         self.draining = False
 
 
@@ -158,11 +161,34 @@ class GateMiddleware:
             return await send_json(send, 503, {"detail": "shutting down; retry on another "
                                                          "instance or after the restart"},
                                    [(b"retry-after", b"5"), (b"connection", b"close")])
+        if self.gate.limit is not None and self.gate.in_flight >= self.gate.limit:
+            return await send_json(send, 503, {"detail": f"busy: {self.gate.in_flight} requests "
+                                                         "in flight; retry shortly"},
+                                   [(b"retry-after", b"1")])
         self.gate.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.gate.in_flight -= 1
+
+
+class HeadLimitMiddleware:
+    """431 for a request with more than `max_headers` header lines or more than `max_bytes` of
+    them. connections.py stops a head that grows past the cap while it arrives; this catches
+    one that arrived whole in a single read, and the count."""
+
+    def __init__(self, app: ASGIApp, max_headers: int, max_bytes: int) -> None:
+        self.app, self.max_headers, self.max_bytes = app, max_headers, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope.get("headers", [])
+        if scope["type"] == "http" and (len(headers) > self.max_headers or sum(
+                len(k) + len(v) for k, v in headers) > self.max_bytes):
+            return await send_json(send, 431, {"detail": f"request headers over the cap "
+                                                         f"({self.max_headers} lines, "
+                                                         f"{self.max_bytes} bytes); send fewer"},
+                                   [(b"connection", b"close")])
+        await self.app(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:

@@ -42,6 +42,9 @@ class Metrics:
         self.batch_seconds = Histogram("leanvision_batch_seconds", "Seconds per network call",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("leanvision_images", "Images classified", registry=r)
+        self.connections_closed = Counter(
+            "leanvision_connections_closed", "Connections closed before a request reached the "
+            "app, by reason (idle, head_timeout, head_too_large)", ["reason"], registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -57,7 +60,7 @@ class Metrics:
 
 def error_kind(status: int) -> str | None:
     return {400: "bad_request", 401: "unauthorised", 404: None, 405: None, 413: "too_large",
-            415: "not_an_image", 422: "bad_image", 503: "unavailable",
+            415: "not_an_image", 422: "bad_image", 431: "too_large", 503: "unavailable",
             504: "timeout"}.get(status, "internal" if status >= 500 else None)
 
 

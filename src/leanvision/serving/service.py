@@ -51,7 +51,8 @@ class Service:
                                  arriving=lambda: service.arriving)
         # Decoding runs beside the network (PIL releases the GIL); two threads keep a core
         # busy while the other decodes, without crowding the runtime's own threads.
-        service = cls(predictor, explainer, settings, name, batcher, Gate(), metrics,
+        service = cls(predictor, explainer, settings, name, batcher,
+                      Gate(limit=in_flight_limit(settings.queue_size)), metrics,
                       ThreadPoolExecutor(max_workers=2, thread_name_prefix="leanvision-decode"),
                       ThreadPoolExecutor(max_workers=1, thread_name_prefix="leanvision-explain"))
         return service
@@ -93,6 +94,13 @@ class Service:
             return out
 
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, run)
+
+
+def in_flight_limit(queue_size: int) -> int:
+    """Requests handled at once. Above the queue's own size, so under a burst the queue fills
+    first and answers 503 itself; the rest is room for requests still sending their bodies.
+    It bounds the memory those bodies hold (each up to --max-body-mb)."""
+    return queue_size * 2 + 32
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
