@@ -85,6 +85,52 @@ def test_a_split_too_small_for_the_rule_says_so_once_with_the_images_that_would_
 def test_an_unknown_rule_is_a_config_error_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match="--accept 'maybe' is not a rule: pass point"):
         Constraints(accept="maybe")
+    with pytest.raises(ConfigError, match="--max-class-drop 0 is a budget of zero"):
+        Constraints(max_class_drop=0)
+
+
+def _with_classes(c: Candidate, lost_in_rare: int, n: int = 400, rare: int = 40) -> Candidate:
+    """`c`, whose images split into a common class and a rare one (the last `rare` images of
+    those the base gets right), the rare class losing `lost_in_rare` of them."""
+    labels, base, variant = _predictions(n, lost=0, gained=0)
+    right = int(n * BASE_VAL)
+    is_rare = np.zeros(n, bool)
+    is_rare[right - rare:right] = True
+    before, after = base == labels, variant == labels
+    after[right - rare:right - rare + lost_in_rare] = False
+    c.class_comparisons = {"common": compare(before[~is_rare], after[~is_rare]),
+                           "rare": compare(before[is_rare], after[is_rare])}
+    return c
+
+
+def test_the_worst_class_is_reported_and_max_class_drop_judges_every_class() -> None:
+    # The mean hides it: 3 of 400 images lost, all 3 in a class of 40 (7.5 points).
+    hurt = _with_classes(_candidate(0, 400, lost=3, gained=0), lost_in_rare=3)
+    kept = _with_classes(_candidate(1, 400, lost=0, gained=0, ms=2.0), lost_in_rare=0)
+    point = Constraints(max_drop=1.0, accept="point")
+    assert choose([hurt, kept], BASE_VAL, point).chosen is hurt  # no class budget: not asked
+    statement = choose([hurt, kept], BASE_VAL, point).statement
+    assert "worst class rare: drop 7.5 points on its 40 images" in statement
+    record = paired_record(hurt, point)
+    assert record["worst_class"]["class"] == "rare" and record["worst_class"]["lost"] == 3
+    assert "class_judged" not in record
+    strict = Constraints(max_drop=1.0, accept="point", max_class_drop=5.0)
+    assert misses(hurt, BASE_VAL, strict) == {"max_class_drop": pytest.approx(2.5)}
+    choice = choose([hurt, kept], BASE_VAL, strict)
+    assert choice.chosen is kept and "any class's drop <= 5 points" in choice.statement
+    assert paired_record(hurt, strict)["class_judged"] == {
+        "class": "rare", "figure_points": 7.5, "rule": "point", "accepted": False}
+    alone = choose([hurt], BASE_VAL, strict)
+    assert not alone.met and ("--max-class-drop 5 cannot be met: in the nearest candidate (c0) "
+                              "class rare loses 7.50 points") in alone.statement
+    # Under likely, a class of 40 images cannot resolve 2 points (the class of 320 can): its
+    # estimate decides, and the statement says so once.
+    likely = choose([hurt, kept], BASE_VAL, Constraints(max_drop=1.0, max_class_drop=2.0))
+    assert likely.chosen is kept and likely.statement.count(
+        "the smallest class's 40 images cannot resolve --max-class-drop 2 at --accept likely "
+        "(81 would)") == 1
+    judged = paired_record(kept, Constraints(max_class_drop=2.0))["class_judged"]
+    assert (judged["class"], judged["rule"], judged["accepted"]) == ("common", "likely", True)
 
 
 def test_comparisons_use_each_candidates_cached_predictions(tmp_path: Path,
@@ -100,7 +146,7 @@ def test_comparisons_use_each_candidates_cached_predictions(tmp_path: Path,
         return scored[(folder.name, runtime)]
 
     monkeypatch.setattr(evidence, "_records", lambda *args: None)
-    monkeypatch.setattr(evidence, "_score", score)
+    monkeypatch.setattr(evidence, "predict_records", score)
 
     def made(folder: str, runtime: str, top1: float) -> Candidate:
         (tmp_path / folder).mkdir(exist_ok=True)
@@ -114,6 +160,8 @@ def test_comparisons_use_each_candidates_cached_predictions(tmp_path: Path,
     assert (int8.comparison.lost, int8.comparison.gained) == (3, 1)
     assert int8.comparison.agreement == pytest.approx(196 / 200)
     assert (fp32.comparison.lost, fp32.comparison.gained) == (0, 0)
+    assert sorted(int8.class_comparisons) == ["0", "1", "2"]
+    assert sum(x.lost for x in int8.class_comparisons.values()) == 3
     # Other images, or a file that does not give the card's accuracy: the point estimate.
     assert other.comparison is None and stale.comparison is None
     # Scored once per folder and runtime, then read back from the stage folder.

@@ -244,6 +244,8 @@ def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -
     assert paired["drop_points"] == pytest.approx(front["drop_points"], abs=1e-3)
     assert 0 <= paired["agreement"] <= 1 and len(paired["interval95_points"]) == 2
     assert first["paired"] == second["paired"] == paired and paired["rule"] == "point"
+    worst = paired["worst_class"]  # the worst class's drop, next to the mean
+    assert worst["class"] in base_card["classes"] and 0 < worst["images"] < paired["images"]
     assert "validation images cannot resolve 1 point at --accept likely" in summary["statement"]
     assert pareto["base"]["runtime"] == "torch" and front["vs_base_torch"]["speedup_b1"] > 0
     bench_rows = json.loads((out / "bench.json").read_text())["results"]

@@ -67,7 +67,7 @@ DEFAULT_TRIALS = 12
 def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Path | None = None,
              max_drop: float = 1.0, max_latency_ms: float | None = None,
              max_size_mb: float | None = None, accept: str = DEFAULT_ACCEPT,
-             trials: int | None = None,
+             max_class_drop: float | None = None, trials: int | None = None,
              timeout_s: float | None = None, time_budget: float | None = None,
              storage: str | None = None,
              study_name: str | None = None, workers: int = 1,
@@ -83,7 +83,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     OUT/base). Constraints: `max_drop` validation top-1 points against the base,
     `max_latency_ms` batch-1 median latency, `max_size_mb` model file size; `accept`: how sure
     "within max_drop" must be on the paired comparison with the base (point, likely, sure:
-    leanvision.paired), as in quantize's guard. `trials`: total
+    leanvision.paired), as in quantize's guard; `max_class_drop`: the most any one class may
+    lose (judged per class the same way; off by default). `trials`: total
     finished trials the study should hold (a rerun continues up to it; default 12, or every
     pipeline of the space under a time budget); a trial that repeats a measured pipeline while
     others remain untried is not counted; `timeout_s` stops starting trials after that long.
@@ -99,7 +100,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     "storage", ...}."""
     started = time.perf_counter()
     console = console or Console(stderr=True)
-    constraints = Constraints(max_drop, max_latency_ms, max_size_mb, accept)
+    constraints = Constraints(max_drop, max_latency_ms, max_size_mb, accept, max_class_drop)
     _check_run_settings(trials, timeout_s, workers, threads, explain_images, time_budget)
     deadline = None if time_budget is None else time.time() + time_budget * 60
     if quick and budget is not None:

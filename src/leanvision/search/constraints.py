@@ -13,7 +13,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..paired import DEFAULT_ACCEPT, RULE_LEVELS, RULES, PairedComparison, applied_rule
+from ..paired import (
+    DEFAULT_ACCEPT,
+    RULE_LEVELS,
+    RULES,
+    PairedComparison,
+    applied_rule,
+    images_to_resolve,
+)
 
 # Measured figures are compared with this slack, so 1.0 points is within a budget of 1.0.
 EPS = 1e-9
@@ -25,6 +32,8 @@ class Constraints:
     max_latency_ms: float | None = None  # batch-1 median latency on this machine
     max_size_mb: float | None = None  # the model file the runtime loads
     accept: str = DEFAULT_ACCEPT  # how sure "within --max-drop" must be (paired.RULES)
+    # Top-1 points any one class may lose (judged per class under --accept); None: not asked.
+    max_class_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.accept not in RULES:
@@ -40,6 +49,8 @@ class Constraints:
                   "e.g. --max-latency-ms 2, or leave it out")
         _positive("--max-size-mb", self.max_size_mb, "model file size in megabytes, e.g. "
                   "--max-size-mb 5, or leave it out")
+        _positive("--max-class-drop", self.max_class_drop, "top-1 points any one class may "
+                  "lose, e.g. --max-class-drop 5, or leave it out")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,12 +92,15 @@ class Candidate:
     latency_range: tuple[float, float] | None = None
     # Against the base on the same validation images; None: no per-image predictions.
     comparison: PairedComparison | None = None
+    # The same, within each class (by name), for the worst class and --max-class-drop.
+    class_comparisons: dict[str, PairedComparison] | None = None
 
     def drop_points(self, base_val: float) -> float:
         return round((base_val - self.val_top1) * 100, 4)
 
     def to_dict(self, base_val: float | None = None) -> dict[str, Any]:
-        record = {k: v for k, v in asdict(self).items() if k != "comparison"}
+        record = {k: v for k, v in asdict(self).items()
+                  if k not in ("comparison", "class_comparisons")}
         if base_val is not None:
             record["drop_points"] = self.drop_points(base_val)
         return record
@@ -101,13 +115,48 @@ def judged_drop(c: Candidate, base_val: float, cons: Constraints) -> tuple[float
     return round(c.comparison.upper(rule), 4), rule
 
 
+def worst_class(c: Candidate) -> tuple[str, PairedComparison] | None:
+    """The class `c` loses most in (point estimate; the first such class on a tie)."""
+    if not c.class_comparisons:
+        return None
+    name = max(c.class_comparisons, key=lambda k: c.class_comparisons[k].drop_points)
+    return name, c.class_comparisons[name]
+
+
+def judged_class_drop(c: Candidate, cons: Constraints) -> tuple[float, str, str] | None:
+    """(the largest figure held to --max-class-drop, its class, the rule that gave it): per
+    class, the upper bound under the rule its images can apply (a class of few images is
+    judged on its estimate). None without --max-class-drop or per-image predictions."""
+    if cons.max_class_drop is None or not c.class_comparisons:
+        return None
+    judged = []
+    for name, comparison in c.class_comparisons.items():
+        rule, _ = applied_rule(comparison.images, cons.max_class_drop, cons.accept)
+        judged.append((round(comparison.upper(rule), 4), name, rule))
+    return max(judged, key=lambda j: j[0])
+
+
 def paired_record(c: Candidate, cons: Constraints) -> dict[str, Any] | None:
     """pareto.json's and search.json's account of `c`'s drop: interval, images lost and
-    gained, agreement, and the verdict under the rule applied."""
+    gained, agreement, the verdict under the rule applied, and the worst class's drop."""
     if c.comparison is None:
         return None
     rule, note = cons.drop_rule(c.comparison.images)
-    return {**c.comparison.record(cons.max_drop, rule), "accept": cons.accept, "note": note}
+    record = {**c.comparison.record(cons.max_drop, rule), "accept": cons.accept, "note": note}
+    worst = worst_class(c)
+    if worst is not None:
+        name, comparison = worst
+        record["worst_class"] = {"class": name, "images": comparison.images,
+                                 "drop_points": round(comparison.drop_points, 4),
+                                 "lost": comparison.lost, "gained": comparison.gained,
+                                 "interval95_points": [round(x, 4)
+                                                       for x in comparison.interval95]}
+    judged = judged_class_drop(c, cons)
+    if judged is not None:
+        record["class_judged"] = {"class": judged[1], "figure_points": judged[0],
+                                  "rule": judged[2],
+                                  "accepted": judged[0] <= cons.max_class_drop + EPS}
+    return record
 
 
 def misses(c: Candidate, base_val: float, cons: Constraints) -> dict[str, float]:
@@ -120,6 +169,9 @@ def misses(c: Candidate, base_val: float, cons: Constraints) -> dict[str, float]
         found["max_latency_ms"] = c.latency_ms - cons.max_latency_ms
     if cons.max_size_mb is not None and c.size_mb > cons.max_size_mb + EPS:
         found["max_size_mb"] = c.size_mb - cons.max_size_mb
+    judged = judged_class_drop(c, cons)
+    if judged is not None and judged[0] > cons.max_class_drop + EPS:
+        found["max_class_drop"] = judged[0] - cons.max_class_drop
     return found
 
 
@@ -189,8 +241,9 @@ def timed_alike_fewest_flops(fastest: Candidate, meeting: list[Candidate]) -> Ca
 
 
 _NAMES = {"max_drop": "max-drop", "max_latency_ms": "max-latency-ms",
-          "max_size_mb": "max-size-mb"}
-_UNITS = {"max_drop": "points", "max_latency_ms": "ms", "max_size_mb": "MB"}
+          "max_size_mb": "max-size-mb", "max_class_drop": "max-class-drop"}
+_UNITS = {"max_drop": "points", "max_latency_ms": "ms", "max_size_mb": "MB",
+          "max_class_drop": "points"}
 
 
 def _impossible(candidates: list[Candidate], base_val: float, cons: Constraints) -> list[str]:
@@ -214,13 +267,20 @@ def _impossible(candidates: list[Candidate], base_val: float, cons: Constraints)
         best = min(candidates, key=lambda c: c.size_mb)
         reasons.append(f"--max-size-mb {cons.max_size_mb:g} cannot be met: the smallest "
                        f"candidate is {best.size_mb:.3f} MB ({best.label})")
+    if not by_name["max_class_drop"]:
+        best = min(candidates, key=lambda c: judged_class_drop(c, cons)[0])
+        figure, name, rule = judged_class_drop(best, cons)
+        bound = "" if rule == "point" else f" ({RULE_LEVELS[rule]:.0%} upper bound)"
+        reasons.append(f"--max-class-drop {cons.max_class_drop:g} cannot be met: in the "
+                       f"nearest candidate ({best.label}) class {name} loses {figure:.2f} "
+                       f"points{bound}")
     return reasons
 
 
 def _shortfall(c: Candidate, base_val: float, cons: Constraints) -> float:
     """How far `c` is from meeting everything, each miss relative to its own limit."""
     limits = {"max_drop": cons.max_drop, "max_latency_ms": cons.max_latency_ms,
-              "max_size_mb": cons.max_size_mb}
+              "max_size_mb": cons.max_size_mb, "max_class_drop": cons.max_class_drop}
     return sum(v / limits[k] for k, v in misses(c, base_val, cons).items())
 
 
@@ -236,9 +296,15 @@ def drop_text(c: Candidate, base_val: float, cons: Constraints) -> str:
     if c.comparison is None:
         return f"drop {c.drop_points(base_val):.2f} points"
     figure, rule = judged_drop(c, base_val, cons)
-    if rule == "point":
-        return c.comparison.describe()
-    return f"{c.comparison.describe()}, {RULE_LEVELS[rule]:.0%} upper bound {figure:.1f}"
+    text = c.comparison.describe()
+    if rule != "point":
+        text += f", {RULE_LEVELS[rule]:.0%} upper bound {figure:.1f}"
+    worst = worst_class(c)
+    if worst is not None:
+        name, comparison = worst
+        text += (f"; worst class {name}: drop {comparison.drop_points:.1f} points on its "
+                 f"{comparison.images} images")
+    return text
 
 
 def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
@@ -246,10 +312,22 @@ def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
     would), or some candidates carry no per-image predictions to compare."""
     compared = [c for c in candidates if c.comparison is not None]
     if not compared:
-        return ("" if cons.accept == "point" else " (no per-image validation predictions "
-                "to compare with the base: the drop is judged on the point estimate)")
-    _, note = cons.drop_rule(compared[0].comparison.images)
-    return f" (Too little data to decide: {note}.)" if note else ""
+        if cons.accept == "point" and cons.max_class_drop is None:
+            return ""
+        return (" (no per-image validation predictions to compare with the base: the drop is "
+                "judged on the point estimate" + ("; --max-class-drop cannot be judged"
+                                                  if cons.max_class_drop is not None else "")
+                + ")")
+    notes = [note] if (note := cons.drop_rule(compared[0].comparison.images)[1]) else []
+    sizes = [x.images for c in compared for x in (c.class_comparisons or {}).values()]
+    if cons.max_class_drop is not None and sizes:
+        smallest = min(sizes)
+        if applied_rule(smallest, cons.max_class_drop, cons.accept)[1]:
+            needed = images_to_resolve(cons.max_class_drop, RULE_LEVELS[cons.accept])
+            notes.append(f"the smallest class's {smallest} images cannot resolve "
+                         f"--max-class-drop {cons.max_class_drop:g} at --accept {cons.accept} "
+                         f"({needed} would); classes that small are judged on the estimate")
+    return f" (Too little data to decide: {'; '.join(notes)}.)" if notes else ""
 
 
 def _limits(cons: Constraints) -> str:
@@ -258,4 +336,6 @@ def _limits(cons: Constraints) -> str:
         parts.append(f"latency <= {cons.max_latency_ms:g} ms")
     if cons.max_size_mb is not None:
         parts.append(f"size <= {cons.max_size_mb:g} MB")
+    if cons.max_class_drop is not None:
+        parts.append(f"any class's drop <= {cons.max_class_drop:g} points")
     return ", ".join(parts)

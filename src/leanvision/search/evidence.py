@@ -62,7 +62,8 @@ def val_predictions(folder: Path, runtime: str, split: ValSplit,
         with np.load(path, allow_pickle=False) as stored:
             return stored["predicted"], stored["labels"]
     records = _records(split.data, split.val_fraction, split.seed)
-    predicted, labels = _score(Path(folder), runtime, records, split.skip_bad_images, threads)
+    predicted, labels = predict_records(Path(folder), runtime, records, split.skip_bad_images,
+                                        threads)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -71,10 +72,11 @@ def val_predictions(folder: Path, runtime: str, split: ValSplit,
     return predicted, labels
 
 
-def _score(folder: Path, runtime: str, records: ImageRecords, skip_bad: bool,
-           threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Through the path that scored the card's accuracy for `runtime`: the network through
-    evaluate (FP32 runtimes), the INT8 file through the quantizer's scorer."""
+def predict_records(folder: Path, runtime: str, records: ImageRecords, skip_bad: bool = False,
+                    threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted classes, labels) of `folder` under `runtime` on `records`, through the path
+    that scored the card's accuracy for `runtime`: the network through evaluate (FP32
+    runtimes), the INT8 file through the quantizer's scorer."""
     from ..artifact import load
 
     art = load(folder)
@@ -97,7 +99,8 @@ def _score(folder: Path, runtime: str, records: ImageRecords, skip_bad: bool,
 
 
 def attach_comparisons(candidates: list[Candidate], base: Path, base_val: float,
-                       split: ValSplit, threads: int = 1) -> int:
+                       split: ValSplit, threads: int = 1,
+                       classes: list[str] | None = None) -> int:
     """Set each candidate's `comparison` with the base; returns how many got one. One whose
     predictions cannot be scored, are on other images or do not give its card's accuracy
     keeps None (its trial measured it, so the choice still has its point estimate)."""
@@ -116,7 +119,11 @@ def attach_comparisons(candidates: list[Candidate], base: Path, base_val: float,
         correct = predicted == labels
         if abs(float(correct.mean()) - c.val_top1) > 1e-6:
             continue
-        c.comparison = compare(base_pred == labels, correct, base_pred, predicted)
+        before = base_pred == labels
+        c.comparison = compare(before, correct, base_pred, predicted)
+        c.class_comparisons = {
+            classes[k] if classes else str(k): compare(before[labels == k], correct[labels == k])
+            for k in np.unique(labels).tolist()}
         attached += 1
     return attached
 

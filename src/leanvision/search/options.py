@@ -21,6 +21,10 @@ class OptimizeOptions:
     accept: str = setting(DEFAULT_ACCEPT, "How sure 'within --max-drop' must be, on the paired "
                           "comparison with the base: point (the estimate), likely (80% "
                           "interval's upper bound) or sure (95%'s).")
+    max_class_drop: float | None = setting(None, "Most validation top-1 points any one class "
+                                           "may lose against the base (judged per class "
+                                           "under --accept; the worst class is always "
+                                           "reported).")
     max_latency_ms: float | None = setting(None, "Batch-1 latency limit, measured here.")
     max_size_mb: float | None = setting(None, "Model file size limit.")
     trials: int | None = setting(None, "Finished trials in the study (default 12; with "

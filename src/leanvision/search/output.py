@@ -32,7 +32,7 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     trials = study.get_trials(deepcopy=False)
     candidates = [c for t in trials if (c := candidate(t, out)) is not None]
     attach_comparisons(candidates, ctx.base, ctx.base_val, ctx.val_split(),
-                       ctx.threads or physical_cores())
+                       ctx.threads or physical_cores(), read_card(ctx.base)[1]["classes"])
     paired = {c.trial: paired_record(c, ctx.constraints) for c in candidates}
     retimed = retime(candidates, ctx.base_val, ctx.constraints, ctx.threads, console)
     front = pareto_front(candidates)
