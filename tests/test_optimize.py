@@ -1,11 +1,14 @@
-"""optimize: constraints and the choice among candidates, the search space, the stage cache
-(an identical trial trains nothing), resuming an interrupted study, two workers on one SQLite
-file, and bad input (a base from other data, impossible or zero budgets) answered in words."""
+"""optimize: constraints and the choice among candidates, the search space and the sampler (no
+pipeline measured twice), the stage cache (an identical pipeline trains nothing), resuming an
+interrupted study, two workers on one SQLite file, and bad input (a base from other data,
+impossible or zero budgets) answered in words."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,8 @@ from leanvision.search.objective import (
     counted_trials,
     is_wasted_repeat,
 )
+from leanvision.search.sampler import PipelineSampler, tpe_sampler
+from leanvision.search.schedule import training_stages
 from leanvision.search.space import default_students
 from leanvision.search.stages import MARKER, host_id, worker_id
 from leanvision.training import train
@@ -44,9 +49,14 @@ QUIET = Console(quiet=True)
 BUDGET = Budget.quick(train_settings=dict(batch_size=8), finetune_epochs=1, kd_epochs=1,
                       student_epochs=1, qat_epochs=1, calibration_images=24,
                       ptq_timing_runs=3, bench_warmup=2, bench_iterations=10)
-# One pipeline only (prune half the FLOPs, INT8 PTQ): every trial builds the same stages.
+# One pipeline only (prune half the FLOPs, INT8 PTQ).
 ONE_PIPELINE = SearchSpace(prune_ratios=(0.5,), recoveries=("none",), quantizations=("ptq",),
                            runtimes=("onnx-int8",))
+# Three pipelines on one pruned network: INT8 PTQ (the anchor, searched first), and FP32 in
+# PyTorch and in ONNX Runtime, which only measure the cached pruned network.
+SHARED_PRUNE = SearchSpace(prune_ratios=(0.5,), recoveries=("none",),
+                           quantizations=("none", "ptq"),
+                           runtimes=("torch", "onnx-fp32", "onnx-int8"))
 RUN = dict(budget=BUDGET, threads=1, console=QUIET)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +64,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> dict:
-    """A tiny base and a two-trial search of ONE_PIPELINE, shared (copied) by the tests."""
+    """A tiny base and a one-trial search of SHARED_PRUNE, shared (copied) by the tests."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -62,8 +72,8 @@ def searched(tmp_path_factory) -> dict:
         data = make_image_folder(root / "data")
         train(data, root / "base", console=QUIET, **FAST)
         with _counting_prunes() as prunes:
-            summary = optimize(data, base=root / "base", out=root / "out", trials=2,
-                               space=ONE_PIPELINE, **RUN)
+            summary = optimize(data, base=root / "base", out=root / "out", trials=1,
+                               space=SHARED_PRUNE, **RUN)
     finally:
         torch.set_num_threads(threads)
     return {"root": root, "data": data, "base": root / "base", "out": root / "out",
@@ -185,7 +195,7 @@ def test_students_are_smaller_nets_that_could_come_near_the_base() -> None:
     assert SearchSpace(students=("airnet_s",)).anchors()[-1].source == "airnet_s"
 
 
-def test_a_repeat_counts_only_once_every_pipeline_was_tried() -> None:
+def test_a_repeat_never_counts() -> None:
     space = SearchSpace(prune_ratios=(0.0, 0.5), recoveries=("none",), quantizations=("ptq",),
                         runtimes=("onnx-int8",))
     base, pruned = space.pipelines()
@@ -199,28 +209,61 @@ def test_a_repeat_counts_only_once_every_pipeline_was_tried() -> None:
             trial.set_user_attr("repeat", True)
         study.tell(trial, 0.5)
 
-    assert not is_wasted_repeat(study, base, space)  # nothing tried yet
+    assert not is_wasted_repeat(study, base)  # nothing tried yet
     finish(base, repeat=False)
-    assert is_wasted_repeat(study, base, space)  # the pruned pipeline was never tried
-    assert not is_wasted_repeat(study, pruned, space)
+    assert is_wasted_repeat(study, base) and not is_wasted_repeat(study, pruned)
     finish(base, repeat=True)
     assert counted_trials(study) == 1
     finish(pruned, repeat=False)
-    assert not is_wasted_repeat(study, base, space)  # all tried: a repeat counts again
+    assert is_wasted_repeat(study, base)  # all tried: a repeat still tells nothing new
     assert counted_trials(study) == 2
 
 
-def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -> None:
+def _fake_search(sampler, space: SearchSpace, n_trials: int) -> list[Pipeline]:
+    """The pipelines a sampler has trials measure, with made-up figures (no stage is built)
+    that favour a few pipelines, as a real search's do."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    for p in space.anchors():
+        study.enqueue_trial(space.params(p))
+    measured = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        p = space.suggest(trial)
+        measured.append(p)
+        return (1.0 - 0.1 * p.prune_ratio - 0.05 * (p.source != "base"),
+                2.0 - p.prune_ratio - (p.quant != "none"), 2.0 - (p.quant != "none"))
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study.optimize(objective, n_trials=n_trials)
+    return measured
+
+
+def test_the_sampler_never_plans_a_measured_pipeline_again() -> None:
+    space = SearchSpace(students=("resnet8",))  # the demo's: 8 networks x FP32, PTQ, QAT
+    assert space.size() == 24
+    # A space no larger than the trials: each pipeline once, the anchors, then the cheapest.
+    measured = _fake_search(PipelineSampler(space, seed=0, trials=24), space, 24)
+    assert sorted(map(str, measured)) == sorted(map(str, space.pipelines()))
+    rest = measured[len(space.anchors()):]
+    assert [training_stages(p) for p in rest] == sorted(training_stages(p) for p in rest)
+    # A larger space: TPE samples it, and a measured pipeline is never a trial again (TPE
+    # alone proposes the favoured ones again within these 12 trials).
+    for seed in (0, 1):
+        sampled = _fake_search(PipelineSampler(space, seed=seed, trials=12), space, 12)
+        assert len(set(sampled)) == 12
+    alone = _fake_search(tpe_sampler(0, 12), space, 12)
+    assert len(set(alone)) < 12
+
+
+def test_search_writes_results(searched) -> None:
     out, summary = searched["out"], searched["summary"]
-    assert searched["prunes"] == 1  # two trials, one pruning run
-    first, second = _trials(out)
-    assert first["state"] == second["state"] == "COMPLETE"
+    assert searched["prunes"] == 1
+    (first,) = _trials(out)
+    assert first["state"] == "COMPLETE"
     assert [s["cached"] for s in first["stages"]] == [False, False]
-    assert [s["cached"] for s in second["stages"]] == [True, True]
-    assert second["figures"]["cached"] and second["artifact"] == first["artifact"]
     assert first["artifact"].startswith("stages/prune50-ptq-")
 
-    assert summary["met"] and summary["trials"]["complete"] == 2
+    assert summary["met"] and summary["trials"]["complete"] == 1
     assert summary["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
     assert Path(summary["report"]) == out / "report.html"
     assert "prune50-ptq-" in (out / "report.html").read_text()
@@ -243,7 +286,7 @@ def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -
     assert paired["images"] == base_card["metrics"]["val"]["n"] and paired["lost"] >= 0
     assert paired["drop_points"] == pytest.approx(front["drop_points"], abs=1e-3)
     assert 0 <= paired["agreement"] <= 1 and len(paired["interval95_points"]) == 2
-    assert first["paired"] == second["paired"] == paired and paired["rule"] == "point"
+    assert first["paired"] == paired and paired["rule"] == "point"
     worst = paired["worst_class"]  # the worst class's drop, next to the mean
     assert worst["class"] in base_card["classes"] and 0 < worst["images"] < paired["images"]
     assert "validation images cannot resolve 1 point at --accept likely" in summary["statement"]
@@ -252,13 +295,34 @@ def test_search_writes_results_and_an_identical_trial_trains_nothing(searched) -
     assert {r["runtime"] for r in bench_rows} == {"onnx-int8", "torch"}
 
 
-def test_rerun_resumes_the_study_and_reuses_every_stage(searched, tmp_path: Path) -> None:
+def test_rerun_measures_each_pipeline_once_and_reuses_every_stage(searched,
+                                                                  tmp_path: Path) -> None:
     out = _copy(searched, tmp_path)
+    printed = io.StringIO()
+    loud = {**RUN, "console": Console(file=printed, width=300)}
     with _counting_prunes() as prunes:
-        summary = optimize(searched["data"], base=searched["base"], out=out, trials=3,
-                           space=ONE_PIPELINE, **RUN)
-    assert prunes["n"] == 0 and summary["trials"]["complete"] == 3
-    assert [s["cached"] for s in _trials(out)[2]["stages"]] == [True, True]
+        summary = optimize(searched["data"], base=searched["base"], out=out, trials=5,
+                           space=SHARED_PRUNE, **loud)
+        again = optimize(searched["data"], base=searched["base"], out=out, trials=5,
+                         space=SHARED_PRUNE, **RUN)
+        trials = _trials(out)
+        # An identical pipeline in another study trains nothing and measures nothing again.
+        other = optimize(searched["data"], base=searched["base"], out=out, trials=1,
+                         space=SHARED_PRUNE, study_name="another", **RUN)
+    assert prunes["n"] == 0
+    # --trials 5 on a space of 3: each pipeline once, then nothing is left to run
+    assert summary["trials"]["complete"] == again["trials"]["complete"] == 3
+    assert len({t["label"] for t in trials}) == 3
+    assert all(s["cached"] for t in trials[1:] for s in t["stages"])
+    # One accuracy per line, saying what scored it: the FP32 trials score the pruned network
+    # in PyTorch, its stage line too.
+    scored = [line for line in printed.getvalue().splitlines()
+              if re.match(r"  \S.*val top-1 [0-9.]+%", line)]  # a trial's lines
+    assert len(scored) == 4 and all(line.count("%") == 1 for line in scored), scored
+    assert all("(torch fp32, no TTA" in line for line in scored), scored
+    assert other["trials"]["complete"] == 1
+    (copy,) = _trials(out)
+    assert [s["cached"] for s in copy["stages"]] == [True, True] and copy["figures"]["cached"]
     # Optuna cannot change a parameter's choices within a study: another space is refused.
     with pytest.raises(ConfigError, match="was searched over another space"):
         optimize(searched["data"], base=searched["base"], out=out, study_name=summary["study"],
@@ -283,38 +347,39 @@ def test_resume_fails_a_trial_left_running_and_rebuilds_its_unfinished_stage(
         json.dumps({"host": host_id(), "pid": dead.pid, "time": 0}))
 
     with _counting_prunes() as prunes:
-        summary = optimize(searched["data"], base=searched["base"], out=out, trials=3,
-                           space=ONE_PIPELINE, **RUN)
+        summary = optimize(searched["data"], base=searched["base"], out=out, trials=2,
+                           space=SHARED_PRUNE, **RUN)
     assert prunes["n"] == 1  # the unfinished stage was rebuilt, once
     states = {t.number: t.state for t in optuna.load_study(study_name=study_name,
                                                          storage=storage).trials}
     assert states[interrupted.number] == TrialState.FAIL
     assert TrialState.RUNNING not in states.values()
-    assert summary["trials"]["complete"] == 3 and summary["trials"]["fail"] == 1
+    assert summary["trials"]["complete"] == 2 and summary["trials"]["fail"] == 1
     record = next(t for t in _trials(out) if t["number"] == interrupted.number)
     assert record["state"] == "FAIL" and record["error"].startswith("interrupted")
     rebuilt = [t for t in _trials(out) if t["number"] > interrupted.number][0]
-    assert [s["cached"] for s in rebuilt["stages"]] == [False, True]  # PTQ had finished
+    assert [s["cached"] for s in rebuilt["stages"]] == [False]  # an FP32 pipeline
 
 
 def test_two_workers_share_one_sqlite_study(searched, tmp_path: Path) -> None:
     out = _copy(searched, tmp_path)
-    summary = optimize(searched["data"], base=searched["base"], out=out, trials=4, workers=2,
-                       space=ONE_PIPELINE, **RUN)
+    summary = optimize(searched["data"], base=searched["base"], out=out, trials=3, workers=2,
+                       space=SHARED_PRUNE, **RUN)
     storage = f"sqlite:///{out}/optuna.db"
     trials = optuna.load_study(study_name=summary["study"], storage=storage).trials
-    assert sorted(t.number for t in trials) == list(range(len(trials))) == [0, 1, 2, 3]
+    assert sorted(t.number for t in trials) == list(range(len(trials))) == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    workers = {t.user_attrs["worker"] for t in trials[2:]}  # one new trial each
+    workers = {t.user_attrs["worker"] for t in trials[1:]}  # one new trial each
     assert len(workers) == 2 and worker_id() in workers
-    assert all(s["cached"] for t in trials[2:] for s in t.user_attrs["stages"])
-    assert [t["number"] for t in _trials(out)] == [0, 1, 2, 3]
+    assert len({t.user_attrs["label"] for t in trials}) == 3  # started together, no repeat
+    assert all(s["cached"] for t in trials[1:] for s in t.user_attrs["stages"])
+    assert [t["number"] for t in _trials(out)] == [0, 1, 2]
 
 
 def test_impossible_latency_is_a_statement_not_a_traceback(searched, tmp_path: Path) -> None:
     out = _copy(searched, tmp_path)
-    summary = optimize(searched["data"], base=searched["base"], out=out, trials=2,
-                       max_latency_ms=1e-6, space=ONE_PIPELINE, **RUN)
+    summary = optimize(searched["data"], base=searched["base"], out=out, trials=1,
+                       max_latency_ms=1e-6, space=SHARED_PRUNE, **RUN)
     assert not summary["met"]
     assert "--max-latency-ms 1e-06 cannot be met on this machine" in summary["statement"]
     assert "Closest: base · prune 50% · int8 ptq @ onnx-int8" in summary["statement"]
@@ -348,3 +413,14 @@ def test_base_from_other_data_is_refused_before_anything_is_written(searched,
                                           r"\(blue, green, red\) are not those of"):
         optimize(other, base=searched["base"], out=tmp_path / "out", **RUN)
     assert not (tmp_path / "out").exists()
+
+
+def test_enqueued_trials_still_wait_when_every_pipeline_is_planned() -> None:
+    space = SearchSpace(prune_ratios=(0.0,), recoveries=("none",), quantizations=("none",),
+                        runtimes=("onnx-fp32",), resolutions=(48,))
+    sampler = PipelineSampler(space, seed=0, trials=2)
+    study = optuna.create_study(directions=["maximize"], sampler=sampler)
+    for p in space.anchors():
+        study.enqueue_trial(space.params(p))
+    assert len(space.anchors()) == 2 and not sampler.untried(study)
+    assert not sampler.exhausted(study)  # the anchors are still to run

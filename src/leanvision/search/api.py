@@ -52,6 +52,7 @@ from .base import check_base, data_identity, make_base, skip_bad_choice
 from .constraints import Constraints
 from .objective import Objective, SearchContext, counted_trials, shipped_top1
 from .output import finish
+from .sampler import PipelineSampler
 from .schedule import base_minutes, finish_reserve_s
 from .space import Budget, SearchSpace, default_resolutions, default_students
 from .stages import host_id, pid_alive, stage_key
@@ -86,8 +87,9 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     leanvision.paired), as in quantize's guard; `max_class_drop`: the most any one class may
     lose (judged per class the same way; off by default). `trials`: total
     finished trials the study should hold (a rerun continues up to it; default 12, or every
-    pipeline of the space under a time budget); a trial that repeats a measured pipeline while
-    others remain untried is not counted; `timeout_s` stops starting trials after that long.
+    pipeline of the space under a time budget); no pipeline is measured twice, so a space of
+    no more pipelines than `trials` is enumerated (see sampler.py); `timeout_s` stops starting
+    trials after that long.
     `time_budget`: minutes for the whole run, the base's training included (see schedule.py):
     trials run cheapest information first and the run ends in time with the best front found,
     listing what it did not get to. `storage`/`study_name`: the Optuna study (default sqlite:///OUT/optuna.db).
@@ -148,13 +150,17 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
 
     storage_url = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
     study_name = study_name or default_study_name(data_spec, base_id, space)
+    sampler = PipelineSampler(space, seed, trials)
+    # No pipeline is measured twice, so a study never holds more trials than the space.
+    total = min(trials, space.size())
     console.print(f"optimize {data_spec}: study '{study_name}' in {_masked(storage_url)}; "
-                  f"{space.size()} pipelines in the space; base val top-1 "
-                  f"{100 * base_val:.2f}%; {_limits_line(constraints)}")
+                  f"{space.size()} pipelines in the space, "
+                  + ("each measured once" if sampler.grid else f"{trials} sampled, none twice")
+                  + f"; base val top-1 {100 * base_val:.2f}%; {_limits_line(constraints)}")
     with _quiet_optuna():
         study = optuna.create_study(storage=_storage(storage_url), study_name=study_name,
                                     directions=list(DIRECTIONS), load_if_exists=True,
-                                    sampler=_sampler(seed, trials))
+                                    sampler=sampler)
         _check_space(study, space)
         recovered = recover_interrupted(study)
         for number in recovered:
@@ -164,19 +170,19 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
             for pipeline in space.anchors():
                 study.enqueue_trial(space.params(pipeline), skip_if_exists=True)
         done = counted_trials(study)
-        remaining = max(0, trials - done)
+        remaining = max(0, total - done)
         if remaining and timeout_s is not None and timeout_s <= 0:
             console.print("[yellow]the time budget is spent: no trial is started[/yellow]")
         elif remaining:
             console.print(f"{done} trial(s) finished before; running {remaining} more"
                           + (f" on {workers} workers" if workers > 1 else ""))
-            job = WorkerJob(ctx, storage_url, study_name, seed, remaining, trials, timeout_s,
+            job = WorkerJob(ctx, storage_url, study_name, seed, remaining, total, timeout_s,
                             torch.get_num_threads())
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             run_workers(job, workers, console, queued=waiting)
         else:
             console.print(f"the study already holds {done} finished trial(s) (--trials "
-                          f"{trials}); writing the results")
+                          f"{trials}, {space.size()} pipelines); writing the results")
     summary = finish(study, ctx, storage_url=_masked(storage_url), data=data_spec,
                      explain_images=explain_images, console=console)
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -199,6 +205,7 @@ class WorkerJob:
     total: int  # finished trials the whole study should reach
     timeout_s: float | None
     torch_threads: int
+    worker: int = 0  # index among the local workers
 
 
 def run_workers(job: WorkerJob, workers: int, console: Console, queued: int = 0) -> None:
@@ -223,7 +230,8 @@ def run_workers(job: WorkerJob, workers: int, console: Console, queued: int = 0)
     spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     barrier = spawn.Barrier(len(shares))
     procs = [spawn.Process(target=_worker_process, args=(
-        replace(job, n_trials=share, seed=job.seed + i, torch_threads=threads), barrier),
+        replace(job, n_trials=share, seed=job.seed + i, torch_threads=threads, worker=i),
+        barrier),
         name=f"leanvision-optimize-{i}", daemon=False) for i, share in enumerate(shares[1:], 1)]
     for p in procs:
         p.start()
@@ -247,8 +255,9 @@ def run_worker(job: WorkerJob, console: Console, barrier: Any = None) -> None:
     torch.set_num_threads(job.torch_threads)
     try:
         with _quiet_optuna():
+            sampler = PipelineSampler(job.ctx.space, job.seed, job.total, job.worker)
             study = optuna.load_study(study_name=job.study_name, storage=_storage(job.storage),
-                                      sampler=_sampler(job.seed, job.total))
+                                      sampler=sampler)
             if barrier is not None:
                 # A worker that never comes breaks the barrier; the others go on without it.
                 with contextlib.suppress(threading.BrokenBarrierError):
@@ -256,24 +265,28 @@ def run_worker(job: WorkerJob, console: Console, barrier: Any = None) -> None:
             objective = Objective(job.ctx, console)
             deadline = None if job.timeout_s is None else time.monotonic() + job.timeout_s
             share = job.n_trials
-            # A wasted repeat (every stage cached, seconds) does not count toward --trials:
-            # the worker runs one more trial for each, a bounded number of rounds.
+            # The sampler plans no repeat, but two workers can plan one pipeline at the same
+            # moment: such a repeat does not count, and the worker runs one more trial for it.
             for _ in range(job.ctx.space.size() + 1):
                 objective.repeats = 0
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 study.optimize(objective, n_trials=share, timeout=timeout,
-                               catch=(LeanvisionError,), callbacks=[_stop_at(job.total)])
+                               catch=(LeanvisionError,),
+                               callbacks=[_stop_at(job.total, sampler)])
                 share = objective.repeats
-                if not share or counted_trials(study) >= job.total or timeout == 0.0:
+                if (not share or counted_trials(study) >= job.total or timeout == 0.0
+                        or sampler.exhausted(study)):
                     break
     finally:
         torch.set_num_threads(before)
 
 
-def _stop_at(total: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Stop the study once `total` counted trials finished (any worker's)."""
+def _stop_at(total: int, sampler: PipelineSampler,
+             ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop the study once `total` counted trials finished (any worker's) or no pipeline is
+    left to measure."""
     def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        if counted_trials(study) >= total:
+        if counted_trials(study) >= total or sampler.exhausted(study):
             study.stop()
     return callback
 
@@ -346,15 +359,6 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                           heartbeat_interval=HEARTBEAT_S)
-
-
-def _sampler(seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # group=True: conditional parameters (recovery only after pruning, ...) get their own
-        # joint model instead of falling back to independent sampling.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          n_startup_trials=max(4, min(10, trials // 2)))
 
 
 class _quiet_optuna:

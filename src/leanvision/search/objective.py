@@ -86,6 +86,25 @@ def shipped_top1(card: dict[str, Any], runtime: str, split: str) -> float | None
     return float(entry["top1"]) if isinstance(entry, dict) and "top1" in entry else None
 
 
+def scored_with(runtime: str, tta: str) -> str:
+    """What a shipped_top1 figure was scored with: an INT8 model in its own runtime; an FP32
+    network in PyTorch (its ONNX and OpenVINO exports are parity-checked against it)."""
+    engine = runtime if metrics_group(runtime) else "torch fp32"
+    return f"{engine}, " + ("no TTA" if tta in ("", "none") else f"TTA {tta}")
+
+
+def stage_top1(card: dict[str, Any]) -> tuple[float | None, str]:
+    """A stage's one validation top-1 and what it was scored with: a quantizing stage's INT8
+    model (what ships; the float network it started from scored otherwise, and a QAT stage's
+    card also keeps the fake-quant figure), else the network in PyTorch FP32."""
+    tta = (card.get("inference") or {}).get("tta") or "none"
+    for runtime in ("openvino-int8", "onnx-int8"):
+        val = shipped_top1(card, runtime, "val")
+        if val is not None:
+            return val, scored_with(runtime, tta)
+    return shipped_top1(card, "torch", "val"), scored_with("torch", tta)
+
+
 def measure(folder: Path, runtime: str, budget: Budget, threads: int | None) -> dict[str, Any]:
     """Batch-1 latency, size and accuracy of `folder` under `runtime`, measured once per
     benchmark setting (a duplicate trial reads the figures back)."""
@@ -118,16 +137,15 @@ def measure(folder: Path, runtime: str, budget: Budget, threads: int | None) -> 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def is_wasted_repeat(study: optuna.Study, pipeline: Pipeline, space: SearchSpace) -> bool:
-    """Whether `pipeline` was measured by a finished trial while the space still holds
-    pipelines no trial has tried."""
-    tried = {_pipeline_of(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
-    tried.discard(None)
-    return pipeline in tried and any(p not in tried for p in space.pipelines())
+def is_wasted_repeat(study: optuna.Study, pipeline: Pipeline) -> bool:
+    """Whether `pipeline` was measured by a finished trial before (the sampler plans none, but
+    two workers can plan one pipeline at the same moment)."""
+    return any(_pipeline_of(t) == pipeline
+               for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Finished trials that count toward --trials (wasted repeats do not)."""
+    """Finished trials that count toward --trials (repeats do not)."""
     return sum(not t.user_attrs.get("repeat")
                for t in study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -150,9 +168,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
         pipeline = self.ctx.space.suggest(trial)
-        if is_wasted_repeat(trial.study, pipeline, self.ctx.space):
-            # The sampler chose a pipeline measured before while others were never tried: it
-            # costs seconds (every stage is cached) and does not count toward --trials.
+        if is_wasted_repeat(trial.study, pipeline):
+            # It costs seconds (every stage is cached) and does not count toward --trials.
             trial.set_user_attr("repeat", True)
             self.repeats += 1
         trial.set_user_attr("worker", worker_id())
@@ -179,7 +196,8 @@ class Objective:
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
         drop = (self.ctx.base_val - figures["val_top1"]) * 100
         self.console.print(
-            f"  → val top-1 {100 * figures['val_top1']:.2f}% (drop {drop:.2f}), "
+            f"  → {pipeline.runtime}: val top-1 {100 * figures['val_top1']:.2f}% "
+            f"({scored_with(pipeline.runtime, self.ctx.base_tta)}; drop {drop:.2f} points), "
             f"{figures['latency_ms']:.3f} ms, {figures['size_mb']:.3f} MB"
             f"{' (measured before)' if figures['cached'] else ''} · "
             f"{time.perf_counter() - started:.0f} s")
@@ -218,9 +236,10 @@ class Objective:
             self.clock.record(name, run, parent)
             stages.append({**run.to_dict(), "folder": self._relative(run.folder)})
             trial.set_user_attr("stages", stages)
-            val = shipped_top1(read_card(run.folder)[1], "torch", "val")
+            val, measured_in = stage_top1(read_card(run.folder)[1])
             self.console.print(f"  {name}: {'cached' if run.cached else f'{run.seconds:.0f} s'}"
-                               + (f", val top-1 {100 * val:.2f}%" if val is not None else ""))
+                               + (f", val top-1 {100 * val:.2f}% ({measured_in})"
+                                  if val is not None else ""))
             state.update(folder=run.folder, id=run.key, chain=chain)
 
         if p.resolution:

@@ -27,9 +27,10 @@ class OptimizeOptions:
                                            "reported).")
     max_latency_ms: float | None = setting(None, "Batch-1 latency limit, measured here.")
     max_size_mb: float | None = setting(None, "Model file size limit.")
-    trials: int | None = setting(None, "Finished trials in the study (default 12; with "
-                                 "--time-budget every pipeline, as time allows; resumed runs "
-                                 "count earlier ones).")
+    trials: int | None = setting(None, "Finished trials in the study, each a pipeline not "
+                                 "measured before (default 12; a space no larger is measured "
+                                 "whole; with --time-budget every pipeline, as time allows; "
+                                 "resumed runs count earlier ones).")
     timeout_s: float | None = setting(None, "Stop starting trials after this.")
     time_budget: float | None = setting(None, "Minutes for the whole run, the base's training "
                                         "included; it ends in time with the best front found "

@@ -4,6 +4,7 @@ model.onnx), bench.json (the front's measured rows) and report.html; and the tab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -17,13 +18,21 @@ from rich.table import Table
 
 from ..artifact import CARD_FILE, read_card
 from ..errors import LeanvisionError
+from ..formatting import percent
 from ..hardware import physical_cores
 from ..io import write_json
 from .constraints import Candidate, Choice, choose, misses, paired_record, pareto_front
 from .evidence import attach_comparisons
 from .objective import SearchContext, measure
 from .retime import retime
+from .space import Pipeline
 from .stages import NOT_SHIPPED, QUIET, ensure_onnx
+
+# The terminal width the front's table keeps to (one line per candidate).
+TABLE_WIDTH = 100
+COLUMN_GAP = 2
+# A missed constraint in the table, named as the column that shows it.
+MISSED = {"max_drop": "drop", "max_latency_ms": "ms", "max_size_mb": "MB"}
 
 
 def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: str,
@@ -225,26 +234,42 @@ def write_report(shown: list[Candidate], ctx: SearchContext, bench_path: Path, d
 
 
 def pareto_table(entries: list[dict[str, Any]], ctx: SearchContext) -> Table:
-    table = Table(title=f"Pareto front: {len(entries)} candidate(s); drop in points against "
-                        f"the base's {100 * ctx.base_val:.2f}% val top-1; speed-up against "
-                        "the base in PyTorch at batch 1", box=box.SIMPLE_HEAD, pad_edge=False)
+    """The front, one line per candidate within TABLE_WIDTH columns: short pipeline names, the
+    runtime beside them; the pipeline column gets the room the others leave, and a name longer
+    than that is cut with an ellipsis, never wrapped onto more lines."""
     with_test = any(e["test_top1"] is not None for e in entries)
-    columns = ["#", "pipeline", "runtime", "val", "drop", *(["test"] if with_test else []),
+    headers = ["#", "pipeline", "runtime", "val", "drop", *(["test"] if with_test else []),
                "ms", "MB", "x faster", "meets"]
-    for col in columns:
+    rows = [[("▶ " if e["chosen"] else "") + str(e["trial"]), short_name(e), e["runtime"],
+             f"{100 * e['val_top1']:.2f}", f"{e['drop_points']:.2f}",
+             *([percent(e["test_top1"], sign="", missing="-")] if with_test else []),
+             f"{e['latency_ms']:.3f}", f"{e['size_mb']:.3f}",
+             f"{e['vs_base_torch']['speedup_b1']:.1f}",
+             "yes" if e["meets"] else "no: " + ", ".join(MISSED[k] for k in e["misses"])]
+            for e in entries]
+    # Columns are COLUMN_GAP apart (one space of padding, one of the box's blank rule).
+    others = sum(max(len(h), *(len(r[i]) for r in rows), 0) + COLUMN_GAP
+                 for i, h in enumerate(headers) if h != "pipeline")
+    table = Table(title=f"Pareto front: {len(entries)} candidate(s) (▶ chosen); drop in points "
+                        f"against the base's {100 * ctx.base_val:.2f}% val top-1; speed-up "
+                        "against the base in PyTorch at batch 1", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False, collapse_padding=True)
+    for col in headers:
         table.add_column(col, justify="left" if col in ("pipeline", "runtime", "meets")
-                         else "right", ratio=3 if col == "pipeline" else None, overflow="fold",
-                         no_wrap=col == "runtime")
-    short = {"max_drop": "drop", "max_latency_ms": "latency", "max_size_mb": "size"}
-    for e in entries:
-        test = [f"{100 * e['test_top1']:.2f}" if e["test_top1"] is not None else "-"]
-        table.add_row(str(e["trial"]), e["label"].rsplit(" @ ", 1)[0]
-                      + (" [bold]◀ chosen[/bold]" if e["chosen"] else ""), e["runtime"],
-                      f"{100 * e['val_top1']:.2f}", f"{e['drop_points']:.2f}",
-                      *(test if with_test else []), f"{e['latency_ms']:.3f}",
-                      f"{e['size_mb']:.3f}", f"{e['vs_base_torch']['speedup_b1']:.1f}",
-                      "yes" if e["meets"] else "no: " + ", ".join(short[k] for k in e["misses"]))
+                         else "right", no_wrap=True, overflow="ellipsis",
+                         max_width=max(12, TABLE_WIDTH - others) if col == "pipeline" else None)
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def short_name(e: dict[str, Any]) -> str:
+    """A candidate's pipeline in a few words ("resnet8 ← KD · INT8"; the runtime is its own
+    column); a record without its pipeline keeps its label."""
+    if e.get("pipeline"):
+        with contextlib.suppress(TypeError):  # a record from another version of the fields
+            return Pipeline(**e["pipeline"]).short()
+    return str(e.get("label", "?")).rsplit(" @ ", 1)[0]
 
 
 def files_table(files: dict[str, Any]) -> Table:

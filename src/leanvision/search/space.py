@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..formatting import pipeline_name
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
 RECOVERIES = ("none", "kd")
@@ -73,6 +74,12 @@ class Pipeline:
                                                             else ""))
         parts.append({"none": "fp32", "ptq": "int8 ptq", "qat": "int8 qat"}[self.quant])
         return " · ".join(parts) + f" @ {self.runtime}"
+
+    def short(self) -> str:
+        """label() in a few words, without the runtime: "resnet8 ← KD · INT8"."""
+        student = self.source != "base"
+        return pipeline_name(self.source, distilled=student, side=self.resolution,
+                             prune=self.prune_ratio, kd=self.recovery == "kd", quant=self.quant)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +166,15 @@ class SearchSpace:
         if pipeline.quant != "none" and len(self.runtimes_for(pipeline.quant)) > 1:
             params["int8_runtime"] = pipeline.runtime
         return params
+
+    def from_params(self, params: dict[str, Any]) -> Pipeline:
+        """The pipeline of a trial's (or a plan's) Optuna parameters: params()'s inverse."""
+        quant = params.get("quant", "none")
+        runtimes = self.runtimes_for(quant) or (INT8_RUNTIME,)
+        runtime = params.get("runtime") or params.get("int8_runtime") or runtimes[0]
+        return Pipeline(str(params.get("source", "base")), float(params.get("prune_ratio", 0.0)),
+                        str(params.get("recovery", "none")), str(quant), str(runtime),
+                        int(params.get("resolution", 0)))
 
     def anchors(self) -> list[Pipeline]:
         """Pipelines every new study starts with, cheapest information first: the base as it is
