@@ -282,7 +282,7 @@ def test_decompression_bomb_is_refused_fast_with_flat_memory():
             child.join()
     assert rise_mb < 50  # decoding would need 400 MB
     assert status == 422
-    assert "too large (400 MP; cap 40 MP)" in detail
+    assert "too large (400 MP; cap 16 MP)" in detail
     assert elapsed < 1.0
 
 

@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 from test_serve import _free_port, files, make_artifact, metric, png
+from test_serve_decoding import one_bit_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HEAD_TIMEOUT_S = 1.0
@@ -29,8 +31,8 @@ IDLE_SOCKETS = 200  # far above the old limit (2 x queue + 32 connections), few 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, tuple[str, int]]]:
-    """(base URL, address) of a running server; stopped with SIGTERM afterwards."""
+def server(tmp_path_factory) -> Iterator[tuple[str, tuple[str, int], int]]:
+    """(base URL, address, pid) of a running server; stopped with SIGTERM afterwards."""
     artifact = make_artifact(tmp_path_factory.mktemp("attacks") / "tiny")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -46,7 +48,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, tuple[str, int]]]:
             assert proc.poll() is None, "the server exited"
             assert time.monotonic() < deadline, "the server never became ready"
             time.sleep(0.1)
-        yield base, ("127.0.0.1", port)
+        yield base, ("127.0.0.1", port), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -84,7 +86,7 @@ def _read_until_closed(sock: socket.socket, within_s: float) -> bytes:
 
 
 def test_a_slow_request_head_is_cut_off_with_408(server):
-    base, address = server
+    base, address, _ = server
     before = metric(_metrics(base), "leanvision_connections_closed_total", reason="head_timeout")
     with socket.create_connection(address, timeout=10) as sock:
         head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
@@ -105,7 +107,7 @@ def test_a_slow_request_head_is_cut_off_with_408(server):
 
 
 def test_idle_sockets_above_every_limit_lock_nobody_out(server):
-    base, address = server
+    base, address, _ = server
     socks = []
     try:
         for _ in range(IDLE_SOCKETS):
@@ -124,7 +126,7 @@ def test_idle_sockets_above_every_limit_lock_nobody_out(server):
 
 
 def test_a_header_bomb_is_refused_at_the_cap(server):
-    base, address = server
+    base, address, _ = server
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bomb: ")
         for _ in range(4096):  # up to 64 MiB; the server must stop reading long before
@@ -142,7 +144,7 @@ def test_a_header_bomb_is_refused_at_the_cap(server):
 
 
 def test_a_burst_above_the_queue_gets_only_the_apps_own_answers(server):
-    base, _ = server
+    base, _, _ = server
     count = 10 * QUEUE
     body = files(*[(f"{i}.png", png((i * 40, 20, 90))) for i in range(QUEUE)])
     text = _metrics(base)
@@ -169,3 +171,34 @@ def test_a_burst_above_the_queue_gets_only_the_apps_own_answers(server):
     counted = {s: metric(text, "leanvision_requests_total", endpoint="/v1/predict", status=s)
                - before[s] for s in ("200", "503")}
     assert counted == {"200": statuses.count(200), "503": statuses.count(503)}
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_decode_heavy_small_files_hold_up_nobody_and_leave_no_memory_behind(server):
+    base, _, pid = server
+    bomb = one_bit_png(6300)  # 40 MP in a few KB: passed training's cap, costs ~0.4 s
+    refused = httpx.post(f"{base}/v1/predict", files=files(("b.png", bomb)), timeout=10)
+    assert refused.status_code == 422 and "needs only 16x16 px" in refused.json()["detail"]
+    heavy = one_bit_png(4000)  # 16 MP: at the serving cap, so the attacker's next best
+    over = httpx.post(f"{base}/v1/predict", files=files(*[(f"{i}.png", heavy) for i in range(5)]),
+                      timeout=10)
+    assert over.status_code == 413 and "budget" in over.json()["detail"]
+    rss_before = _rss_mb(pid)
+    attack_files = files(*[(f"{i}.png", heavy) for i in range(2)])
+    with ThreadPoolExecutor(6) as pool:
+        attacks = [pool.submit(httpx.post, f"{base}/v1/predict", files=attack_files, timeout=30)
+                   for _ in range(6)]
+        ordinary = [httpx.post(f"{base}/v1/predict", files=files(("a.png", png())), timeout=30)
+                    for _ in range(5)]
+        # Ordinary requests pass the twelve heavy decodes, which go one at a time.
+        attacks_left = sum(not a.done() for a in attacks)
+        outcomes = [a.result(timeout=60).status_code for a in attacks]
+    assert [o.status_code for o in ordinary] == [200] * 5
+    assert attacks_left > 0
+    assert set(outcomes) <= {200, 504}
+    assert _rss_mb(pid) - rss_before < 50

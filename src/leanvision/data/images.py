@@ -31,7 +31,7 @@ def load_rgb(source: str | os.PathLike | np.ndarray, checks: ImageChecks = Image
     """Decode `source` to an upright 8-bit RGB PIL image; never modifies the file.
 
     draft_to = (H, W): the picture is only needed at that size, so a large JPEG may decode
-    smaller (see `_draft`); the size checks still see the file's full size."""
+    smaller (see `draft`); the size checks still see the file's full size."""
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, checks)
     path = os.fspath(source)
@@ -51,7 +51,7 @@ def load_rgb(source: str | os.PathLike | np.ndarray, checks: ImageChecks = Image
         with Image.open(path) as im:
             # Header only so far: refuse giant images before a single pixel is decoded.
             _check_size(im.size, checks, name)
-            _draft(im, draft_to)
+            draft(im, draft_to)
             try:
                 im.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -81,7 +81,7 @@ def pil_to_rgb(image: Image.Image, checks: ImageChecks = ImageChecks(),
     draft_to as for `load_rgb`; it changes how a not-yet-loaded `image` will decode, so pass it
     only for an image the caller owns."""
     _check_size(image.size, checks, "")
-    _draft(image, draft_to)
+    draft(image, draft_to)
     try:
         image.load()
     except (OSError, ValueError, EOFError) as exc:
@@ -137,7 +137,7 @@ def crop_box(wh: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, 
     return left, top, min(float(w), left + crop_w), min(float(h), top + crop_h)
 
 
-def _draft(im: Image.Image, draft_to: tuple[int, int] | None) -> None:
+def draft(im: Image.Image, draft_to: tuple[int, int] | None) -> None:
     """Ask a JPEG decoder for a 1/2, 1/4 or 1/8 scale (done in the DCT domain, several times
     faster than a full decode) that still leaves at least twice the target on each side, so the
     exact antialiased resize afterwards still has real detail to average. Both sides are held to

@@ -88,7 +88,8 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
           max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 10.0,
           max_body_mb: float = 20.0, threads: int | None = None, top_k: int = 5,
           explain: bool = True, log_level: str = "info", spin: bool = False,
-          head_timeout_s: float = 10.0) -> None:
+          head_timeout_s: float = 10.0, max_image_mp: float = 16.0,
+          max_request_mp: float = 64.0) -> None:
     """Serve the artifact folder over HTTP until SIGTERM / Ctrl-C.
 
     Binds 127.0.0.1 unless told otherwise; any other address needs an API key (`api_key` or
@@ -97,7 +98,7 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
     app = create_app(artifact, api_key=key, runtime=runtime, max_batch=max_batch,
                      max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
                      max_body_mb=max_body_mb, threads=threads, top_k=top_k, explain=explain,
-                     spin=spin)
+                     spin=spin, max_image_mp=max_image_mp, max_request_mp=max_request_mp)
     run_app(app, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s)
 
 

@@ -59,6 +59,11 @@ class ServeSettings:
     timeout_s: float = setting(10.0, "Per-request timeout (504).")
     max_body_mb: float = setting(20.0, "Request bodies above this get 413.")
     top_k: int = setting(5, "Default classes per image.")
+    max_image_mp: float = setting(16.0, "Images above this many megapixels get 422, judged from "
+                                  "their header (training's cap is 40; the model needs only its "
+                                  "input size).")
+    max_request_mp: float = setting(64.0, "Megapixels of all the images of one request together "
+                                    "(after JPEG draft decoding); above it 413.")
 
     def __post_init__(self) -> None:
         for flag, value, low in (("--max-batch", self.max_batch, 1),
@@ -68,9 +73,14 @@ class ServeSettings:
                 raise ConfigError(f"{flag} {value} must be at least {low}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms {self.max_wait_ms} must be >= 0")
-        if self.timeout_s <= 0 or self.max_body_mb <= 0:
-            raise ConfigError(f"--timeout-s {self.timeout_s} and --max-body-mb "
-                              f"{self.max_body_mb} must be positive")
+        for flag, value in (("--timeout-s", self.timeout_s), ("--max-body-mb", self.max_body_mb),
+                            ("--max-image-mp", self.max_image_mp)):
+            if value <= 0:
+                raise ConfigError(f"{flag} {value} must be positive")
+        if self.max_request_mp < self.max_image_mp:
+            raise ConfigError(f"--max-request-mp {self.max_request_mp} is below --max-image-mp "
+                              f"{self.max_image_mp}, so the largest allowed image could never "
+                              "be sent; raise it")
         if self.queue_size < self.max_batch:
             raise ConfigError(f"--queue-size {self.queue_size} is below --max-batch "
                               f"{self.max_batch}, so a full batch could never form; raise it")
@@ -80,7 +90,8 @@ def create_app(artifact: str | os.PathLike | None = None, *, api_key: str | None
                runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 5.0,
                queue_size: int = 256, timeout_s: float = 10.0, max_body_mb: float = 20.0,
                threads: int | None = None, top_k: int = 5, predictor: Runtime | None = None,
-               explain: bool = True, spin: bool = False) -> FastAPI:
+               explain: bool = True, spin: bool = False, max_image_mp: float = 16.0,
+               max_request_mp: float = 64.0) -> FastAPI:
     """The app for the artifact folder `artifact`, loaded now (errors surface before binding).
 
     `api_key` is used as given (serve() reads $LEANVISION_API_KEY); `predictor` replaces the
@@ -90,7 +101,8 @@ def create_app(artifact: str | os.PathLike | None = None, *, api_key: str | None
     requests and decode images (bench/serve_load.py --spin off,on compares both)."""
     settings = ServeSettings(api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              queue_size=queue_size, timeout_s=timeout_s,
-                             max_body_mb=max_body_mb, top_k=top_k)
+                             max_body_mb=max_body_mb, top_k=top_k, max_image_mp=max_image_mp,
+                             max_request_mp=max_request_mp)
     if predictor is None:
         if artifact is None:
             raise ConfigError("no artifact given; pass the artifact folder to serve")

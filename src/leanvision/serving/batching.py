@@ -62,6 +62,14 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._queue)
 
+    def oldest_wait(self) -> float:
+        """Seconds the oldest queued image has waited (0 with none queued)."""
+        queue = self._queue
+        try:
+            return time.monotonic() - queue[0].enqueued
+        except IndexError:  # emptied meanwhile by the worker
+            return 0.0
+
     def start(self) -> None:
         self._thread.start()
 

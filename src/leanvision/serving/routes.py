@@ -58,6 +58,9 @@ async def readyz(request: Request) -> JSONResponse:
         return error(503, f"the model failed to warm up: {svc.batcher.failure}")
     if not svc.batcher.ready.is_set():
         return error(503, "warming up", {"Retry-After": "1"})
+    if svc.lagging():
+        return error(503, "overloaded: work waits longer than half of --timeout-s",
+                     {"Retry-After": "1"})
     return JSONResponse({"status": "ready", "model": svc.name, "runtime": svc.predictor.runtime,
                          "classes": len(svc.classes), "input_size": list(svc.input_size)})
 
@@ -76,9 +79,10 @@ async def predict(request: Request, top_k: int | None = None) -> JSONResponse:
     if svc.batcher.depth >= svc.settings.queue_size:
         return svc.busy()  # before reading a byte of the body
     futures: list = []
+    deadline = time.monotonic() + svc.settings.timeout_s
     try:
         async with asyncio.timeout(svc.settings.timeout_s):
-            uploads, decoded, futures = await _submit(svc, request)
+            uploads, decoded, futures = await _submit(svc, request, deadline)
             if not futures:
                 return bad_images(uploads, decoded)
             rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
@@ -100,12 +104,13 @@ async def predict(request: Request, top_k: int | None = None) -> JSONResponse:
                          "results": _results(svc, uploads, decoded, rows, top_k)})
 
 
-async def _submit(svc: Service, request: Request) -> tuple[list[Upload], list, list]:
+async def _submit(svc: Service, request: Request,
+                  deadline: float) -> tuple[list[Upload], list, list]:
     """Read and decode the uploads and queue the good images; (uploads, decoded, futures)."""
     svc.arriving += 1
     try:
         uploads = await read_uploads(request, MAX_FILES, accept_text=svc.with_text)
-        decoded = await svc.decode(uploads)
+        decoded = await svc.decode(uploads, deadline)
         images = [d for d in decoded if isinstance(d, torch.Tensor)]
         futures: list = []
         if images:
@@ -167,10 +172,11 @@ async def explain(request: Request, method: str = "gradcam",
             loop.call_soon_threadsafe(decrement)
 
     job = None
+    deadline = time.monotonic() + svc.settings.timeout_s
     try:
         async with asyncio.timeout(svc.settings.timeout_s):
             uploads = await read_uploads(request, 1)
-            (item,) = await svc.decode(uploads)
+            (item,) = await svc.decode(uploads, deadline)
             if isinstance(item, BadImageError):
                 return bad_images(uploads, [item])
             started = time.perf_counter()

@@ -15,10 +15,11 @@ from fastapi.responses import JSONResponse
 
 from ..data import BadImageError
 from .batching import DynamicBatcher
+from .decoding import Decoder
 from .explain import Explainer
 from .limits import Gate
 from .metrics import Metrics
-from .uploads import Upload, decode_upload
+from .uploads import Upload
 
 if TYPE_CHECKING:
     from .app import Runtime, ServeSettings
@@ -33,7 +34,7 @@ class Service:
     batcher: DynamicBatcher
     gate: Gate
     metrics: Metrics
-    decode_pool: ThreadPoolExecutor
+    decoder: Decoder
     explain_pool: ThreadPoolExecutor
     arriving: int = 0  # predict requests reading or decoding, not yet queued
     explaining: int = 0  # explanations running or waiting
@@ -49,11 +50,10 @@ class Service:
                                  on_batch=metrics.observe_batch,
                                  # the batcher waits for requests that are still arriving only
                                  arriving=lambda: service.arriving)
-        # Decoding runs beside the network (PIL releases the GIL); two threads keep a core
-        # busy while the other decodes, without crowding the runtime's own threads.
+        decoder = Decoder(tuple(predictor.input_size), int(settings.max_image_mp * 1e6),
+                          int(settings.max_request_mp * 1e6))
         service = cls(predictor, explainer, settings, name, batcher,
-                      Gate(limit=in_flight_limit(settings.queue_size)), metrics,
-                      ThreadPoolExecutor(max_workers=2, thread_name_prefix="leanvision-decode"),
+                      Gate(limit=in_flight_limit(settings.queue_size)), metrics, decoder,
                       ThreadPoolExecutor(max_workers=1, thread_name_prefix="leanvision-explain"))
         return service
 
@@ -74,26 +74,23 @@ class Service:
         self.gate.draining = True
         await asyncio.get_running_loop().run_in_executor(None, self.batcher.close,
                                                          self.settings.timeout_s)
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.shutdown()
         self.explain_pool.shutdown(wait=False, cancel_futures=True)
 
     def busy(self) -> JSONResponse:
         return error(503, f"busy: {self.batcher.depth} images are queued (--queue-size "
                           f"{self.settings.queue_size}); retry shortly", {"Retry-After": "1"})
 
-    async def decode(self, uploads: list[Upload]) -> list[torch.Tensor | BadImageError]:
-        size = self.input_size
+    async def decode(self, uploads: list[Upload],
+                     deadline: float) -> list[torch.Tensor | BadImageError]:
+        return await self.decoder.decode(uploads, deadline)
 
-        def run() -> list[torch.Tensor | BadImageError]:
-            out: list[torch.Tensor | BadImageError] = []
-            for upload in uploads:
-                try:
-                    out.append(decode_upload(upload.data, size))
-                except BadImageError as exc:
-                    out.append(exc)
-            return out
-
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, run)
+    def lagging(self) -> bool:
+        """Ordinary work (light decodes, the batch queue) waits over half the deadline: new
+        requests would likely time out. Heavy decodes wait in their own lane and do not count,
+        so a flood of them cannot take the service out of a load balancer's rotation."""
+        limit = self.settings.timeout_s / 2
+        return self.decoder.light.oldest_wait() > limit or self.batcher.oldest_wait() > limit
 
 
 def in_flight_limit(queue_size: int) -> int:

@@ -121,6 +121,16 @@ async def read_uploads(request: Request, max_files: int,
 def decode_upload(data: bytes, size: tuple[int, int],
                   checks: ImageChecks = ImageChecks()) -> torch.Tensor:
     """uint8 [3, H, W] at the model's input size, or BadImageError saying why not."""
+    try:
+        return _decode(data, size, checks)
+    except BadImageError as exc:
+        if not exc.reason.startswith("too large"):
+            raise
+        raise BadImageError(f"{exc.reason}: the model needs only {size[0]}x{size[1]} px, so "
+                            "downscale it before sending") from None
+
+
+def _decode(data: bytes, size: tuple[int, int], checks: ImageChecks) -> torch.Tensor:
     if not data:
         raise BadImageError("empty file (0 bytes)")
     try:
