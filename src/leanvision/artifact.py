@@ -6,6 +6,7 @@ Anything that can be given a model accepts such a folder (or its model.json)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,13 +18,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._version import __version__
-from .errors import ArtifactError, ModelError
+from .errors import ArtifactError, DatasetError, ModelError
 from .io import write_atomic, write_json
 from .kinds import kind_of
 
 CARD_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
+# The training data's path relative to the artifact folder, beside config.data (as given, relative
+# to where training ran): a verb run from another folder finds the data through it.
+DATA_FROM_ARTIFACT = "data_from_artifact"
 
 
 @dataclass
@@ -97,8 +101,53 @@ def save_artifact(folder: str | Path, model: torch.nn.Module, card: dict[str, An
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / WEIGHTS_FILE)
-    write_json(folder / CARD_FILE, card)
+    write_json(folder / CARD_FILE, with_data_location(card, folder))
     return folder
+
+
+def _local_path(spec: Any) -> bool:
+    return isinstance(spec, str) and bool(spec) and ":" not in spec.split("/")[0]
+
+
+def with_data_location(card: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The card with its training data's path relative to `folder` (when it is a path here)."""
+    spec = card.get("config", {}).get("data")
+    if not _local_path(spec) or not Path(spec).exists():
+        return card
+    return {**card, DATA_FROM_ARTIFACT: os.path.relpath(Path(spec).resolve(), folder.resolve())}
+
+
+def _locate_data(card: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """config.data made to work from here: as given when it exists relative to this process's
+    folder, else found from the artifact folder (run from elsewhere, or moved together)."""
+    config, moved = card.get("config") or {}, card.get(DATA_FROM_ARTIFACT)
+    spec = config.get("data")
+    if not _local_path(spec) or Path(spec).exists() or not moved:
+        return card
+    found = (folder / moved).resolve()
+    return {**card, "config": {**config, "data": str(found)}} if found.exists() else card
+
+
+def training_data(card: dict[str, Any]) -> str | None:
+    """The data the card says the model was trained on (located by read_card); a DatasetError
+    that asks for `data=` when it is a path no longer there."""
+    spec = card.get("config", {}).get("data")
+    if _local_path(spec) and not Path(spec).exists():
+        raise DatasetError(f"the data this model was trained on, {spec!r}, is not there (looked "
+                           "from this folder and from the artifact's); pass where it is now as "
+                           "data=PATH")
+    return spec or None
+
+
+def same_data(data: str | Path | None, card: dict[str, Any]) -> bool:
+    """Whether `data` (None: the card's own) names the data the card was trained on, however
+    the path is spelt; the card's validation hold-out is then recreated, not the whole set."""
+    spec = card.get("config", {}).get("data")
+    if data is None or str(data) == spec:
+        return True
+    if _local_path(str(data)) and _local_path(spec) and Path(spec).exists():
+        return Path(data).resolve() == Path(spec).resolve()
+    return False
 
 
 def read_card(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -116,7 +165,7 @@ def read_card(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if card["format"] > CARD_FORMAT:
         raise ArtifactError(f"{card_path} has card format {card['format']}, newer than this "
                             f"leanvision ({__version__}) reads; upgrade leanvision")
-    return folder, card
+    return folder, _locate_data(card, folder)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from .artifact import WEIGHTS_FILE, Artifact, load
+from .artifact import WEIGHTS_FILE, Artifact, load, same_data, training_data
 from .data import ImageChecks, decode_images, decoding_for, load_data, normalize
 from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
@@ -109,15 +109,18 @@ def remap_labels(records: ImageRecords, data_classes: list[str],
 
 @decoding_for("evaluate")
 def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
-             split: str = "auto", batch_size: int = 256, skip_bad_images: bool = False,
+             split: str = "auto", batch_size: int = 256, skip_bad_images: bool | None = None,
              device: str = "auto", tta: str | None = None) -> dict[str, Any]:
     """Score an artifact on DATA (default: the data it was trained on).
 
     `split="auto"` scores test when there is one, else the validation hold-out the training run
     used (recreated from the card's seed and fraction), else every image. `tta` overrides the
-    test-time augmentation the card stores (none, flip, flip-translate, multi-crop)."""
+    test-time augmentation the card stores (none, flip, flip-translate, multi-crop).
+    `skip_bad_images` None: leave out unreadable images when the model's training did."""
     check_tta(tta)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
+    if skip_bad_images is None:
+        skip_bad_images = bool(art.card.get("config", {}).get("skip_bad_images", False))
     kind_evaluate = kind_of(art.card).evaluate  # e.g. images with text: text read from the data
     if kind_evaluate is not None:
         return kind_evaluate(art, data, split=split, batch_size=batch_size,
@@ -132,14 +135,14 @@ def evaluation_records(art: Artifact, data: str | Path | None,
     """(split name, labelled records with the model's class indices, data spec) that `evaluate`
     scores; every stage that measures an artifact on its data chooses the images this way."""
     config = art.card.get("config", {})
-    data_spec = str(data) if data is not None else config.get("data")
+    data_spec = str(data) if data is not None else training_data(art.card)
     if not data_spec:
-        raise DatasetError("the artifact's card does not name its training data; pass --data")
+        raise DatasetError("the artifact's card does not name its training data; pass data=PATH")
     source = load_data(data_spec)
-    same_data = data is None or str(data) == config.get("data")
-    val_fraction = config.get("val_fraction", 0.1) if same_data else 0.0
+    same = same_data(data, art.card)
+    val_fraction = config.get("val_fraction", 0.1) if same else 0.0
     fold = art.card.get("cv")
-    if fold and same_data and split in ("auto", "val"):
+    if fold and same and split in ("auto", "val"):
         # A cross-validation fold's model is scored on its own held-out fold, as in training.
         parts = cv_partitions(source, fold["folds"], fold["seed"])[fold["fold"] - 1]
         split_name, records = "val", parts.val

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..artifact import CARD_FILE, Artifact, load, make_card, require_image_only
+from ..artifact import (
+    CARD_FILE,
+    Artifact,
+    load,
+    make_card,
+    require_image_only,
+    training_data,
+)
 from ..data import DataSource, load_data
 from ..errors import ConfigError
 from ..io import run_folder
@@ -34,7 +41,7 @@ def open_parent(artifact: str | Path | Artifact, verb: str) -> Artifact:
 def data_of(art: Artifact, data: str | Path | None, missing: str | None) -> str | None:
     """`data` when given, else the data the parent's card says it was trained on. `missing`:
     the error when neither names any (None: the stage can go without)."""
-    spec = str(data) if data is not None else art.card.get("config", {}).get("data")
+    spec = str(data) if data is not None else training_data(art.card)
     if not spec and missing is not None:
         raise ConfigError(missing)
     return spec or None

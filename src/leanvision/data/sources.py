@@ -7,7 +7,7 @@ import difflib
 import os
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ class DataSource:
     val: ImageRecords | None = None
     test: ImageRecords | None = None
     text_columns: list[str] | None = None  # the CSV columns in ImageRecords.texts, in order
+    warnings: list[str] = field(default_factory=list)  # said once by the verb that reads it
 
 
 def load_data(spec: str | os.PathLike,
@@ -309,6 +310,8 @@ def _load_csv(path: Path, spec: str, text_columns: list[str] | None = None) -> D
     base = path.absolute().parent
     per_split: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
     split_texts: dict[str, list[tuple[str, ...]]] = {"train": [], "val": [], "test": []}
+    seen: dict[tuple[str, str, str], int] = {}  # (file, label, split) -> its first line
+    repeats: list[tuple[int, int]] = []
     for line, row in enumerate(body, start=2):
         cells = row + [""] * (len(header) - len(row))
         file, label = cells[path_col].strip(), cells[label_col].strip()
@@ -320,7 +323,12 @@ def _load_csv(path: Path, spec: str, text_columns: list[str] | None = None) -> D
         if split not in per_split:
             raise DatasetError(f"{spec} line {line} has split {cells[split_col].strip()!r}; "
                                "use train, val or test (or leave it empty for train)")
-        per_split[split].append((str(base / Path(file).expanduser()), label))
+        full = str(base / Path(file).expanduser())
+        if (full, label, split) in seen:  # a repeated row would weigh its image twice
+            repeats.append((line, seen[(full, label, split)]))
+            continue
+        seen[(full, label, split)] = line
+        per_split[split].append((full, label))
         split_texts[split].append(tuple(cells[c].strip() for c in text_cols))
 
     if not per_split["train"]:
@@ -339,8 +347,11 @@ def _load_csv(path: Path, spec: str, text_columns: list[str] | None = None) -> D
             records[split] = ImageRecords([p for p, _ in pairs],
                                           np.asarray([index[lb] for _, lb in pairs], np.int64),
                                           str(base), split_texts[split] if text_cols else None)
+    warnings = [] if not repeats else [
+        f"{spec}: {len(repeats)} rows repeat an earlier row and are used once (line "
+        f"{repeats[0][0]} repeats line {repeats[0][1]}); delete them to silence this"]
     return DataSource(spec, classes, records["train"], records.get("val"), records.get("test"),
-                      [h.strip() for h in (rows[0][c] for c in text_cols)] or None)
+                      [h.strip() for h in (rows[0][c] for c in text_cols)] or None, warnings)
 
 
 def _text_columns(header: list[str], raw: list[str], wanted: list[str],

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..artifact import Artifact, load
+from ..artifact import Artifact, load, same_data, training_data
 from ..data import ImageChecks, decode_images, normalize
 from ..data.partition import select_split
 from ..data.sources import ImageRecords
@@ -50,12 +50,11 @@ def evaluate_multimodal(art: Artifact | str | Path, data: str | Path | None = No
     check_tta(tta)
     art = art if isinstance(art, Artifact) else load(art)
     config = art.card.get("config", {})
-    data_spec = str(data) if data is not None else config.get("data")
+    data_spec = str(data) if data is not None else training_data(art.card)
     if not data_spec:
-        raise DatasetError("the artifact's card does not name its training data; pass --data")
+        raise DatasetError("the artifact's card does not name its training data; pass data=PATH")
     source, _ = prepare_source(data_spec, card_config(art.card))
-    same_data = data is None or str(data) == config.get("data")
-    val_fraction = config.get("val_fraction", 0.1) if same_data else 0.0
+    val_fraction = config.get("val_fraction", 0.1) if same_data(data, art.card) else 0.0
     split_name, records = select_split(source, split, val_fraction, config.get("seed", 0))
     records = remap_labels(records, source.classes, art.classes)
     return evaluate_records_multimodal(art, records, split_name, data_spec, batch_size=batch_size,

@@ -30,7 +30,7 @@ from ..training.finish import TRAIN_PROBE_PIXELS, training_record
 from ..training.loop import FitInputs, fit
 from ..training.param_setup import scale_norm_lr
 from ..training.recipe import data_stats, resolve_recipe
-from ..training.report import diagnose_fit, print_config, print_summary
+from ..training.report import diagnose_fit, print_config, print_counts, print_summary
 from .config import MultimodalConfig, split_settings
 from .data import describe_report, encode_rows, prepare_source
 from .encoders import load_minilm_weights
@@ -131,13 +131,13 @@ def _train(source, data_report: dict, cfg: TrainConfig, mm: MultimodalConfig, ou
     if not mm.finetune_text:
         model.text.requires_grad_(False)
 
-    print_config(console, cfg, notes, hw, source.classes,
-                 parts.train.class_counts(num_classes), parts, input_size, out_dir)
+    print_config(console, cfg, notes, hw, input_size, out_dir)
     console.print(f"text: columns {', '.join(mm.text_columns)}; encoder {mm.text_encoder} "
                   f"({'fine-tuned' if mm.finetune_text else 'frozen'}), fusion {mm.fusion}, "
                   f"{mm.max_tokens} tokens; {describe_report(data_report)}")
 
     train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
+    print_counts(console, cfg, source.classes, train_imgs, val_imgs, parts)
     train_ids = encode_rows(tokenizer, parts.train, train_imgs.kept)
     val_ids = encode_rows(tokenizer, parts.val, val_imgs.kept) if val_imgs is not None else None
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import CARD_FILE, WEIGHTS_FILE, read_card
+from ..artifact import CARD_FILE, WEIGHTS_FILE, read_card, same_data, training_data
 from ..errors import ArtifactError, ConfigError, LeanvisionError
 from ..io import read_jsonl
 from ..runtime.openvino_runtime import INT8_XML
@@ -264,17 +264,17 @@ def evaluate_variant(variant: Variant, data: str | os.PathLike | None,
     from ..evaluate import classification_metrics, predict_logits, remap_labels
 
     config = (variant.card or {}).get("config", {})
-    data_spec = str(data) if data is not None else config.get("data")
+    data_spec = str(data) if data is not None else training_data(variant.card)
     if not data_spec:
         raise ConfigError("its card does not name the data it was trained on; pass data=...")
     source = load_data(data_spec)
-    same_data = data is None or str(data) == config.get("data")
+    same = same_data(data, variant.card)
     fold = variant.card.get("cv")
-    if fold and same_data:
+    if fold and same:
         split, records = "val", cv_partitions(source, fold["folds"], fold["seed"])[
             fold["fold"] - 1].val
     else:
-        val_fraction = config.get("val_fraction", 0.1) if same_data else 0.0
+        val_fraction = config.get("val_fraction", 0.1) if same else 0.0
         split, records = select_split(source, "auto", val_fraction, config.get("seed", 0))
     art = load(variant.path)
     records = remap_labels(records, source.classes, art.classes)

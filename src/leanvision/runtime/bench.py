@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._version import __version__
-from ..artifact import git_revision, read_card
+from ..artifact import git_revision, read_card, same_data
 from ..data import ImageChecks, decode_images, load_data
 from ..data.partition import select_split
 from ..errors import ConfigError
@@ -124,8 +124,7 @@ def _scoring_images(folder: Path, data: str | Path | None,
     _, card = read_card(folder)
     config = card.get("config", {})
     source = load_data(str(data))
-    same_data = str(data) == config.get("data")
-    val_fraction = config.get("val_fraction", 0.1) if same_data else 0.0
+    val_fraction = config.get("val_fraction", 0.1) if same_data(data, card) else 0.0
     split_name, records = select_split(source, split, val_fraction, config.get("seed", 0))
     records = remap_labels(records, source.classes, list(card["classes"]))
     decoded = decode_images(records, tuple(card["input"]["size"]), ImageChecks(),

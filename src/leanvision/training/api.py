@@ -31,7 +31,7 @@ from .finish import write_artifact
 from .loop import FitInputs, fit
 from .param_setup import _chain_epoch_start, _finetune_groups
 from .recipe import data_stats, resolve_recipe
-from .report import print_config
+from .report import print_config, print_counts
 from .transfer_run import CACHED_STRATEGIES, fit_transfer, precheck_budget, transfer_ready
 
 
@@ -164,20 +164,21 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     torch.manual_seed(cfg.seed)
     start, pre, fresh = _start_model(cfg, num_classes, start, resumed=state is not None)
     model, input_size = start.model, tuple(start.input_size)
-    counts = parts.train.class_counts(num_classes)
     strategy, cached = _plan(cfg, start, fresh, state is not None, len(parts.train) / num_classes,
                              stats.median_side)
     if cached:
         notes.append(f"finetune = {strategy}: the frozen part runs once; the rest trains on "
                      "its cached output")
-    print_config(console, cfg, notes, hw, source.classes, counts, parts, input_size, out_dir,
-                 stage=stage)
+    print_config(console, cfg, notes, hw, input_size, out_dir, stage=stage)
+    for warning in [*source.warnings, *out_inside_data(out_dir, cfg.data)]:
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
     if cached:
         n_images = len(parts.train) + (len(parts.val) if parts.val is not None else 0)
         precheck_budget(cfg, model, strategy, input_size, hw, pre["mean"], pre["std"], n_images,
                         top_stages=start.top_stages)
 
     train_imgs, val_imgs = decode_partition(parts, input_size, cfg)
+    print_counts(console, cfg, source.classes, train_imgs, val_imgs, parts)
     skipped = train_imgs.bad + (val_imgs.bad if val_imgs is not None else [])
     budget_record: dict[str, Any] = {}
     if not cached and state is None:
@@ -316,6 +317,18 @@ def _resumed_config(saved: dict, settings: dict) -> TrainConfig:
         raise ConfigError(f"--epochs {settings['epochs']} is fewer than the run's "
                           f"{cfg.epochs}; resume can only extend training")
     return replace(cfg, **settings)
+
+
+def out_inside_data(out_dir: Path, data: str) -> list[str]:
+    """A warning when the output folder lies inside the data folder: its files would sit
+    beside the class folders, and the next scan of the data would take it for a class."""
+    folder = Path(data).expanduser()
+    if data.startswith("builtin:") or not folder.is_dir():
+        return []
+    if not out_dir.resolve().is_relative_to(folder.resolve()):
+        return []
+    return [f"the output folder {out_dir} is inside the data folder {data}: the next run over "
+            "the data would read it as a class; write outside the data (default: runs/train/)"]
 
 
 def check_fresh(out_dir: Path) -> None:

@@ -52,6 +52,12 @@ def write_artifact(out_dir: Path, model: torch.nn.Module, result: FitResult, sta
     card["metrics"] = {**metrics, **model_cost(model, input_size, out_dir)}
     card["training"] = {**training_record(result, strategy, skipped, hw, started, parts),
                         **extra_training}
+    chosen, note = chosen_on(result, hw, metrics)
+    if chosen is not None:
+        card["training"]["chosen_on"] = chosen
+    if note is not None:
+        card["training"]["selection"] = [*card["training"]["selection"], note]
+        console.print(f"  {note}", style="dim")
     save_artifact(out_dir, model, card)
     summary = {"artifact": str(out_dir), "model": start.arch, "stage": stage,
                "classes": len(source.classes), "metrics": card["metrics"],
@@ -82,6 +88,22 @@ def _final_metrics(art: Artifact, parts: Partition, train_imgs, source: DataSour
             metrics[split]["confusion"] = result["metrics"]["confusion"]
     metrics["fit"] = diagnose_fit(metrics)
     return metrics
+
+
+def chosen_on(result: FitResult, hw, metrics: dict[str, Any]) -> tuple[dict | None, str | None]:
+    """The epoch score the kept weights were chosen on, with the precision it was measured in,
+    and a note when it differs from the card's fp32 figure for the same weights by an image or
+    more: one number per weight set, and the reader told which is which."""
+    if result.best_val_top1 is None or "val" not in metrics:
+        return None, None
+    chosen = {"epoch": result.best_epoch, "weights": result.best_source,
+              "val_top1": result.best_val_top1, "precision": hw.precision}
+    final, n = metrics["val"]["top1"], max(1, metrics["val"]["n"])
+    if abs(final - result.best_val_top1) < 0.5 / n:
+        return chosen, None
+    return chosen, (f"the kept weights ({result.best_source}, epoch {result.best_epoch}) scored "
+                    f"{result.best_val_top1:.2%} val in {hw.precision} while training and "
+                    f"{final:.2%} in fp32 on the saved artifact; the card's metrics are fp32")
 
 
 def training_record(result: FitResult, strategy: str, skipped: list, hw, started: float,

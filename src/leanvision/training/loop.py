@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .epoch_scoring import cpu_state, prefer_final, quick_validate, val_prefix
 from .lookahead import Lookahead
 from .optim import LRController, build_optimizer
+from .report import epoch_status
 
 METRICS_FILE = "metrics.jsonl"
 BEST_WEIGHTS = "best.safetensors"
@@ -164,11 +165,14 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     step = _step_function(run, inputs, cfg, hw)
     stopped: str | None = None
     scored = False  # whether this call scored an epoch (a finished run resumed scores none)
+    # Without a terminal (output to a file, a CI log, a notebook's pipe) a bar would show only
+    # its last state: one plain line per epoch instead.
+    plain_log = w.main and not (cfg.progress and console.is_terminal)
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} steps"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console,
-                        disable=not cfg.progress or not w.main, transient=False)
+                        disable=plain_log or not w.main, transient=False)
     with progress:
         task = progress.add_task("train", total=(cfg.epochs - start_epoch) * data.steps_per_epoch,
                                  epoch=f"{start_epoch + 1}/{cfg.epochs}", status="")
@@ -181,7 +185,10 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
             _score_epoch(run, record, inputs, cfg, hw, w, epoch, out)
             scored = True
             progress.update(task, epoch=f"{min(epoch + 2, cfg.epochs)}/{cfg.epochs}",
-                            status=_epoch_status(record))
+                            status=epoch_status(record))
+            if plain_log:
+                console.print(f"epoch {epoch + 1}/{cfg.epochs} {epoch_status(record)} "
+                              f"{record['epoch_seconds']:.1f} s", highlight=False)
             if w.main:  # one process writes; the others hold the same state
                 append_jsonl(out / METRICS_FILE, record)
                 tracking.log_epoch(record)
@@ -322,6 +329,7 @@ def _score_epoch(run: _Run, record: dict[str, Any], inputs: FitInputs, cfg: Trai
     """Validate the candidates, keep the best, run the epoch hooks, step the schedule."""
     candidates = run.candidates()
     if inputs.val is not None:
+        record["val_precision"] = hw.precision  # the card's final figures are fp32 (finish.py)
         for name, net in candidates.items():
             vloss, vtop1 = distributed.validate(
                 quick_validate, net, inputs.val, w, hw.device, inputs.mean, inputs.std,
@@ -386,12 +394,3 @@ def _base_lr(optimizer: torch.optim.Optimizer) -> float:
     """The rate of the largest parameter group (not a bias group with its own multiplier)."""
     group = max(optimizer.param_groups, key=lambda g: sum(p.numel() for p in g["params"]))
     return group["lr"]
-
-
-def _epoch_status(record: dict[str, Any]) -> str:
-    parts = [f"loss {record['train_loss']:.3f}"]
-    if "val_top1" in record:
-        parts.append(f"val {record['val_top1']:.3f}")
-    if "ema_val_top1" in record:
-        parts.append(f"ema {record['ema_val_top1']:.3f}")
-    return " ".join(parts)

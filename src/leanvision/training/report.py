@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from ..artifact import CARD_FILE
+from ..data import DecodedImages
 from ..data.partition import Partition
 from ..hardware import Hardware
 from .config import TrainConfig
@@ -42,7 +44,6 @@ def diagnose_fit(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_config(console: Console, cfg: TrainConfig, notes: list[str], hw: Hardware,
-                 classes: list[str], counts: list[int], parts: Partition,
                  input_size: tuple[int, int], out_dir: Path, stage: str = "train") -> None:
     console.print(f"[bold]leanvision {stage}[/bold] {cfg.data} → {out_dir}")
     console.print(f"model {cfg.model} at {input_size[0]}x{input_size[1]}, "
@@ -51,16 +52,32 @@ def print_config(console: Console, cfg: TrainConfig, notes: list[str], hw: Hardw
                   f"{hw.device} {hw.precision}{' channels_last' if hw.channels_last else ''}")
     for note in notes:
         console.print(f"  recipe: {note}", style="dim")
-    n_val = len(parts.val) if parts.val is not None else 0
+
+
+def print_counts(console: Console, cfg: TrainConfig, classes: list[str], train: DecodedImages,
+                 val: DecodedImages | None, parts: Partition) -> None:
+    """The images training uses, counted after decoding: files left out as unreadable are not
+    in them (the decode names those)."""
+    counts = torch.bincount(train.labels, minlength=len(classes)).tolist()
     n_test = len(parts.test) if parts.test is not None else 0
-    console.print(f"images: {len(parts.train)} train, {n_val} val ({parts.val_origin}), "
-                  f"{n_test} test")
+    left_out = f"; {len(train.bad)} unreadable left out" if train.bad else ""
+    console.print(f"images: {len(train)} train, {len(val) if val is not None else 0} val "
+                  f"({parts.val_origin}), {n_test} test{left_out}")
     shown = ", ".join(f"{c} {n}" for c, n in list(zip(classes, counts, strict=True))[:20])
     more = f" … ({len(classes)} classes)" if len(classes) > 20 else ""
     console.print(f"per class: {shown}{more}", style="dim")
     if counts and max(counts) > 3 * max(1, min(counts)) and cfg.balance == "none":
         console.print("  the classes are imbalanced (largest > 3x smallest): consider "
                       "--balance loss or --balance sampler", style="yellow")
+
+
+def epoch_status(record: dict[str, Any]) -> str:
+    parts = [f"loss {record['train_loss']:.3f}"]
+    if "val_top1" in record:
+        parts.append(f"val {record['val_top1']:.3f}")
+    if "ema_val_top1" in record:
+        parts.append(f"ema {record['ema_val_top1']:.3f}")
+    return " ".join(parts)
 
 
 def print_summary(console: Console, summary: dict[str, Any], out_dir: Path) -> None:
