@@ -11,7 +11,7 @@ import pytest
 from leanvision.errors import ConfigError
 from leanvision.paired import compare
 from leanvision.search import Candidate, Constraints, choose, evidence
-from leanvision.search.constraints import judged_drop, misses, paired_record
+from leanvision.search.constraints import decision_record, judged_drop, misses, paired_record
 from leanvision.search.evidence import ValSplit, attach_comparisons
 
 BASE_VAL = 0.9
@@ -71,8 +71,13 @@ def test_a_split_too_small_for_the_rule_says_so_once_with_the_images_that_would_
     # 100 images cannot accept even an unchanged model under likely: the estimate decides.
     assert choice.met and choice.chosen.trial == 0
     note = ("Too little data to decide: the 100 validation images cannot resolve 1 point at "
-            "--accept likely (163 would); judged on the point estimate.")
+            "--accept likely (163 would); judged on the point estimate. Hold out more "
+            "validation images (train the base with a larger --val-fraction)")
     assert choice.statement.count(note) == 1
+    decision = decision_record(pool, Constraints(max_drop=1.0))
+    assert (decision["rule_applied"], decision["validation_images"],
+            decision["images_to_resolve"], decision["compared"]) == ("point", 100, 163, 2)
+    assert decision_record(pool, Constraints(accept="point"))["notes"] == []
     sure = choose(pool, BASE_VAL, Constraints(max_drop=1.0, accept="sure")).statement
     assert "(381 would)" in sure
     assert "Too little data" not in choose(pool, BASE_VAL, Constraints(accept="point")).statement

@@ -290,6 +290,10 @@ def test_search_writes_results(searched) -> None:
     worst = paired["worst_class"]  # the worst class's drop, next to the mean
     assert worst["class"] in base_card["classes"] and 0 < worst["images"] < paired["images"]
     assert "validation images cannot resolve 1 point at --accept likely" in summary["statement"]
+    decision = pareto["decision"]
+    assert (decision["accept"], decision["rule_applied"]) == ("likely", "point")
+    assert decision["validation_images"] == paired["images"]
+    assert decision["compared"] == decision["candidates"] == 2  # both trials, compared
     assert pareto["base"]["runtime"] == "torch" and front["vs_base_torch"]["speedup_b1"] > 0
     bench_rows = json.loads((out / "bench.json").read_text())["results"]
     assert {r["runtime"] for r in bench_rows} == {"onnx-int8", "torch"}

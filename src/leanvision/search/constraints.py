@@ -307,17 +307,17 @@ def drop_text(c: Candidate, base_val: float, cons: Constraints) -> str:
     return text
 
 
-def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
-    """Said once: the split cannot resolve --max-drop under --accept (and how many images
-    would), or some candidates carry no per-image predictions to compare."""
+def split_notes(candidates: list[Candidate], cons: Constraints) -> list[str]:
+    """What the statement says once about the evidence: the split cannot resolve --max-drop
+    (or --max-class-drop) under --accept, and how many images would; or the candidates carry
+    no per-image predictions to compare."""
     compared = [c for c in candidates if c.comparison is not None]
     if not compared:
-        if cons.accept == "point" and cons.max_class_drop is None:
-            return ""
-        return (" (no per-image validation predictions to compare with the base: the drop is "
+        if not candidates or (cons.accept == "point" and cons.max_class_drop is None):
+            return []
+        return ["no per-image validation predictions to compare with the base: the drop is "
                 "judged on the point estimate" + ("; --max-class-drop cannot be judged"
-                                                  if cons.max_class_drop is not None else "")
-                + ")")
+                                                  if cons.max_class_drop is not None else "")]
     notes = [note] if (note := cons.drop_rule(compared[0].comparison.images)[1]) else []
     sizes = [x.images for c in compared for x in (c.class_comparisons or {}).values()]
     if cons.max_class_drop is not None and sizes:
@@ -327,7 +327,33 @@ def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
             notes.append(f"the smallest class's {smallest} images cannot resolve "
                          f"--max-class-drop {cons.max_class_drop:g} at --accept {cons.accept} "
                          f"({needed} would); classes that small are judged on the estimate")
-    return f" (Too little data to decide: {'; '.join(notes)}.)" if notes else ""
+    return notes
+
+
+def decision_record(candidates: list[Candidate], cons: Constraints) -> dict[str, Any]:
+    """pareto.json's account of how --max-drop was decided: the rule asked for and the one
+    the split could apply, the validation images and how many would resolve the budget."""
+    compared = [c for c in candidates if c.comparison is not None]
+    images = compared[0].comparison.images if compared else None
+    level = RULE_LEVELS[cons.accept]
+    return {"accept": cons.accept,
+            "rule_applied": cons.drop_rule(images)[0] if images else "point",
+            "validation_images": images,
+            "images_to_resolve": None if level is None else images_to_resolve(cons.max_drop,
+                                                                              level),
+            "compared": len(compared), "candidates": len(candidates),
+            "notes": split_notes(candidates, cons)}
+
+
+def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
+    notes = split_notes(candidates, cons)
+    if not notes:
+        return ""
+    if not any(c.comparison is not None for c in candidates):
+        return f" ({notes[0]})"
+    return (f" (Too little data to decide: {'; '.join(notes)}. Hold out more validation "
+            "images (train the base with a larger --val-fraction) to decide under --accept "
+            f"{cons.accept}.)")
 
 
 def _limits(cons: Constraints) -> str:

@@ -21,7 +21,15 @@ from ..errors import LeanvisionError
 from ..formatting import percent
 from ..hardware import physical_cores
 from ..io import write_json
-from .constraints import Candidate, Choice, choose, misses, paired_record, pareto_front
+from .constraints import (
+    Candidate,
+    Choice,
+    choose,
+    decision_record,
+    misses,
+    paired_record,
+    pareto_front,
+)
 from .evidence import attach_comparisons
 from .objective import SearchContext, measure
 from .retime import retime
@@ -70,7 +78,8 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     pareto_path = write_json(out / "pareto.json", {
         "front": entries, "chosen": entry(choice.chosen, ctx, reference, True)
         if choice.chosen else None, "met": choice.met, "statement": choice.statement,
-        "retimed": retimed, "base": reference, "constraints": ctx.constraints.to_dict()})
+        "retimed": retimed, "base": reference, "constraints": ctx.constraints.to_dict(),
+        "decision": decision_record(candidates, ctx.constraints)})
 
     skipped = left_out(trials, ctx)
     if skipped["line"]:
