@@ -15,10 +15,11 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from ..errors import ConfigError
 from ..setting import setting
 from .app import ServeSettings, create_app
 from .connections import guarded_protocol, raise_open_file_limit
-from .limits import Gate, resolve_api_key
+from .limits import Gate, resolve_allowed_hosts, resolve_api_key
 
 DRAIN_SLACK_S = 5.0
 
@@ -53,6 +54,8 @@ def run_app(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
     No uvicorn `limit_concurrency`: it counts open sockets, idle ones included, and answers
     past it with a bare 503 the app never sees. The app's Gate caps requests instead, and
     connections.py closes sockets that do not send a request head in `head_timeout_s`."""
+    if head_timeout_s <= 0:
+        raise ConfigError(f"--head-timeout-s {head_timeout_s} must be positive")
     settings = app.state.settings
     raise_open_file_limit()
     metrics = app.state.metrics
@@ -75,6 +78,11 @@ class ServeOptions(ServeSettings):
     threads: int | None = setting(None, "Inference threads (default: physical cores).")
     explain: bool = setting(True, "Serve /v1/explain (Grad-CAM) too.")
     log_level: str = setting("info", "uvicorn's log level.")
+    allowed_hosts: str | None = setting(None, "Host header names served, comma-separated "
+                                        "(default: localhost, 127.0.0.1 and [::1] when bound to "
+                                        "loopback, so web pages cannot reach it by DNS "
+                                        "rebinding; any otherwise, the API key guards).")
+    docs: bool = setting(False, "Publish /openapi.json and /docs (behind the key, if any).")
     head_timeout_s: float = setting(10.0, "Close a connection that has not sent a complete "
                                     "request head this many seconds after opening (or after "
                                     "its previous answer).")
@@ -89,16 +97,19 @@ def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
           max_body_mb: float = 20.0, threads: int | None = None, top_k: int = 5,
           explain: bool = True, log_level: str = "info", spin: bool = False,
           head_timeout_s: float = 10.0, max_image_mp: float = 16.0,
-          max_request_mp: float = 64.0) -> None:
+          max_request_mp: float = 64.0, allowed_hosts: str | None = None,
+          docs: bool = False) -> None:
     """Serve the artifact folder over HTTP until SIGTERM / Ctrl-C.
 
     Binds 127.0.0.1 unless told otherwise; any other address needs an API key (`api_key` or
     $LEANVISION_API_KEY), which every endpoint but /healthz and /readyz then requires."""
     key = resolve_api_key(host, api_key)
+    hosts = resolve_allowed_hosts(host, allowed_hosts)
     app = create_app(artifact, api_key=key, runtime=runtime, max_batch=max_batch,
                      max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
                      max_body_mb=max_body_mb, threads=threads, top_k=top_k, explain=explain,
-                     spin=spin, max_image_mp=max_image_mp, max_request_mp=max_request_mp)
+                     spin=spin, max_image_mp=max_image_mp, max_request_mp=max_request_mp,
+                     allowed_hosts=hosts, docs=docs)
     run_app(app, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s)
 
 

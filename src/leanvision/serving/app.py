@@ -30,6 +30,7 @@ from .limits import (
     BodyLimitMiddleware,
     GateMiddleware,
     HeadLimitMiddleware,
+    HostMiddleware,
     SecurityHeadersMiddleware,
 )
 from .metrics import MetricsMiddleware
@@ -91,14 +92,17 @@ def create_app(artifact: str | os.PathLike | None = None, *, api_key: str | None
                queue_size: int = 256, timeout_s: float = 10.0, max_body_mb: float = 20.0,
                threads: int | None = None, top_k: int = 5, predictor: Runtime | None = None,
                explain: bool = True, spin: bool = False, max_image_mp: float = 16.0,
-               max_request_mp: float = 64.0) -> FastAPI:
+               max_request_mp: float = 64.0, allowed_hosts: list[str] | None = None,
+               docs: bool = False) -> FastAPI:
     """The app for the artifact folder `artifact`, loaded now (errors surface before binding).
 
     `api_key` is used as given (serve() reads $LEANVISION_API_KEY); `predictor` replaces the
     runtime the artifact would get (a test seam); `explain=False` skips loading the PyTorch
     model that /v1/explain needs (it then answers 501). `spin` lets ONNX Runtime's threads
     spin-wait between batches; off by default, since between two batches the same cores parse
-    requests and decode images (bench/serve_load.py --spin off,on compares both)."""
+    requests and decode images (bench/serve_load.py --spin off,on compares both).
+    `allowed_hosts`: the Host names served (None: any; serve() defaults to the loopback names
+    on loopback); `docs` publishes /openapi.json and /docs."""
     settings = ServeSettings(api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              queue_size=queue_size, timeout_s=timeout_s,
                              max_body_mb=max_body_mb, top_k=top_k, max_image_mp=max_image_mp,
@@ -111,7 +115,14 @@ def create_app(artifact: str | os.PathLike | None = None, *, api_key: str | None
         predictor = Predictor.from_artifact(artifact, runtime=runtime, threads=threads,
                                             spin=spin)
     explainer = Explainer.load(artifact) if explain and artifact is not None else None
-    return _build(predictor, explainer, settings, name=_model_name(artifact, predictor))
+    app = _build(predictor, explainer, settings, name=_model_name(artifact, predictor),
+                 docs=docs)
+    # Outside the key check and the gate, inside the counters: a refused Host is counted.
+    app.add_middleware(HostMiddleware, allowed=allowed_hosts)
+    app.add_middleware(HeadLimitMiddleware, max_headers=MAX_HEADERS, max_bytes=MAX_HEAD_BYTES)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
 
 
 def _model_name(artifact: str | os.PathLike | None, predictor: Runtime) -> str:
@@ -120,7 +131,8 @@ def _model_name(artifact: str | os.PathLike | None, predictor: Runtime) -> str:
 
 
 def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSettings,
-           name: str) -> FastAPI:
+           name: str, docs: bool) -> FastAPI:
+    """The app with its routes and inner guards; create_app adds the outer layers."""
     service = Service.start(predictor, explainer, settings, name,
                             warmup=lambda: _warm_up(predictor, settings.max_batch))
 
@@ -132,20 +144,19 @@ def _build(predictor: Runtime, explainer: Explainer | None, settings: ServeSetti
 
     # FastAPI's OpenTelemetry hooks would export request data wherever OTEL_* variables
     # point; the service has its own /metrics, and sends nothing anywhere.
-    app = FastAPI(title="leanvision", docs_url=None, redoc_url=None, lifespan=lifespan,
+    # The API's description is published only when asked for (--docs).
+    app = FastAPI(title="leanvision", docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None, lifespan=lifespan,
                   telemetry={"tracing": False, "metrics": False, "logs": False,
                              "operation_spans": False, "auto_configure": False})
     app.state.service = service
     app.state.batcher, app.state.gate = service.batcher, service.gate
     app.state.metrics, app.state.settings = service.metrics, settings
-    # Added innermost first: a request meets metrics, the head limits, the gate, the key
-    # check, the body cap.
+    # Added innermost first: a request meets metrics, the head limits, the Host check (these
+    # three added by create_app), the gate, the key check, the body cap.
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mb * 2**20))
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(GateMiddleware, gate=service.gate)
-    app.add_middleware(HeadLimitMiddleware, max_headers=MAX_HEADERS, max_bytes=MAX_HEAD_BYTES)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     add_routes(app)
     return app
 

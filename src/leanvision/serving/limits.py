@@ -23,7 +23,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 API_KEY_ENV = "LEANVISION_API_KEY"
 MIN_KEY_LENGTH = 16
-# Health checks come from orchestrators that hold no key; they reveal nothing about the model.
+# Health checks come from orchestrators that hold no key; without it they reveal nothing about
+# the model (/readyz gives its details only to a caller with the key).
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # The page is static HTML with no data in it; the browser cannot attach a header to a plain
 # navigation, so it asks for the key itself and sends it on every API call.
@@ -72,8 +73,26 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def authorised(scope: Scope, key: bytes | None) -> bool:
+    """Whether the request carries the key, as `X-API-Key: KEY` or `Authorization: Bearer KEY`
+    (always true when no key is set).
+
+    One rule: either header, if valid, is enough, whatever the other holds. A gateway or client
+    library may add an Authorization header of its own beside the X-API-Key the caller set (or
+    the reverse); letting a foreign header hide a valid key would refuse honest callers, and
+    trying both tells an attacker nothing, since each comparison takes the same time wherever
+    the first differing byte is (compare_digest)."""
+    if key is None:
+        return True
+    given = [_header(scope, b"x-api-key")]
+    bearer = _header(scope, b"authorization")
+    if bearer is not None and bearer[:7].lower() == b"bearer ":
+        given.append(bearer[7:].strip())
+    return any(g is not None and hmac.compare_digest(g, key) for g in given)
+
+
 class ApiKeyMiddleware:
-    """401 unless `Authorization: Bearer KEY` or `X-API-Key: KEY` matches (constant time)."""
+    """401 unless the request is `authorised` (see there for the rule on the two headers)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
@@ -82,19 +101,53 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.key is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS | PAGE_PATHS:
             return await self.app(scope, receive, send)
-        if self._authorised(scope):
+        if authorised(scope, self.key):
             return await self.app(scope, receive, send)
         await send_json(send, 401, {"detail": "missing or wrong API key; send the header "
                                               "'Authorization: Bearer KEY' or 'X-API-Key: KEY'"},
                         [(b"www-authenticate", b'Bearer realm="leanvision"')])
 
-    def _authorised(self, scope: Scope) -> bool:
-        given = _header(scope, b"x-api-key")
-        bearer = _header(scope, b"authorization")
-        if bearer is not None and bearer[:7].lower() == b"bearer ":
-            given = bearer[7:].strip()
-        # compare_digest takes the same time wherever the first differing byte is.
-        return given is not None and hmac.compare_digest(given, self.key)
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def resolve_allowed_hosts(host: str, allowed_hosts: str | None) -> list[str] | None:
+    """The Host header names to accept: the comma-separated `allowed_hosts`; by default the
+    loopback names when bound to loopback (else None: any Host, the API key guards)."""
+    if allowed_hosts is not None:
+        names = [n.strip().lower() for n in allowed_hosts.split(",") if n.strip()]
+        if not names:
+            raise ConfigError("--allowed-hosts is empty; name the host names clients use, "
+                              "e.g. --allowed-hosts api.example.com,localhost")
+        return names
+    return list(LOOPBACK_NAMES) if is_loopback(host) else None
+
+
+class HostMiddleware:
+    """400 unless the Host header (port aside) is one of `allowed`. A web page can make a
+    browser send requests to 127.0.0.1 under its own domain name (DNS rebinding); the Host
+    header then names that domain, so a loopback server without a key is not readable from the
+    web. The health checks stay open: they reveal nothing and probes may use any name.
+    Starlette's TrustedHostMiddleware would do, but splits [::1]:8000 at the first colon."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str] | None) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed) if allowed is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.allowed is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS
+                or _host_name(_header(scope, b"host")) in self.allowed):
+            return await self.app(scope, receive, send)
+        await send_json(send, 400, {"detail": "this Host header is not served here; connect "
+                                              "by a name the server was started with "
+                                              "(--allowed-hosts)"})
+
+
+def _host_name(value: bytes | None) -> str:
+    text = (value or b"").decode("latin-1").strip().lower()
+    if text.startswith("["):  # [v6 address]:port
+        return text[: text.find("]") + 1]
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
 class BodyTooLarge(Exception):

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ..data import BadImageError
 from .batching import Closed, QueueFull
 from .explain import CAM_CHOICES
+from .limits import authorised
 from .page import page_html
 from .service import Service, bad_images, error
 from .uploads import Upload, UploadError, read_uploads
@@ -51,18 +52,33 @@ async def healthz() -> dict[str, str]:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """200 once warmed up; 503 while warming up, draining, lagging or failed. The reasons and
+    the model's details go only to a caller with the key (or to anyone when no key is set)."""
     svc = _service(request)
-    if svc.gate.draining:
-        return error(503, "shutting down")
-    if svc.batcher.failure is not None:
-        return error(503, f"the model failed to warm up: {svc.batcher.failure}")
-    if not svc.batcher.ready.is_set():
-        return error(503, "warming up", {"Retry-After": "1"})
-    if svc.lagging():
-        return error(503, "overloaded: work waits longer than half of --timeout-s",
-                     {"Retry-After": "1"})
+    key = svc.settings.api_key
+    told = authorised(request.scope, key.encode() if key else None)
+    problem = _not_ready(svc)
+    if problem is not None:
+        reason, retry = problem
+        return JSONResponse({"status": "not ready", **({"detail": reason} if told else {})},
+                            status_code=503, headers={"Retry-After": retry} if retry else None)
+    if not told:
+        return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "ready", "model": svc.name, "runtime": svc.predictor.runtime,
                          "classes": len(svc.classes), "input_size": list(svc.input_size)})
+
+
+def _not_ready(svc: Service) -> tuple[str, str | None] | None:
+    """(reason, Retry-After) while the service should get no traffic, else None."""
+    if svc.gate.draining:
+        return "shutting down", None
+    if svc.batcher.failure is not None:
+        return f"the model failed to warm up: {svc.batcher.failure}", None
+    if not svc.batcher.ready.is_set():
+        return "warming up", "1"
+    if svc.lagging():
+        return "overloaded: work waits longer than half of --timeout-s", "1"
+    return None
 
 
 async def metrics_text(request: Request) -> Response:
