@@ -3,12 +3,14 @@ trains only the top, and a time budget is sized to or refused."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder
+from rich.console import Console
 
 import leanvision as lv
 from leanvision.errors import ConfigError
@@ -93,8 +95,12 @@ def photos(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 def test_lp_ft_trains_the_top_and_leaves_the_frozen_part_as_pretrained(photos, tmp_path):
     out = tmp_path / "run"
+    log = Console(record=True, file=io.StringIO())  # not a terminal: one line per epoch
     summary = lv.train(photos, out, model="efficientnet_lite0", img_size=64, epochs=6,
-                       batch_size=8, progress=False, val_fraction=0.3)
+                       batch_size=8, progress=False, val_fraction=0.3, console=log)
+    epochs = [line.split()[1] for line in log.export_text().splitlines()
+              if line.startswith("epoch ")]
+    assert epochs == [f"{k}/6" for k in range(1, 7)]
     card = json.loads((out / "model.json").read_text())
     record = card["training"]
     assert record["finetune"] == "lp-ft" and record["epochs_run"] == 6
@@ -162,8 +168,6 @@ def test_packaged_lite_weights_load_tensor_for_tensor(arch):
 
 
 def test_epochs_are_sized_to_the_budget_from_the_measured_step(monkeypatch):
-    from rich.console import Console
-
     from leanvision.hardware import choose_hardware
     from leanvision.training import transfer_run
     from leanvision.training.transfer import Cached

@@ -163,6 +163,7 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
         if val is not None:
             record["val_loss"], record["val_top1"] = top_accuracy(split, val.views[0],
                                                                   val.labels, hw)
+            record["val_precision"] = hw.precision  # under autocast; the card's are fp32
             if record["val_top1"] > best["top1"]:
                 best = {"top1": record["val_top1"], "epoch": epoch + 1, "source": "model"}
                 best_state = cpu_state(top)

@@ -20,6 +20,7 @@ from .config import TrainConfig
 from .epoch_scoring import cpu_state
 from .loop import FitInputs, FitResult
 from .recipe import SMALL_IMAGE_SIDE
+from .report import epoch_status
 from .transfer import (
     Cached,
     cache_lower,
@@ -120,10 +121,18 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
     if cfg is None:
         return _probe_result(model, record), record
     steps = cfg.epochs * max(1, n_train // min(cfg.batch_size, n_train))
+    plain_log = not (cfg.progress and console.is_terminal)  # as fit(): a line per epoch
+
+    def step_or_epoch(k: int, info: dict) -> None:
+        advance(k)
+        if k == 0 and plain_log:  # k == 0: an epoch ended, `info` is its record
+            console.print(f"epoch {info['epoch']}/{cfg.epochs} {epoch_status(info)} "
+                          f"{info['epoch_seconds']:.1f} s", highlight=False)
+
     with _bar(console, cfg, "fine-tuning the top", steps) as advance:
         result, plan = train_top(split, train, val, cfg, hw, out,
                                  class_weights=class_weights,
-                                 progress=lambda k, info: advance(k),
+                                 progress=step_or_epoch,
                                  probe_val_top1=record.get("probe_val_top1",
                                                            record.get("start_val_top1")),
                                  budget_s=_remaining(cfg, started))
@@ -195,7 +204,7 @@ class _bar:  # noqa: N801 - used like a function in a with statement
     def __init__(self, console: Console, cfg: TrainConfig, what: str, total: int) -> None:
         self.progress = Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console,
-                                 disable=not cfg.progress)
+                                 disable=not (cfg.progress and console.is_terminal))
         self.total = total
 
     def __enter__(self):
