@@ -11,7 +11,7 @@ sure). Per rule and budget: how often it accepts a variant whose true drop excee
 Statistics, not timing: no quiet window is needed. Writes bench/results/decisions.json and
 prints one table per rule.
 
-    python bench/decisions.py [--train-per-class 1000] [--epochs 6] [--subsets 2000]"""
+    python bench/decisions.py [--train-per-class 2000] [--epochs 15] [--subsets 2000]"""
 
 from __future__ import annotations
 
@@ -67,12 +67,14 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet8")
-    p.add_argument("--train-per-class", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--train-per-class", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--subsets", type=int, default=2000, help="validation subsets per variant")
     p.add_argument("--subset-size", type=int, default=1000)
-    p.add_argument("--budgets", default="1", help="comma-separated budgets in points")
-    p.add_argument("--sparsities", default="0.2,0.3,0.4,0.5,0.6,0.7",
+    p.add_argument("--budgets", default="0.5,1,2", help="comma-separated budgets in points")
+    # 5% steps: magnitude pruning's drop grows fast past a fifth of the weights, and the
+    # variants near the budget are the ones a rule can get wrong.
+    p.add_argument("--sparsities", default="0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.5,0.6",
                    help="unstructured magnitude pruning amounts, no fine-tuning")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=25)
@@ -160,7 +162,15 @@ def summary(variants: dict[str, Any], budgets: list[float]) -> dict[str, Any]:
     for b in budgets:
         over = [v for v in variants.values() if v["true_drop_points"] > b]
         within = [v for v in variants.values() if v["true_drop_points"] <= b]
+        # Near the budget (over it by at most the budget again; within it by at most half):
+        # where the rules differ. Far variants are decided right by every rule.
+        near_over = [v for v in over if v["true_drop_points"] <= 2 * b]
+        near_within = [v for v in within if v["true_drop_points"] >= b / 2]
         out[str(b)] = {rule: {
+            "wrong_accept_near": _mean([v["accept_rate"][str(b)][rule] for v in near_over]),
+            "wrong_reject_near": _mean([1 - v["accept_rate"][str(b)][rule]
+                                        for v in near_within]),
+            "variants_near_over": len(near_over), "variants_near_within": len(near_within),
             "wrong_accept_mean": _mean([v["accept_rate"][str(b)][rule] for v in over]),
             "wrong_accept_worst": _max([v["accept_rate"][str(b)][rule] for v in over]),
             "wrong_reject_mean": _mean([1 - v["accept_rate"][str(b)][rule] for v in within]),
@@ -192,7 +202,9 @@ def print_tables(figures: dict[str, Any]) -> None:
             title = (f"--accept {rule}, budget {b:g} point(s), {figures['subsets']} subsets of "
                      f"{figures['subset_size']}: wrong accepts {_pct(s['wrong_accept_mean'])} "
                      f"(worst {_pct(s['wrong_accept_worst'])}), wrong rejects "
-                     f"{_pct(s['wrong_reject_mean'])} (worst {_pct(s['wrong_reject_worst'])})")
+                     f"{_pct(s['wrong_reject_mean'])} (worst {_pct(s['wrong_reject_worst'])}); "
+                     f"near the budget {_pct(s['wrong_accept_near'])} and "
+                     f"{_pct(s['wrong_reject_near'])}")
             print_table(title, ["variant", "true drop", "agreement", "truth", "accepted",
                                 "wrong"], rows)
 
