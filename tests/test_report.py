@@ -87,14 +87,17 @@ def test_variants_table_has_the_child_and_its_parent_with_speed_and_pareto(built
     assert parent["pareto_size"] == (parent["accuracy"] > child["accuracy"])
     page = built["html"]
     assert '<div id="pareto">' in page and "Pareto-optimal" in page
-    assert re.search(r"<td class=\"text\">pruned</td><td class=\"text\">prune</td>"
-                     r"<td class=\"text\">base</td>", page)
-    assert "base (parent)" in page
+    # readable names (the pipeline), numbered as the chart's points, the folder in a tooltip
+    assert (child["label"], parent["label"]) == ("resnet8 · prune 50% · FP32", "resnet8 · FP32")
+    assert re.search(r'<td class="text">1</td><td class="text" title="[^"]*/pruned">'
+                     r"resnet8 · prune 50% · FP32</td><td class=\"text\">prune</td>"
+                     r'<td class="text" title="base">resnet8 · FP32</td>', page)
+    assert "resnet8 · FP32 (parent)" in page
 
 
 def test_training_confusion_calibration_and_gallery_are_filled(built):
     page = built["html"]
-    assert "base · train · 2 epoch(s)" in page  # the parent's run holds metrics.jsonl
+    assert "resnet8 · FP32 · train · 2 epoch(s)" in page  # the parent's run holds metrics.jsonl
     # the child was pruned without fine-tuning, so its card holds no confusion matrix: the
     # report recomputes it, and the probabilities give the reliability diagram
     assert "Confusion matrix recomputed on the val split" in page
@@ -117,6 +120,12 @@ def test_cards_confusion_is_used_and_missing_speed_is_a_note(runs, tmp_path):
     assert "No gallery: explain_images=0." in page
     assert result["variants"][0]["latency_ms_p50"] is None
     assert "Accuracy against latency: no latency figures" in page
+    # Columns empty for every variant are left out, each with the reason.
+    assert "<th>test top-1</th>" not in page and "<th>int8 top-1</th>" not in page
+    assert "<th>runtime</th>" not in page and "<th>val top-1</th>" in page
+    assert "test top-1: the data has no test split" in page
+    assert "int8 top-1: no variant is quantized" in page
+    assert "runtime, p50 ms (b1), img/s (bN): Not measured (measure=False)" in page
 
 
 def test_bench_file_and_a_quantized_child(runs, tmp_path):

@@ -34,6 +34,7 @@ from .collect import (
     size_bytes,
     speed_from_file,
 )
+from .names import readable_names
 from .sections import (
     _calibration_section,
     _confusion_section,
@@ -83,6 +84,8 @@ def report(paths: str | os.PathLike | Sequence[str | os.PathLike],
     if explain_images:
         explain_method = _check_method(explain_method)
     variants = resolve_variants(paths)
+    for v, label in zip(variants, readable_names(variants).values(), strict=True):
+        v.label = label
     if data is not None:
         from ..data import load_data
 
@@ -172,12 +175,13 @@ def variant_rows(variants: list[Variant], speed: dict[Path, dict]) -> list[dict[
             continue
         bench_row = speed.get(v.path.resolve(), {})
         parent = parent_folder(v)
-        parent_name = (by_path[parent.resolve()].name if parent is not None
-                       and parent.resolve() in by_path else v.card.get("parent"))
+        known = parent is not None and parent.resolve() in by_path
+        parent_name = by_path[parent.resolve()].name if known else v.card.get("parent")
         metrics = v.metrics
         rows.append({
-            "name": v.name, "path": str(v.path), "stage": v.stage, "parent": parent_name,
-            "given": v.given,
+            "name": v.name, "label": v.label or v.name, "path": str(v.path), "stage": v.stage,
+            "parent": parent_name, "given": v.given,
+            "parent_label": by_path[parent.resolve()].label if known else v.card.get("parent"),
             "val_top1": (metrics.get("val") or {}).get("top1"),
             "test_top1": (metrics.get("test") or {}).get("top1"),
             "int8_top1": int8_top1(v, split) if v.quantized else None,
@@ -206,21 +210,28 @@ def _variants_section(rows: list[dict[str, Any]], variants: list[Variant],
             "No artifacts: the runs given never wrote their model (no model.json)."))
     split = rows[0]["accuracy_split"]
     batch = next((r["throughput_batch"] for r in rows if r["throughput_batch"]), None)
-    headers = ["variant", "stage", "parent", "val top-1", "test top-1", "int8 top-1", "runtime",
-               "p50 ms (b1)", f"img/s (b{batch or 'N'})", "size MB", "params", "MFLOPs"]
+    headers = ["#", "variant", "stage", "parent", "val top-1", "test top-1", "int8 top-1",
+               "runtime", "p50 ms (b1)", f"img/s (b{batch or 'N'})", "size MB", "params",
+               "MFLOPs"]
     table_rows = [[
-        r["name"] + ("" if r["given"] else " (parent)"), r["stage"], r["parent"] or "—",
+        str(i), html.Titled(r["label"] + ("" if r["given"] else " (parent)"), r["path"]),
+        r["stage"], html.Titled(r["parent_label"], str(r["parent"])) if r["parent"] else "—",
         _pct(r["val_top1"]), _pct(r["test_top1"]), _pct(r["int8_top1"]), r["runtime"] or "—",
         _num(r["latency_ms_p50"], 3), _num(r["throughput"], 0),
         _num(r["size_bytes"] / 1e6 if r["size_bytes"] else None, 2),
         f"{r['params']:,}" if r["params"] else "—",
-        _num(r["flops"] / 1e6 if r["flops"] else None, 1)] for r in rows]
+        _num(r["flops"] / 1e6 if r["flops"] else None, 1)] for i, r in enumerate(rows, 1)]
+    headers, table_rows, empty = drop_empty_columns(headers, table_rows)
     front = ["front" if r["pareto_latency"] or r["pareto_size"] else "" for r in rows]
-    parts = [html.table(headers, table_rows, front, text_columns=3),
+    text = sum(h in ("#", "variant", "stage", "parent") for h in headers)
+    parts = [html.table(headers, table_rows, front, text_columns=text),
              html.paragraph(f"Accuracy is top-1 in %; the Pareto charts use {split} top-1 of "
-                            "what each variant ships (INT8 for a quantized artifact). "
-                            "Marked rows are Pareto-optimal on latency or on size. " + speed_note,
-                            "muted")]
+                            "what each variant ships (INT8 for a quantized artifact), each "
+                            "point numbered as its row. Marked rows are Pareto-optimal on "
+                            "latency or on size; a name's tooltip gives its folder. "
+                            + speed_note, "muted")]
+    if empty:
+        parts.append(html.paragraph(empty_columns_sentence(empty, speed_note), "muted"))
     axes = []
     if any(r["latency_ms_p50"] is not None for r in rows):
         axes.append(("latency p50 at batch 1 (ms)", [r["latency_ms_p50"] for r in rows]))
@@ -229,20 +240,55 @@ def _variants_section(rows: list[dict[str, Any]], variants: list[Variant],
     axes.append(("size (MB)", [r["size_bytes"] / 1e6 if r["size_bytes"] else None
                                for r in rows]))
     if any(r["accuracy"] is not None for r in rows):
-        png = plots.pareto_charts([r["name"] for r in rows], [r["accuracy"] for r in rows],
+        png = plots.pareto_charts([r["label"] for r in rows], [r["accuracy"] for r in rows],
                                   axes, f"{split} top-1")
         parts.append('<div id="pareto">' + html.image(
             png, "Pareto charts: accuracy against latency and size",
-            "Red, filled: Pareto-optimal (no other variant is both as cheap and as accurate)."
+            "Red, filled: Pareto-optimal (no other variant is both as cheap and as accurate). "
+            "Numbers: the rows of the table, named in the key."
         ) + "</div>")
     else:
         parts.append(html.note(f"No Pareto chart: no variant records a {split} accuracy."))
     missing = [v for v in variants if v.card is not None and v.card.get("parent")
                and parent_folder(v) is None]
     for v in missing:
-        parts.append(html.note(f"{v.name}: its parent {v.card['parent']} is not on disk, so it "
-                               "is not compared."))
+        parts.append(html.note(f"{v.label}: its parent {v.card['parent']} is not on disk, so "
+                               "it is not compared."))
     return html.Section("variants", "Variants", "".join(parts))
+
+
+# Why a column of the variants table can be empty for every variant (it is then left out).
+EMPTY_BECAUSE = {
+    "parent": "no variant was made from another artifact",
+    "test top-1": "the data has no test split (a test/ folder, or a split column in a CSV), "
+                  "so every accuracy here is on the validation hold-out, the split that also "
+                  "chose among the variants",
+    "int8 top-1": "no variant is quantized",
+    "runtime": "speed was not measured", "params": "the cards record no parameter count",
+    "MFLOPs": "the cards record no FLOP count",
+}
+
+
+def drop_empty_columns(headers: list[str], rows: list[list[Any]],
+                       ) -> tuple[list[str], list[list[Any]], list[str]]:
+    """The table without the columns every row leaves empty ("—"), and those columns."""
+    empty = [i for i in range(len(headers)) if rows and all(r[i] == "—" for r in rows)]
+    keep = [i for i in range(len(headers)) if i not in empty]
+    return ([headers[i] for i in keep], [[r[i] for i in keep] for r in rows],
+            [headers[i] for i in empty])
+
+
+def empty_columns_sentence(empty: list[str], speed_note: str) -> str:
+    """One sentence on each left-out column: why no variant has a figure there."""
+    speed = [c for c in empty if c == "runtime" or c.startswith(("p50", "img/s"))]
+    reasons = [f"{c}: {EMPTY_BECAUSE[c]}" for c in empty if c in EMPTY_BECAUSE
+               and c != "runtime"]
+    if speed:
+        reasons.append(f"{', '.join(speed)}: {speed_note.rstrip('.')}")
+    others = [c for c in empty if c not in EMPTY_BECAUSE and c not in speed]
+    if others:
+        reasons.append(f"{', '.join(others)}: no variant records one")
+    return "Left out, empty for every variant: " + "; ".join(reasons) + "."
 
 
 # ---- training --------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ class Variant:
     card: dict[str, Any] | None
     history: list[dict[str, Any]]
     given: bool  # named by the user; False: a parent found on disk through a card's lineage
-    name: str = ""
+    name: str = ""  # unique on the page, from the folder's name
+    label: str = ""  # what made it, for people ("resnet8 ← KD · INT8"; names.py)
 
     @property
     def stage(self) -> str:
@@ -97,8 +98,7 @@ def resolve_variants(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> 
             continue  # a parent that was moved or is incomplete is named, not shown
         variants[parent.resolve()] = found
         queue.append(found)
-    ordered = list(variants.values())
-    _name(ordered)
+    _name(ordered := list(variants.values()))
     return ordered
 
 

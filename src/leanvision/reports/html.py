@@ -89,12 +89,23 @@ def heading(text: str, anchor: str | None = None) -> str:
     return f"<h3{ident}>{escape(text)}</h3>"
 
 
+@dataclass(frozen=True)
+class Titled:
+    """A table cell with a tooltip: a readable name, and the folder it stands for."""
+
+    text: str
+    title: str
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]],
           row_classes: Sequence[str] | None = None, text_columns: int = 1,
           compact: bool = False) -> str:
     """Cells are escaped; the first `text_columns` columns are left-aligned text."""
     def cell(tag: str, value: object, col: int) -> str:
         css = ' class="text"' if col < text_columns else ""
+        if isinstance(value, Titled):
+            css += f' title="{escape(value.title)}"'
+            value = value.text
         return f"<{tag}{css}>{escape(str(value))}</{tag}>"
 
     head = "".join(cell("th", h, i) for i, h in enumerate(headers))

@@ -12,6 +12,8 @@ import numpy as np
 WIDTH_IN = 10.5  # at 100 dpi just under the page's 1100px column, so images are not scaled up
 DPI = 100
 FRONT_COLOUR, OTHER_COLOUR = "#d62728", "#7f7f7f"
+KEY_WIDTH = 0.75  # the Pareto key's share of the width of one chart
+KEY_CHARS = 40  # a longer name is cut in the key (the variants table has it whole)
 
 
 def _figure(width: float, height: float):
@@ -23,8 +25,9 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _png(fig) -> bytes:
-    fig.tight_layout()
+def _png(fig, layout: bool = True) -> bytes:
+    if layout:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -130,18 +133,29 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 def pareto_charts(names: list[str], accuracy: list[float | None],
                   axes: list[tuple[str, list[float | None]]], accuracy_label: str) -> bytes:
     """One chart per cost axis (latency, size): accuracy against cost, the Pareto-optimal
-    variants filled in red and joined by the front's staircase."""
-    fig = _figure(WIDTH_IN if len(axes) > 1 else WIDTH_IN * 0.6, 4.0)
-    panels = fig.subplots(1, len(axes), squeeze=False)[0]
+    variants filled in red and joined by the front's staircase; each point carries its
+    variant's number, and the key beside the charts names them (see draw_pareto)."""
+    return _png(draw_pareto(names, accuracy, axes, accuracy_label), layout=False)
+
+
+def draw_pareto(names: list[str], accuracy: list[float | None],
+                axes: list[tuple[str, list[float | None]]], accuracy_label: str):
+    """The figure of pareto_charts, laid out, its point labels placed (labels.py: no two
+    overlap, wherever the variants cluster)."""
+    from .labels import place_labels
+
+    rows = max(len(names), 8)
+    fig = _figure(WIDTH_IN, max(4.0, 0.2 * rows + 1.2))
+    grid = fig.add_gridspec(1, len(axes) + 1, width_ratios=[1.0] * len(axes) + [KEY_WIDTH])
+    panels = [fig.add_subplot(grid[0, i]) for i in range(len(axes))]
+    placements = []
     for ax, (label, costs) in zip(panels, axes, strict=True):
         keep = [i for i in range(len(names)) if costs[i] is not None and accuracy[i] is not None]
         points = [(float(costs[i]), float(accuracy[i])) for i in keep]
         front = pareto_front(points)
-        for (x, y), on_front, i in zip(points, front, keep, strict=True):
-            ax.scatter([x], [y], s=60, zorder=3, color=FRONT_COLOUR if on_front else "white",
+        for (x, y), on_front in zip(points, front, strict=True):
+            ax.scatter([x], [y], s=50, zorder=3, color=FRONT_COLOUR if on_front else "white",
                        edgecolors=FRONT_COLOUR if on_front else OTHER_COLOUR, linewidths=1.5)
-            ax.annotate(_short(names[i]), (x, y), textcoords="offset points", xytext=(6, 4),
-                        fontsize="small")
         staircase = sorted(p for p, f in zip(points, front, strict=True) if f)
         if len(staircase) > 1:
             ax.step([p[0] for p in staircase], [p[1] for p in staircase], where="post",
@@ -149,18 +163,35 @@ def pareto_charts(names: list[str], accuracy: list[float | None],
         xs = [p[0] for p in points]
         if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
-        ax.margins(x=0.25, y=0.2)
+        ax.margins(x=0.3, y=0.25)
         ax.set_xlabel(label)
         ax.set_ylabel(accuracy_label)
         ax.grid(alpha=0.3)
-        ax.scatter([], [], color=FRONT_COLOUR, label="Pareto-optimal")
-        ax.scatter([], [], color="white", edgecolors=OTHER_COLOUR, label="dominated")
-        ax.legend(fontsize="small", loc="best")
-    return _png(fig)
+        placements.append((ax, points, [str(i + 1) for i in keep]))
+    _key(fig.add_subplot(grid[0, len(axes)]), names)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    for ax, points, numbers in placements:
+        ax.set_xlim(ax.get_xlim())  # the labels are placed against these limits
+        ax.set_ylim(ax.get_ylim())
+        place_labels(ax, points, numbers, renderer)
+    return fig
+
+
+def _key(ax, names: list[str]) -> None:
+    """The variants by number, and what the markers mean."""
+    ax.axis("off")
+    size = 9 if len(names) <= 16 else 7 if len(names) <= 30 else 5.5
+    lines = [f"{i}  {_short(name, KEY_CHARS)}" for i, name in enumerate(names, 1)]
+    ax.text(0.0, 1.0, "\n".join(lines), transform=ax.transAxes, va="top", ha="left",
+            fontsize=size, linespacing=1.5)
+    ax.scatter([], [], color=FRONT_COLOUR, label="Pareto-optimal")
+    ax.scatter([], [], color="white", edgecolors=OTHER_COLOUR, label="dominated")
+    ax.legend(fontsize="small", loc="lower left", frameon=False)
 
 
 def _short(name: str, limit: int = 28) -> str:
-    """Point labels stay inside the chart; the table beside it has the full names."""
+    """Names in the key stay inside the figure; the table beside it has the full names."""
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 

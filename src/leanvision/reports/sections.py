@@ -30,8 +30,8 @@ def _training_section(variants: list[Variant]) -> html.Section:
     for v in variants:
         if not v.history:
             continue
-        parts.append(html.heading(f"{v.name} · {v.stage} · {len(v.history)} epoch(s)"))
-        parts.append(html.image(plots.training_curves(v.history), f"training curves of {v.name}"))
+        parts.append(html.heading(f"{v.label} · {v.stage} · {len(v.history)} epoch(s)"))
+        parts.append(html.image(plots.training_curves(v.history), f"training curves of {v.label}"))
         training = (v.card or {}).get("training") or {}
         if training.get("best_epoch"):
             parts.append(html.paragraph(
@@ -58,7 +58,7 @@ def _confusion_section(variants: list[Variant], evaluations: dict) -> html.Secti
     for v in variants:
         if not v.given or v.card is None:
             continue
-        parts.append(html.heading(v.name))
+        parts.append(html.heading(v.label))
         found = _card_split(v)
         evaluation = evaluations.get(v.name)
         if found is None and isinstance(evaluation, Evaluation):
@@ -73,7 +73,7 @@ def _confusion_section(variants: list[Variant], evaluations: dict) -> html.Secti
         _, entry = found
         classes = list(v.card["classes"])
         parts.append(html.image(plots.confusion_matrix(entry["confusion"], classes),
-                                f"confusion matrix of {v.name}", f"Confusion matrix {source}."))
+                                f"confusion matrix of {v.label}", f"Confusion matrix {source}."))
         parts.append(_per_class_table(entry.get("per_class") or {}))
     if not parts:
         parts.append(html.note("No artifacts to evaluate."))
@@ -103,7 +103,7 @@ def _calibration_section(variants: list[Variant], evaluations: dict) -> html.Sec
         if not v.given or v.card is None:
             continue
         evaluation = evaluations.get(v.name)
-        parts.append(html.heading(v.name))
+        parts.append(html.heading(v.label))
         if not isinstance(evaluation, Evaluation):
             parts.append(html.note(f"Calibration not available: it needs the model's "
                                    f"probabilities on held-out images, and {evaluation}."))
@@ -114,7 +114,7 @@ def _calibration_section(variants: list[Variant], evaluations: dict) -> html.Sec
                    + (f"; {evaluation.skipped_images} unreadable images skipped"
                       if evaluation.skipped_images else ""))
         parts.append(html.image(plots.reliability_diagram(evaluation.reliability, ece),
-                                f"reliability diagram of {v.name}", caption))
+                                f"reliability diagram of {v.label}", caption))
         if evaluation.note:
             parts.append(html.paragraph(evaluation.note, "muted"))
     if not parts:
@@ -150,20 +150,20 @@ def _explanation_section(variants: list[Variant], evaluations: dict, count: int,
         parent = parent_folder(v)
         parent = parent if parent is not None and parent.resolve() in on_page else None
         console.print(f"report: explaining {v.name} ({method})")
-        parts.append(html.heading(f"{v.name} · {v.stage}"))
+        parts.append(html.heading(f"{v.label} · {v.stage}"))
         try:
             explained = explain_variant(v, source.gallery, files, method, parent,
                                         scratch / f"explain-{i}", console)
         except (LeanvisionError, ImportError, RuntimeError, ValueError) as exc:
             # e.g. a layer pytorch-grad-cam cannot hook: the rest of the page is still worth
             # having, so the gallery says why it is empty
-            parts.append(html.note(f"No explanations for {v.name}: {exc}"))
+            parts.append(html.note(f"No explanations for {v.label}: {exc}"))
             continue
-        parent_name = next((p.name for p in variants if parent is not None
+        parent_name = next((p.label for p in variants if parent is not None
                             and p.path.resolve() == parent.resolve()), None)
         parts.append(_gallery(explained, v, parent_name))
         if explained.drift_mean:
-            drift_rows.append([v.name, parent_name, _num(explained.drift_mean.get("iou"), 3),
+            drift_rows.append([v.label, parent_name, _num(explained.drift_mean.get("iou"), 3),
                                _num(explained.drift_mean.get("rank_correlation"), 3)])
     if drift_rows:
         parts.insert(1, html.heading("Drift from the parent (mean over the images)")
@@ -176,7 +176,7 @@ def _explanation_section(variants: list[Variant], evaluations: dict, count: int,
 
 def _gallery(explained: Explained, v: Variant, parent_name: str | None) -> str:
     if not explained.items:
-        return html.note(f"explain wrote no overlays for {v.name}.")
+        return html.note(f"explain wrote no overlays for {v.label}.")
     paired = any(item["parent_overlay"] for item in explained.items)
     figures = []
     for item in explained.items:
@@ -194,13 +194,13 @@ def _gallery(explained: Explained, v: Variant, parent_name: str | None) -> str:
         if item["drift"]:
             words.append(f"drift IoU {_num(item['drift'].get('iou'), 2)}, "
                          f"ρ {_num(item['drift'].get('rank_correlation'), 2)}")
-        pictures = [(item["overlay"], f"{v.name} on {item['image']}")]
+        pictures = [(item["overlay"], f"{v.label} on {item['image']}")]
         if item["parent_overlay"]:
             pictures.append((item["parent_overlay"], f"{parent_name} on {item['image']}"))
         figures.append(html.figure(pictures, " · ".join(words)))
     notes = []
     if paired:
-        notes.append(f"Left: {v.name}; right: its parent {parent_name}.")
+        notes.append(f"Left: {v.label}; right: its parent {parent_name}.")
     if explained.faithfulness:
         notes.append(f"Mean faithfulness {explained.faithfulness['score']:+.3f} (insertion − "
                      "deletion area of the class probability; higher: the map points at what "

@@ -52,7 +52,7 @@ def robustness_section(variants: list[Variant]) -> html.Section:
         parent_record = records.get(by_path.get(parent.resolve())) if parent else None
         delta = (record["mean_drop"] - parent_record["mean_drop"]
                  if parent_record is not None else None)
-        rows.append([v.name, v.stage, record.get("runtime", "—"),
+        rows.append([v.label, v.stage, record.get("runtime", "—"),
                      f"{record.get('n', '—')} {record.get('split', '')}".strip(),
                      _pct(record["clean_top1"]), _pct(record["mean_corruption_top1"]),
                      _pct(record.get("mean_drop")),
@@ -80,7 +80,7 @@ def robustness_section(variants: list[Variant]) -> html.Section:
         parts.append(html.table(["corruption", *[f"severity {s}" for s in severities], "mean"],
                                 detail, compact=True))
     if missing:
-        parts.append(html.note("Not measured: " + ", ".join(v.name for v in missing)
+        parts.append(html.note("Not measured: " + ", ".join(v.label for v in missing)
                                + " (run `leanvision robustness` on them)."))
     return html.Section("robustness", title, "".join(parts))
 
