@@ -2,8 +2,8 @@
 
 - idle and slow sockets: --sockets connections (half silent, half dripping an unfinished request
   head one byte a second, each reopened as soon as the server drops it) held for --hold-s, while
-  /healthz is timed every 100 ms (target: 200 within 100 ms throughout) and a prediction is sent
-  every 200 ms (target: all succeed);
+  /healthz is timed every 100 ms from a process of its own (target: 200 within 100 ms
+  throughout) and a prediction is sent every 200 ms (target: all succeed);
 - decode-heavy small files: two requests of 40 6300x6300 1-bit PNGs (5 KB each; the issue's
   attack), then the best the caps still allow (16 MP files, 4 per request, 4 requests at a time)
   for --attack-s, with ordinary predictions alongside (target: p99 under 1 s, no 504) and the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -112,6 +113,25 @@ async def hold_one(port: int, slow: bool, until: float, counts: dict[str, int]) 
             writer.close()
 
 
+# Timed from its own process: in this one its replies would wait behind the attackers' 1,000
+# coroutines, and that lag is the client's, not the server's.
+HEALTH_PROBE = """
+import json, sys, time, httpx
+base, seconds = sys.argv[1], float(sys.argv[2])
+out, end = [], time.monotonic() + seconds
+with httpx.Client(timeout=10) as client:
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        try:
+            ok = client.get(base + "/healthz").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        out.append([time.perf_counter() - started, ok])
+        time.sleep(0.1)
+print(json.dumps(out))
+"""
+
+
 async def hold_sockets(base: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
     console.print(f"holding {args.sockets} idle/slow sockets for {args.hold_s:g} s ...")
     until = time.monotonic() + args.hold_s
@@ -119,29 +139,24 @@ async def hold_sockets(base: str, port: int, args: argparse.Namespace) -> dict[s
     holders = [asyncio.create_task(hold_one(port, i % 2 == 1, until, counts))
                for i in range(args.sockets)]
     await asyncio.sleep(2)  # let them connect
-    health, health_bad, preds, pred_bad = [], 0, [], 0
+    probe = subprocess.Popen([sys.executable, "-c", HEALTH_PROBE, base,
+                              str(max(args.hold_s - 3, 1))], stdout=subprocess.PIPE, text=True)
+    preds, pred_bad = [], 0
     image = form(("a.png", small_png(0)))
     async with httpx.AsyncClient(timeout=10) as client:
-        next_pred = time.monotonic()
         while time.monotonic() < until:
             started = time.perf_counter()
             try:
-                ok = (await client.get(f"{base}/healthz")).status_code == 200
+                ok = (await client.post(f"{base}/v1/predict", files=image)).status_code == 200
             except httpx.HTTPError:
                 ok = False
-            health.append(time.perf_counter() - started)
-            health_bad += not ok
-            if time.monotonic() >= next_pred:
-                next_pred += 0.2
-                started = time.perf_counter()
-                try:
-                    ok = (await client.post(f"{base}/v1/predict", files=image)).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                preds.append(time.perf_counter() - started)
-                pred_bad += not ok
-            await asyncio.sleep(0.1)
+            preds.append(time.perf_counter() - started)
+            pred_bad += not ok
+            await asyncio.sleep(0.2)
     await asyncio.wait_for(asyncio.gather(*holders), 30)
+    probed = json.loads(probe.communicate(timeout=60)[0])
+    health = [seconds for seconds, _ in probed]
+    health_bad = sum(not ok for _, ok in probed)
     within = sum(1 for s in health if s <= 0.1)
     return {"sockets": args.sockets, "hold_s": args.hold_s, **counts,
             "healthz": {**summary(health), "not_200": health_bad,
