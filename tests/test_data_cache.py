@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_bad_images_error_or_skip(tmp_path):
         decode_images(records, (8, 8))
     text = str(info.value)
     assert text.startswith("2 of 8 images could not be decoded")
-    assert "--skip-bad-images" in text
+    assert "Pass skip_bad_images=True to train without them" in text  # the Python argument
     assert "b/zz0.jpg: empty file (0 bytes)" in text and "b/zz1.jpg" in text
 
     out = decode_images(records, (8, 8), skip_bad=True)
@@ -66,7 +67,8 @@ def test_bad_images_error_or_skip(tmp_path):
     assert out.bad == [("b/zz0.jpg", "empty file (0 bytes)"), ("b/zz1.jpg", "empty file (0 bytes)")]
 
 
-def test_bad_rows_are_packed_and_first_ten_listed(tmp_path):
+def test_bad_rows_are_packed_and_first_ten_listed(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     items = [np.full((8, 8, 3), v, np.uint8) if v % 3 else np.zeros((2, 2), np.uint8)
              for v in range(1, 40)]
     records = ImageRecords(items, np.arange(39) % 2)
@@ -77,7 +79,14 @@ def test_bad_rows_are_packed_and_first_ten_listed(tmp_path):
     with pytest.raises(DatasetError) as info:
         decode_images(records, (8, 8))
     assert "builtin[#2]: too small (2x2 px; minimum side 8)" in str(info.value)
-    assert "... and 3 more" in str(info.value)
+    assert "... and 3 more; all 13 are listed in " in str(info.value)
+    # The whole list: in a file the message names, and in the error's details (--json).
+    listed = Path(str(info.value).rsplit("listed in ", 1)[1])
+    assert listed.parent == tmp_path / "cache" / "leanvision" / "bad-images"
+    rows = [line.split("\t") for line in listed.read_text().splitlines()]
+    assert len(rows) == 13 and rows[-1][0] == "builtin[#38]" and "too small" in rows[-1][1]
+    assert info.value.details["bad_images_list"] == str(listed)
+    assert [b["file"] for b in info.value.details["bad_images"]] == [r[0] for r in rows]
 
 
 def test_all_bad_fails_even_with_skip(tmp_path):
@@ -119,7 +128,7 @@ def test_memmap_file_written_once_and_reused(tmp_path, monkeypatch):
     assert calls == []  # read back from the file
     assert torch.equal(again.images, expected)
     assert again.bad == first.bad and again.kept.tolist() == first.kept.tolist()
-    with pytest.raises(DatasetError, match="--skip-bad-images"):
+    with pytest.raises(DatasetError, match="skip_bad_images=True"):
         decode_images(records, (8, 8), cache_dir=store)
 
 

@@ -155,7 +155,7 @@ def test_an_error_in_the_workers_reaches_the_caller_as_itself(tmp_path):
 
     data = make_image_folder(tmp_path / "data")
     (data / "red" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(DatasetError, match="--skip-bad-images"):
+    with pytest.raises(DatasetError, match="skip_bad_images=True"):
         lv.train(data, tmp_path / "run", nproc=2, **EXACT)
 
 

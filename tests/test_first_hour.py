@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,14 @@ def test_eval_reuses_the_cards_skip_choice_from_another_folder(skipped_run, tmp_
     assert evaluate(skipped_run["run"], split="val")["metrics"]["n"] == 6
     with pytest.raises(DatasetError, match="could not be decoded"):
         evaluate(skipped_run["run"], split="train", skip_bad_images=False)
+
+
+def test_robustness_reuses_the_cards_skip_choice(skipped_run, tmp_path):
+    from leanvision.shift import robustness
+
+    record = robustness(skipped_run["run"], split="train", severities="1",
+                        families="brightness", out=tmp_path, console=recording())
+    assert record["n"] == 18
 
 
 def test_eval_asks_for_data_when_the_training_data_moved(skipped_run, tmp_path, monkeypatch):
@@ -127,3 +137,49 @@ def test_two_scores_of_one_weight_set_are_explained():
     assert chosen == {"epoch": 7, "weights": "ema", "val_top1": 0.933, "precision": "bf16"}
     assert "93.30% val in bf16" in note and "86.70% in fp32" in note
     assert chosen_on(result, hw, {"val": {"top1": 0.934, "n": 30}})[1] is None
+
+
+def _cli_json(*args: str) -> tuple[int, dict, str]:
+    from typer.testing import CliRunner
+
+    from leanvision.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--json"])
+    return result.exit_code, json.loads(result.stdout.strip().splitlines()[-1]), result.output
+
+
+def test_the_cli_names_flags_and_verbs_where_the_api_names_arguments(skipped_run, tmp_path,
+                                                                     monkeypatch):
+    code, line, output = _cli_json("train", str(skipped_run["data"]), "--model", "no_such_net",
+                                   "--out", str(tmp_path / "x"))
+    assert code == 2 and "leanvision models" in line["error"] and "list_models" not in output
+    run = shutil.copytree(skipped_run["run"], tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    code, line, _ = _cli_json("eval", str(run))
+    assert code == 2 and "pass where it is now as --data PATH" in line["error"]
+
+
+def test_the_whole_bad_file_list_in_json_and_in_a_named_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", per_class=6, size=8)
+    for i in range(12):
+        (data / "red" / f"broken{i:02d}.jpg").write_bytes(GARBAGE)
+    code, line, _ = _cli_json("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert code == 2 and line["kind"] == "DatasetError"
+    assert sorted(Path(b["file"]).name for b in line["bad_images"]) == \
+        [f"broken{i:02d}.jpg" for i in range(12)]
+    listed = Path(line["bad_images_list"])
+    assert f"all 12 are listed in {listed}" in line["error"]
+    assert len(listed.read_text().splitlines()) == 12
+    assert "Pass --skip-bad-images to train" in line["error"]
+
+
+def test_a_parse_error_with_json_prints_a_json_line(tmp_path):
+    for wrong in (["--no-such-flag"], ["--split"]):  # an unknown flag; a flag without its value
+        proc = subprocess.run([sys.executable, "-m", "leanvision", "eval", str(tmp_path),
+                               "--json", *wrong], capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert proc.returncode == 2, proc.stderr
+        line = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert line["ok"] is False and line["kind"] == "UsageError"
+        assert wrong[0] in line["error"] and line["error"] in proc.stderr

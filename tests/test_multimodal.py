@@ -192,7 +192,7 @@ def test_empty_text_and_missing_images_are_counted_never_silently_dropped(tmp_pa
     csv = make_csv(tmp_path / "data", per_class=8, empty_every=4)
     (tmp_path / "data" / "green7.png").unlink()
     with pytest.raises(DatasetError, match="1 of .* images could not be decoded.*"
-                                           "--skip-bad-images"):
+                                           "skip_bad_images=True"):
         lv.train(csv, tmp_path / "a", text_columns="title", **FAST)
     summary = lv.train(csv, tmp_path / "b", text_columns="title", empty_text="drop",
                        skip_bad_images=True, **dict(FAST, epochs=1))

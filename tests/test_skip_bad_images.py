@@ -171,4 +171,4 @@ def test_optimize_refuses_an_explicit_no_on_a_skipping_base(world, tmp_path):
     assert summary["trials"].get("complete", 0) == 0
     study = optuna.load_study(study_name=summary["study"], storage=summary["storage"])
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert failed and "--skip-bad-images to optimize" in failed[0].user_attrs["error"]
+    assert failed and "skip_bad_images=True to optimize" in failed[0].user_attrs["error"]

@@ -118,11 +118,12 @@ def with_data_location(card: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def _locate_data(card: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """config.data made to work from here: as given when it exists relative to this process's
-    folder, else found from the artifact folder (run from elsewhere, or moved together)."""
+    """config.data made to work from any folder: found from the artifact folder first (the
+    data the model was trained on, even where this folder holds another of the same name),
+    else as given (a card written before the relative path was kept)."""
     config, moved = card.get("config") or {}, card.get(DATA_FROM_ARTIFACT)
     spec = config.get("data")
-    if not _local_path(spec) or Path(spec).exists() or not moved:
+    if not _local_path(spec) or not moved:
         return card
     found = (folder / moved).resolve()
     return {**card, "config": {**config, "data": str(found)}} if found.exists() else card
@@ -137,6 +138,14 @@ def training_data(card: dict[str, Any]) -> str | None:
                            "from this folder and from the artifact's); pass where it is now as "
                            "data=PATH")
     return spec or None
+
+
+def skip_bad_choice(card: dict[str, Any], explicit: bool | None) -> bool:
+    """Whether a verb that reads data leaves out unreadable images: as asked, else as the
+    model's training did (so the data it trained on is accepted as it was then)."""
+    if explicit is not None:
+        return explicit
+    return bool(card.get("config", {}).get("skip_bad_images", False))
 
 
 def same_data(data: str | Path | None, card: dict[str, Any]) -> bool:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from .artifact import WEIGHTS_FILE, Artifact, load, same_data, training_data
+from .artifact import WEIGHTS_FILE, Artifact, load, same_data, skip_bad_choice, training_data
 from .data import ImageChecks, decode_images, decoding_for, load_data, normalize
 from .data.partition import cv_partitions, select_split
 from .data.sources import ImageRecords
@@ -119,8 +119,7 @@ def evaluate(artifact: str | Path | Artifact, data: str | Path | None = None, *,
     `skip_bad_images` None: leave out unreadable images when the model's training did."""
     check_tta(tta)
     art = artifact if isinstance(artifact, Artifact) else load(artifact)
-    if skip_bad_images is None:
-        skip_bad_images = bool(art.card.get("config", {}).get("skip_bad_images", False))
+    skip_bad_images = skip_bad_choice(art.card, skip_bad_images)
     kind_evaluate = kind_of(art.card).evaluate  # e.g. images with text: text read from the data
     if kind_evaluate is not None:
         return kind_evaluate(art, data, split=split, batch_size=batch_size,

@@ -5,7 +5,13 @@ of stdout. command.py holds the machinery; the verb modules register on its `app
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+
+try:
+    from typer._click.exceptions import ClickException  # typer 0.2x ships its own click
+except ImportError:  # pragma: no cover - typer on the click package
+    from click.exceptions import ClickException
 
 from . import command
 from .command import app
@@ -17,7 +23,17 @@ for _module in ("train", "multimodal", "models", "stages", "runtime"):
 
 def main() -> None:
     command.RUNNING = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
-    app()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    # With --json, a flag that does not parse also ends with a JSON line, as any failure does.
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as exc:
+        exc.show()
+        print(json.dumps({"ok": False, "error": exc.format_message(), "kind": "UsageError"}))
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..errors import LeanvisionError
+from ..errors import LeanvisionError, as_flags
 from ..setting import SharedOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,6 +31,9 @@ err_console = Console(stderr=True)
 RUNNING: str | None = None
 
 COMMON_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(SharedOptions)}
+# --skip-bad-images of a verb that reads data for a trained model (eval, robustness).
+SKIP_AS_TRAINED = ("Leave out images that cannot be decoded (default: as the model's training "
+                   "did).")
 # CLI types of parameters whose API annotation is a union the command line cannot parse.
 NAMED_TYPES = {"artifact": Path, "data": str, "out": Path, "resume": Path, "images": list[Path],
                "artifacts": list[Path], "paths": list[Path], "teacher": Path, "base": Path,
@@ -143,6 +146,13 @@ def verb(name: str, api: str, doc: str, options: Options | Callable[[], Options]
     app.command(name)(Command(name, api, doc, options, **how))
 
 
+def verb_of(function: str) -> str | None:
+    """The verb whose API function is `function` (list_models -> models), or None."""
+    return next((info.name for info in app.registered_commands
+                 if isinstance(info.callback, Command)
+                 and info.callback.api.rsplit(":", 1)[-1] == function), None)
+
+
 def _cli_type(annotation: str, key: str) -> Any:
     kinds = [part.strip() for part in annotation.split("|") if part.strip() != "None"]
     if len(kinds) == 1 and kinds[0] in SIMPLE_TYPES:
@@ -155,9 +165,12 @@ def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]
     try:
         result = call()
     except LeanvisionError as exc:
-        err_console.print(f"[bold red]{type(exc).__name__}:[/bold red] {exc}", highlight=False)
+        message = as_flags(str(exc), verb_of)  # the API's argument names, as this CLI's flags
+        err_console.print(f"[bold red]{type(exc).__name__}:[/bold red] {message}",
+                          highlight=False)
         if as_json:
-            print(json.dumps({"ok": False, "error": str(exc), "kind": type(exc).__name__}))
+            print(json.dumps({"ok": False, "error": message, "kind": type(exc).__name__,
+                              **getattr(exc, "details", {})}))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted; a training run continues with --resume RUN_FOLDER")

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from .command import Opt, err_console, fields_of, find, out_console, verb
+from .command import SKIP_AS_TRAINED, Opt, err_console, fields_of, find, out_console, verb
 
 TEXTS = Opt("Image + text models: the text of each image, in order (repeat; '' for none).",
             type=list[str], flag="--text")
@@ -34,7 +34,7 @@ DATA_TO_SCORE = "Data to score (default: the training data)."
 verb("eval", "evaluate:evaluate",
      "Measure accuracy, per-class metrics, calibration and cost on DATA.",
      {"artifact": ARTIFACT, "data": DATA_TO_SCORE, "split": "auto, train, val, test or all.",
-      "skip_bad_images": None, "device": None, "tta": None},
+      "skip_bad_images": SKIP_AS_TRAINED, "device": None, "tta": None},
      context=(), show=_printer("evaluate:print_evaluation"))
 
 verb("predict", "predict:predict",

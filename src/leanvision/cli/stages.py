@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .command import TRACKING, Opt, fields_of, find, out_console, verb
+from .command import SKIP_AS_TRAINED, TRACKING, Opt, fields_of, find, out_console, verb
 
 TRAIN, PRUNE = "training.config:TrainConfig", "compress.prune:PruneConfig"
 PRUNE_OPTIONS = "compress.prune:PruneOptions"
@@ -63,7 +63,7 @@ verb("robustness", "shift:robustness",
       "split": None, "severities": Opt(type=str), "families": Opt(type=str, default="all"),
       "runtime": None, "tta": None, "max_images": None, "batch_size": None, "seed": None,
       "out": "Folder for robustness.json (default: the artifact folder).",
-      "skip_bad_images": None, "device": None},
+      "skip_bad_images": SKIP_AS_TRAINED, "device": None},
      configs=("shift.robust_eval:RobustnessConfig",), context=("console", "progress"),
      show=lambda r: out_console.print(
          f"clean {100 * r['clean_top1']:.2f}%, mean corruption accuracy "

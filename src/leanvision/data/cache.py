@@ -61,7 +61,7 @@ class _Decoded:
 
 _memory: OrderedDict[str, _Decoded] = OrderedDict()
 _memory_lock = threading.Lock()
-# What the user is doing, for "Pass --skip-bad-images to <verb> without them": set by each verb's
+# What the user is doing, for "Pass skip_bad_images=True to <verb> without them": set by each verb's
 # API function (decoding_for), read wherever the scan happens to run, however deep.
 _verb: ContextVar[str | None] = ContextVar("leanvision_decoding_for", default=None)
 
@@ -139,16 +139,34 @@ def _apply_policy(entry: _Decoded, records: ImageRecords, skip_bad: bool,
     bad = [(records.describe(int(i)), r) for i, r in zip(entry.bad_index, entry.bad_reason,
                                                           strict=True)]
     if bad and (not skip_bad or len(entry.kept) == 0):
-        shown = "\n".join(f"  {name}: {reason}" for name, reason in bad[:_SHOW_BAD])
-        more = f"\n  ... and {len(bad) - _SHOW_BAD} more" if len(bad) > _SHOW_BAD else ""
+        listing, whole = _bad_listing(bad)
+        details = {"bad_images": [{"file": name, "reason": why} for name, why in bad],
+                   "bad_images_list": str(whole) if whole else None}
         if len(entry.kept) == 0:
             raise DatasetError(f"none of the {n} images could be decoded, so there is nothing "
-                               f"to train on; check the data path and files:\n{shown}{more}")
+                               f"to train on; check the data path and files:\n{listing}",
+                               details)
         raise DatasetError(f"{len(bad)} of {n} images could not be decoded. Pass "
-                           f"--skip-bad-images to {verb} without them, or fix or remove them:"
-                           f"\n{shown}{more}")
+                           f"skip_bad_images=True to {verb} without them, or fix or remove "
+                           f"them:\n{listing}", details)
     labels = torch.from_numpy(records.labels[entry.kept].astype(np.int64))
     return DecodedImages(entry.images, labels, entry.kept.copy(), bad)
+
+
+def _bad_listing(bad: list[tuple[str, str]]) -> tuple[str, Path | None]:
+    """The first files and reasons for the message; when there are more, the whole list goes to
+    a file (one "file<TAB>reason" line each, under the cache folder, named by its content) that
+    the message names."""
+    shown = "\n".join(f"  {name}: {reason}" for name, reason in bad[:_SHOW_BAD])
+    if len(bad) <= _SHOW_BAD:
+        return shown, None
+    text = "".join(f"{name}\t{reason}\n" for name, reason in bad)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    path = default_cache_dir().parent / "bad-images" / f"{digest}.tsv"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return (f"{shown}\n  ... and {len(bad) - _SHOW_BAD} more; all {len(bad)} are listed in "
+            f"{path}"), path
 
 
 def _remember(key: str, entry: _Decoded, budget: int) -> None:

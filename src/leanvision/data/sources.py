@@ -332,8 +332,8 @@ def _load_csv(path: Path, spec: str, text_columns: list[str] | None = None) -> D
         split_texts[split].append(tuple(cells[c].strip() for c in text_cols))
 
     if not per_split["train"]:
-        raise DatasetError(f"{spec} has no training rows; mark some rows split=train "
-                           "(or leave split empty)")
+        raise DatasetError(f"{spec} has no training rows; give some rows the split "
+                           "train (or leave split empty)")
     classes = sort_classes({label for _, label in per_split["train"]})
     _need_two_classes(classes, spec)
     index = {name: i for i, name in enumerate(classes)}

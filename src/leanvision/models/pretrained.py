@@ -52,7 +52,7 @@ def load_pretrained(model: nn.Module, name: str, source: bool | str | os.PathLik
                 raise ModelError(
                     f"no local pretrained weights for {name}; pass --pretrained PATH to a "
                     ".safetensors/.pth file, or download them once with timm outside leanvision "
-                    f"(timm.create_model({arch!r}, pretrained=True)) so they sit in the cache"
+                    f"(`timm.create_model({arch!r}, pretrained=True)`) so they sit in the cache"
                 )
             state, origin = read_state_dict(path), str(path)
     elif source is False or source is None:

@@ -120,7 +120,7 @@ def _check_name(name: str) -> str:
     hint = (
         f"; did you mean {', '.join(close)}?"
         if close
-        else "; see `leanvision.models.list_models()` for the names"
+        else "; see `leanvision.list_models()` for the names"
     )
     raise ModelError(f"unknown model {name!r}{hint}")
 

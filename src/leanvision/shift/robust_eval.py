@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .._version import __version__
-from ..artifact import Artifact
+from ..artifact import Artifact, skip_bad_choice
 from ..compress.stage import open_parent
 from ..data import ImageChecks, decode_images, decoding_for
 from ..errors import ConfigError
@@ -70,11 +70,13 @@ def robustness(artifact: str | Path | Artifact, data: str | Path | None = None, 
                severities: tuple[int, ...] | list[int] | str = (1, 3, 5),
                families: tuple[str, ...] | list[str] | str | None = None, seed: int = 0,
                max_images: int | None = None, batch_size: int = 256, runtime: str = "auto",
-               tta: str | None = None, device: str = "auto", skip_bad_images: bool = False,
-               progress: bool = False, console: Console | None = None) -> dict[str, Any]:
+               tta: str | None = None, device: str = "auto",
+               skip_bad_images: bool | None = None, progress: bool = False,
+               console: Console | None = None) -> dict[str, Any]:
     """Top-1 of ARTIFACT on DATA (default: the data its card names) clean and under every
     corruption family x severity; writes robustness.json into the artifact folder (or `out`)
-    and returns the same record. `families`: names or a comma list (default: all six)."""
+    and returns the same record. `families`: names or a comma list (default: all six).
+    `skip_bad_images` None: leave out unreadable images when the model's training did."""
     console = console or Console(stderr=True)
     cfg = RobustnessConfig(severities=severities, families=check_families(families),
                            split=split, seed=seed, max_images=max_images,
@@ -87,8 +89,8 @@ def robustness(artifact: str | Path | Artifact, data: str | Path | None = None, 
         pick = np.random.default_rng(cfg.seed).choice(len(records), cfg.max_images,
                                                       replace=False)
         records = records.subset(np.sort(pick))
-    decoded = decode_images(records, art.input_size, ImageChecks(), skip_bad=skip_bad_images,
-                            progress=progress)
+    decoded = decode_images(records, art.input_size, ImageChecks(),
+                            skip_bad=skip_bad_choice(art.card, skip_bad_images), progress=progress)
     images, labels = decoded.images, decoded.labels
     console.print(f"[bold]leanvision robustness[/bold] {art.path} on {data_spec} "
                   f"({split_name}, {len(labels)} images, {runtime_used}, TTA {tta_used}): "
