@@ -183,3 +183,14 @@ def test_a_parse_error_with_json_prints_a_json_line(tmp_path):
         line = json.loads(proc.stdout.strip().splitlines()[-1])
         assert line["ok"] is False and line["kind"] == "UsageError"
         assert wrong[0] in line["error"] and line["error"] in proc.stderr
+
+
+def test_an_image_under_two_labels_or_splits_is_said(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=4, size=8)
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}," for p in sorted(folder.rglob("*.png"))]
+    first = rows[0].split(",")[0]
+    rows += [f"{first},green,", f"{rows[1].split(',')[0]},{rows[1].split(',')[1]},test"]
+    (tmp_path / "items.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    warning = " ".join(load_data(tmp_path / "items.csv").warnings)
+    assert "2 images are listed with two labels or splits" in warning
+    assert "line 2: blue/train, line 14: green/train" in warning

@@ -347,11 +347,28 @@ def _load_csv(path: Path, spec: str, text_columns: list[str] | None = None) -> D
             records[split] = ImageRecords([p for p, _ in pairs],
                                           np.asarray([index[lb] for _, lb in pairs], np.int64),
                                           str(base), split_texts[split] if text_cols else None)
+    return DataSource(spec, classes, records["train"], records.get("val"), records.get("test"),
+                      [h.strip() for h in (rows[0][c] for c in text_cols)] or None,
+                      _csv_warnings(spec, repeats, seen))
+
+
+def _csv_warnings(spec: str, repeats: list[tuple[int, int]],
+                  seen: dict[tuple[str, str, str], int]) -> list[str]:
+    """What a CSV's rows say twice: the same row (used once), or the same image under two
+    labels or splits (kept as written: the user has to choose)."""
     warnings = [] if not repeats else [
         f"{spec}: {len(repeats)} rows repeat an earlier row and are used once (line "
         f"{repeats[0][0]} repeats line {repeats[0][1]}); delete them to silence this"]
-    return DataSource(spec, classes, records["train"], records.get("val"), records.get("test"),
-                      [h.strip() for h in (rows[0][c] for c in text_cols)] or None, warnings)
+    lines: dict[str, list[tuple[int, str, str]]] = {}
+    for (file, label, split), line in seen.items():
+        lines.setdefault(file, []).append((line, label, split))
+    twice = [sorted(rows) for rows in lines.values() if len(rows) > 1]
+    if twice:
+        (a, la, sa), (b, lb, sb) = twice[0][:2]
+        warnings.append(f"{spec}: {len(twice)} images are listed with two labels or splits "
+                        f"(line {a}: {la}/{sa}, line {b}: {lb}/{sb}); an image in two classes "
+                        "teaches both, one in two splits is scored on what it trained on")
+    return warnings
 
 
 def _text_columns(header: list[str], raw: list[str], wanted: list[str],
