@@ -266,7 +266,8 @@ def test_search_writes_results(searched) -> None:
     assert summary["met"] and summary["trials"]["complete"] == 1
     assert summary["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
     assert Path(summary["report"]) == out / "report.html"
-    assert "prune50-ptq-" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "prune50-ptq-" in page and "Bars: the 95% interval" in page  # paired, from pareto.json
     chosen = Path(summary["chosen"])
     assert sorted(p.name for p in chosen.iterdir()) == [
         "model.int8.onnx", "model.json", "model.onnx", "model.safetensors"]

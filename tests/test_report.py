@@ -217,3 +217,20 @@ def test_pareto_front_and_reliability_bins():
     assert bins["count"][8] == 1 and bins["accuracy"][8] == 0.0  # 0.9, wrong
     assert bins["count"][5] == 1 and bins["count"][6] == 1
     assert np.isnan(bins["confidence"][0])
+
+
+def test_paired_intervals_from_pareto_json_become_error_bars(runs, tmp_path):
+    pareto = tmp_path / "pareto.json"
+    pareto.write_text(json.dumps({"front": [{"artifact": str(runs["pruned"]), "paired": {
+        "drop_points": 1.0, "interval95_points": [-2.0, 5.0]}}], "chosen": None}))
+    result = report([runs["pruned"]], tmp_path / "out", measure=False, explain_images=0,
+                    pareto=pareto)
+    rows = {r["name"]: r for r in result["variants"]}
+    assert rows["pruned"]["paired"]["interval95_points"] == [-2.0, 5.0]
+    assert rows["base"]["paired"] is None
+    page = Path(result["path"]).read_text(encoding="utf-8")
+    assert "Bars: the 95% interval of each variant&#x27;s paired drop" in page
+    pareto.write_text("{")
+    with pytest.raises(ConfigError, match="pareto file .* could not be read"):
+        report([runs["pruned"]], tmp_path / "again", measure=False, pareto=pareto)
+    assert not (tmp_path / "again").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from leanvision.reports.labels import GID, text_box
 from leanvision.reports.names import describe
 from leanvision.reports.plots import draw_pareto
@@ -58,3 +60,11 @@ def test_pareto_point_labels_never_overlap_where_variants_cluster() -> None:
     # the key beside the charts names every number
     key = "\n".join(t.get_text() for ax in fig.axes for t in ax.texts if t.get_gid() != GID)
     assert all(f"{i}  variant {i}" in key for i in range(1, 14))
+
+
+def test_an_interval_is_drawn_as_an_error_bar() -> None:
+    fig = draw_pareto(["base", "pruned"], [0.99, 0.98], [("size (MB)", [2.0, 1.0])],
+                      "val top-1", errors=[None, (0.01, 0.02)])
+    (bar,) = fig.axes[0].containers
+    (segment,) = bar.lines[2][0].get_segments()
+    assert segment[:, 1].tolist() == pytest.approx([0.97, 1.0])  # 0.98 - 0.01 to + 0.02

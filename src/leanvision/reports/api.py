@@ -4,6 +4,7 @@ with Pareto charts, and a gallery of explanations with their drift from the pare
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ class ReportOptions:
     bench: Path | None = setting(None, "A bench.json from `leanvision bench` with the variants' "
                                  "speed.")
     measure: bool = setting(True, "Time variants with no bench figures.")
+    pareto: Path | None = setting(None, "A pareto.json from `leanvision optimize`: its paired "
+                                  "intervals become error bars in the Pareto charts.")
     explain_images: int = setting(4, "Images in the explanation gallery (0: none).")
     explain_method: str = setting("gradcam", "Method of the gallery's maps.")
 
@@ -68,6 +71,7 @@ class ReportOptions:
 def report(paths: str | os.PathLike | Sequence[str | os.PathLike],
            out: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None,
            bench: str | os.PathLike | None = None, measure: bool = True,
+           pareto: str | os.PathLike | None = None,
            explain_images: int = 4, explain_method: str = "gradcam",
            console: Console | None = None) -> dict[str, Any]:
     """Write one self-contained HTML report on the runs / artifacts in `paths` (and the parents
@@ -76,8 +80,10 @@ def report(paths: str | os.PathLike | Sequence[str | os.PathLike],
     `out`: an .html file, or a folder to hold report.html (default runs/report/<stamp>/).
     `data`: the dataset to recompute probabilities and draw gallery images from (default: the
     data each card names). `bench`: a bench.json whose timings fill the variants table; without
-    it the variants are timed briefly when `measure` is true. Returns {"path", "sections",
-    "variants"}; a missing ingredient becomes a note on the page, never an error."""
+    it the variants are timed briefly when `measure` is true. `pareto`: optimize's
+    pareto.json, whose paired comparisons with the base draw error bars. Returns {"path",
+    "sections", "variants"}; a missing ingredient becomes a note on the page, never an
+    error."""
     console = console or Console(stderr=True)
     if explain_images < 0:
         raise ConfigError(f"--explain-images must be >= 0, got {explain_images}")
@@ -99,6 +105,7 @@ def report(paths: str | os.PathLike | Sequence[str | os.PathLike],
                 console.print(f"report: scoring {v.name}")
                 evaluations[v.name] = _evaluate(v, data, explain_images)
         rows = variant_rows(variants, speed)
+        add_intervals(rows, pareto)
         sections = [
             _variants_section(rows, variants, speed_note),
             _training_section(variants),
@@ -240,12 +247,15 @@ def _variants_section(rows: list[dict[str, Any]], variants: list[Variant],
     axes.append(("size (MB)", [r["size_bytes"] / 1e6 if r["size_bytes"] else None
                                for r in rows]))
     if any(r["accuracy"] is not None for r in rows):
+        bars = _error_bars(rows, split)
         png = plots.pareto_charts([r["label"] for r in rows], [r["accuracy"] for r in rows],
-                                  axes, f"{split} top-1")
+                                  axes, f"{split} top-1", bars)
         parts.append('<div id="pareto">' + html.image(
             png, "Pareto charts: accuracy against latency and size",
             "Red, filled: Pareto-optimal (no other variant is both as cheap and as accurate). "
             "Numbers: the rows of the table, named in the key."
+            + (" Bars: the 95% interval of each variant's paired drop against the base, on "
+               "the same validation images." if any(bars) else "")
         ) + "</div>")
     else:
         parts.append(html.note(f"No Pareto chart: no variant records a {split} accuracy."))
@@ -255,6 +265,43 @@ def _variants_section(rows: list[dict[str, Any]], variants: list[Variant],
         parts.append(html.note(f"{v.label}: its parent {v.card['parent']} is not on disk, so "
                                "it is not compared."))
     return html.Section("variants", "Variants", "".join(parts))
+
+
+def add_intervals(rows: list[dict[str, Any]], pareto: str | os.PathLike | None) -> None:
+    """Each row's paired comparison with the base from optimize's pareto.json ("paired": the
+    drop and its 95% interval in points, on the validation images), where it has one."""
+    if pareto is None:
+        return
+    path = Path(pareto)
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        entries = [*found["front"], found.get("chosen") or {}]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"pareto file '{pareto}' could not be read ({exc}); pass the "
+                          "pareto.json that `leanvision optimize` wrote") from None
+    paired = {}
+    for e in entries:
+        if isinstance(e.get("paired"), dict) and e.get("artifact"):
+            folder = Path(e["artifact"])
+            for where in (folder, path.parent / "stages" / folder.name, path.parent / folder):
+                paired.setdefault(where.resolve(), e["paired"])
+    for r in rows:
+        r["paired"] = paired.get(Path(r["path"]).resolve())
+
+
+def _error_bars(rows: list[dict[str, Any]], split: str) -> list[tuple[float, float] | None]:
+    """How far each row's bar reaches below and above its accuracy: the 95% interval of its
+    paired drop against the base (scored on validation, so none for a test-split chart)."""
+    bars = []
+    for r in rows:
+        paired = r.get("paired") or {}
+        interval, drop = paired.get("interval95_points"), paired.get("drop_points")
+        if split != "val" or not interval or drop is None:
+            bars.append(None)
+            continue
+        low, high = sorted(interval)
+        bars.append((max(0.0, high - drop) / 100, max(0.0, drop - low) / 100))
+    return bars
 
 
 # Why a column of the variants table can be empty for every variant (it is then left out).

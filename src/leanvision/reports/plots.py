@@ -131,17 +131,20 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def pareto_charts(names: list[str], accuracy: list[float | None],
-                  axes: list[tuple[str, list[float | None]]], accuracy_label: str) -> bytes:
+                  axes: list[tuple[str, list[float | None]]], accuracy_label: str,
+                  errors: list[tuple[float, float] | None] | None = None) -> bytes:
     """One chart per cost axis (latency, size): accuracy against cost, the Pareto-optimal
     variants filled in red and joined by the front's staircase; each point carries its
     variant's number, and the key beside the charts names them (see draw_pareto)."""
-    return _png(draw_pareto(names, accuracy, axes, accuracy_label), layout=False)
+    return _png(draw_pareto(names, accuracy, axes, accuracy_label, errors), layout=False)
 
 
 def draw_pareto(names: list[str], accuracy: list[float | None],
-                axes: list[tuple[str, list[float | None]]], accuracy_label: str):
+                axes: list[tuple[str, list[float | None]]], accuracy_label: str,
+                errors: list[tuple[float, float] | None] | None = None):
     """The figure of pareto_charts, laid out, its point labels placed (labels.py: no two
-    overlap, wherever the variants cluster)."""
+    overlap, wherever the variants cluster). `errors`: per variant None or how far its error
+    bar reaches below and above its accuracy."""
     from .labels import place_labels
 
     rows = max(len(names), 8)
@@ -156,6 +159,10 @@ def draw_pareto(names: list[str], accuracy: list[float | None],
         for (x, y), on_front in zip(points, front, strict=True):
             ax.scatter([x], [y], s=50, zorder=3, color=FRONT_COLOUR if on_front else "white",
                        edgecolors=FRONT_COLOUR if on_front else OTHER_COLOUR, linewidths=1.5)
+        for (x, y), i in zip(points, keep, strict=True):
+            if errors and errors[i] is not None:
+                ax.errorbar([x], [y], yerr=[[errors[i][0]], [errors[i][1]]], fmt="none",
+                            ecolor=OTHER_COLOUR, elinewidth=1, capsize=3, zorder=2)
         staircase = sorted(p for p, f in zip(points, front, strict=True) if f)
         if len(staircase) > 1:
             ax.step([p[0] for p in staircase], [p[1] for p in staircase], where="post",

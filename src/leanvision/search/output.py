@@ -73,13 +73,13 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     chosen_dir = write_chosen(choice, ctx, reference) if choice.chosen else None
     shown = front + ([choice.chosen] if choice.chosen and choice.chosen not in front else [])
     bench_path = write_bench(shown, ctx, reference)
-    report_path = write_report(shown, ctx, bench_path, data, explain_images, console)
     entries = [entry(c, ctx, reference, c is choice.chosen) for c in front]
     pareto_path = write_json(out / "pareto.json", {
         "front": entries, "chosen": entry(choice.chosen, ctx, reference, True)
         if choice.chosen else None, "met": choice.met, "statement": choice.statement,
         "retimed": retimed, "base": reference, "constraints": ctx.constraints.to_dict(),
         "decision": decision_record(candidates, ctx.constraints)})
+    report_path = write_report(shown, ctx, bench_path, pareto_path, data, explain_images, console)
 
     skipped = left_out(trials, ctx)
     if skipped["line"]:
@@ -227,15 +227,17 @@ def write_bench(shown: list[Candidate], ctx: SearchContext,
     return write_json(ctx.out / "bench.json", {"results": rows, "settings": settings})
 
 
-def write_report(shown: list[Candidate], ctx: SearchContext, bench_path: Path, data: str,
-                 explain_images: int, console: Console) -> Path | None:
+def write_report(shown: list[Candidate], ctx: SearchContext, bench_path: Path,
+                 pareto_path: Path, data: str, explain_images: int,
+                 console: Console) -> Path | None:
     from ..reports import report
 
     folders = list(dict.fromkeys(c.artifact for c in shown)) or [str(ctx.base)]
     console.print(f"report: {len(folders)} artifact(s) of the Pareto front")
     try:
         result = report(folders, ctx.out / "report.html", data=data, bench=bench_path,
-                        measure=False, explain_images=explain_images, console=QUIET)
+                        pareto=pareto_path, measure=False, explain_images=explain_images,
+                        console=QUIET)
     except LeanvisionError as exc:  # the search results stand without the page
         console.print(f"[yellow]the report could not be written: {exc}[/yellow]")
         return None
