@@ -294,7 +294,7 @@ def test_search_writes_results(searched) -> None:
     decision = pareto["decision"]
     assert (decision["accept"], decision["rule_applied"]) == ("likely", "point")
     assert decision["validation_images"] == paired["images"]
-    assert decision["compared"] == decision["candidates"] == 2  # both trials, compared
+    assert decision["compared"] == decision["candidates"] == 1  # the one trial, compared
     assert pareto["base"]["runtime"] == "torch" and front["vs_base_torch"]["speedup_b1"] > 0
     bench_rows = json.loads((out / "bench.json").read_text())["results"]
     assert {r["runtime"] for r in bench_rows} == {"onnx-int8", "torch"}
