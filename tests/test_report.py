@@ -171,7 +171,7 @@ def test_missing_data_and_a_run_without_artifact_become_notes(runs, tmp_path):
     result = report([moved, unfinished], tmp_path / "out", measure=False, explain_images=2)
     page = Path(result["path"]).read_text(encoding="utf-8")
     assert [r["name"] for r in result["variants"]] == ["moved"]
-    assert "Calibration not available" in page and "does not exist" in page
+    assert "Calibration not available" in page and "is not there" in page
     assert "No gallery: it needs images" in page
     assert "Confusion matrix from the card" in page  # what the card holds is still shown
     assert "unfinished · run (no artifact) · 2 epoch(s)" in page

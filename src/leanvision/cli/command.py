@@ -157,7 +157,11 @@ def _cli_type(annotation: str, key: str) -> Any:
     kinds = [part.strip() for part in annotation.split("|") if part.strip() != "None"]
     if len(kinds) == 1 and kinds[0] in SIMPLE_TYPES:
         return SIMPLE_TYPES[kinds[0]]
-    return NAMED_TYPES[key]  # a KeyError here: give the option an Opt(type=...)
+    if key in NAMED_TYPES:
+        return NAMED_TYPES[key]
+    if any(kind in ("Path", "os.PathLike") for kind in kinds):  # str | PathLike is a path
+        return Path
+    raise KeyError(f"{key}: {annotation}; give the option an Opt(type=...)")
 
 
 def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]) -> Any:
