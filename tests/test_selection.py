@@ -79,7 +79,9 @@ def test_run_keeps_a_clearly_better_earlier_epoch(tiny_folder, tmp_path, monkeyp
     _scripted_validation(monkeypatch, [0.9, 0.1, 0.2, 0.1])
     out = tmp_path / "run"
     summary = lv.train(tiny_folder, out, **FAST)
-    assert summary["training"]["best_epoch"] == 1 and summary["training"]["selection"] == []
+    # no selection rule overrode epoch 1; the only note may be the scripted score's precision
+    rules = [s for s in summary["training"]["selection"] if "while training and" not in s]
+    assert summary["training"]["best_epoch"] == 1 and rules == []
     kept = load_file(out / "model.safetensors")
     final = _final_weights(out)
     assert not all(torch.equal(kept[k], final[k]) for k in kept)
