@@ -24,7 +24,7 @@ from ..io import append_jsonl
 from . import distributed
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .epoch_scoring import cpu_state, prefer_final, quick_validate, val_prefix
+from .epoch_scoring import cpu_state, final_or_best, quick_validate, val_predictions, val_prefix
 from .lookahead import Lookahead
 from .optim import LRController, build_optimizer
 from .report import epoch_status
@@ -197,7 +197,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 stopped = (f"early stop: validation top-1 did not improve for {cfg.early_stop} "
                            f"epochs (best {run.best['top1']:.4f} at epoch {run.best['epoch']})")
                 break
-    return _result(run, stopped, inputs, cfg, run.candidates() if scored else {})
+    return _result(run, stopped, inputs, cfg, hw, run.candidates() if scored else {})
 
 
 def _batches(inputs: FitInputs, cfg: TrainConfig, hw: Hardware,
@@ -356,13 +356,17 @@ def _score_epoch(run: _Run, record: dict[str, Any], inputs: FitInputs, cfg: Trai
 
 
 def _result(run: _Run, stopped: str | None, inputs: FitInputs, cfg: TrainConfig,
-            candidates: dict[str, torch.nn.Module]) -> FitResult:
+            hw: Hardware, candidates: dict[str, torch.nn.Module]) -> FitResult:
     if run.best_state is None:
         raise_diverged(stopped, cfg)
     best, best_state, notes = run.best, run.best_state, []
     if inputs.val is not None and run.history and stopped is None:
-        best, best_state, note = prefer_final(best, best_state, run.history[-1],
-                                              len(inputs.val), candidates)
+        def predict(net: torch.nn.Module):
+            return val_predictions(net, inputs.val, inputs.mean, inputs.std, hw, tta=cfg.tta,
+                                   extra=inputs.val_extra)
+
+        best, best_state, note = final_or_best(best, best_state, run.history[-1], candidates,
+                                               predict, inputs.val.labels.cpu().numpy())
         notes += [note] if note else []
     return FitResult(best_state=best_state, best_epoch=best["epoch"], best_source=best["source"],
                      best_val_top1=best["top1"] if best["top1"] >= 0 else None,

@@ -131,14 +131,25 @@ def top_accuracy(split: SplitNet, cached: torch.Tensor, labels: torch.Tensor,
     return loss / n, correct / n
 
 
+@torch.no_grad()
+def top_predictions(top: torch.nn.Module, cached: torch.Tensor, hw: Hardware):
+    """The top's predicted class for each cached activation (prefer_final's comparison)."""
+    top.eval()
+    predicted = []
+    for start in range(0, len(cached), 256):
+        with hw.autocast():
+            predicted.append(top(cached[start:start + 256].to(hw.device).float()).argmax(1))
+    return torch.cat(predicted).cpu().numpy()
+
+
 def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConfig,
               hw: Hardware, out: Path, *, class_weights: torch.Tensor | None,
               progress: Callable[[int, dict], None], probe_val_top1: float | None = None,
               budget_s: float | None = None) -> tuple[FitResult, dict[str, Any]]:
     """Fine-tune the top on cached activations (views drawn at random, maps shifted).
 
-    The probe is epoch 0: when fine-tuning ends below it on validation by more than the split's
-    noise, the probe's weights are kept (the final-epoch rule of `prefer_final`)."""
+    The probe is epoch 0: when fine-tuning ends surely below it on validation (the paired
+    comparison of `prefer_final`), the probe's weights are kept."""
     top = split.top.to(hw.device)
     n = len(train.labels)
     batch = min(cfg.batch_size, n)
@@ -180,13 +191,12 @@ def train_top(split: SplitNet, train: Cached, val: Cached | None, cfg: TrainConf
             break
     notes: list[str] = []
     if val is not None and history and stopped is None:
-        best, best_state, note = prefer_final(best, best_state, history[-1], len(val.labels),
-                                              {"model": top})
+        best, best_state, note = prefer_final(
+            best, best_state, history[-1], {"model": top},
+            lambda net: top_predictions(net, val.views[0], hw), val.labels.cpu().numpy())
+        if note and best["epoch"] == 0:  # epoch 0 is the probe
+            note = note.replace("kept epoch 0's weights", "kept the linear probe's weights")
         notes += [note] if note else []
-        if best["epoch"] == 0:
-            notes.append(f"kept the linear probe's weights ({best['top1']:.2%} val): "
-                         f"fine-tuning ended at {history[-1]['val_top1']:.2%}, below it by more "
-                         "than the validation noise")
     top.load_state_dict(best_state)
     result = FitResult(best_state={}, best_epoch=best["epoch"], best_source="model",
                        best_val_top1=best["top1"] if best["top1"] >= 0 else None,
