@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from protocol import Run, interleave, ratio, revision, spread, start_run
 from rich.console import Console
 from rich.table import Table
 
 import leanvision
 from leanvision.hardware import describe_machine
 from leanvision.io import write_json
+
+__all__ = ["Run", "interleave", "ratio", "spread", "start_run"]  # the protocol, re-exported
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -148,46 +151,58 @@ def _own_cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                             capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
+def git_revision() -> str:
+    """The tree as it is now: 'abc1234', or 'abc1234+dirty:<diff hash>' (protocol.revision)."""
+    return revision(REPO).label
+
+
+def begin(caveats: list[str] | None = None) -> Run:
+    """start_run() for this repository: call first thing in main()."""
+    run = start_run(REPO, caveats)
+    if run.revision.dirty:
+        console.print(f"[bold yellow]bench: the tree has uncommitted changes "
+                      f"({', '.join(run.revision.changed[:6])}); the result will say "
+                      f"{run.revision.label}[/bold yellow]", highlight=False)
+    return run
 
 
 def result_record(name: str, figures: dict[str, Any], config: dict[str, Any],
-                  revision: str | None = None) -> dict[str, Any]:
-    """`revision`: git_revision() taken when the run started (the code that was measured);
-    without it, the tree as it is when the record is written."""
-    return {
+                  revision: str | Run | None = None) -> dict[str, Any]:
+    """`revision`: the Run from begin() (or a git_revision() string) taken when the run started,
+    the code that was measured; without it, the tree as it is when the record is written."""
+    record = {
         "benchmark": name,
         "figures": figures,
         "config": config,
         "leanvision": leanvision.__version__,
-        "git": revision or git_revision(),
+        "git": revision.revision.label if isinstance(revision, Run) else
+        revision or git_revision(),
         "time_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "hardware": describe_machine(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+    if isinstance(revision, Run):
+        record.update(revision.as_json())
+    return record
 
 
 def write_result(name: str, record: dict[str, Any]) -> Path:
     path = write_json(RESULTS / f"{name}.json", record)
-    console.print(f"wrote {path.relative_to(REPO)}")
+    console.print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    table = Table(title=title)
+def print_table(title: str, columns: list[str], rows: list[list[Any]],
+                run: Run | None = None) -> None:
+    """With `run`: the title says when the tree was dirty; the revision and caveats go under it."""
+    table = Table(title=run.title(title) if run else title)
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     console.print(table)
+    if run:  # under the table, not as its caption: a narrow table would wrap every line
+        console.print(run.footer(), highlight=False, markup=False, soft_wrap=True)
 
 
 def _cell(value: Any) -> str:

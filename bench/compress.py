@@ -9,6 +9,12 @@
 - qat:     INT8 (ONNX Runtime QDQ) test top-1 within 0.5 point of FP32, beside plain
            post-training quantisation of the same base for contrast.
 
+Speeds follow the protocol (bench/protocol.py): the models compared are timed in --repeats
+interleaved rounds (median, min-max, every repeat; speed-ups paired round by round). One run
+writes one file: a run of some stages (--only) writes compress-<stages>.json unless --name says
+otherwise, and `--only speed` writes <name>-retimed.json with its own revision instead of
+editing the run it re-times.
+
 The base resnet20 is trained first (standard recipe, 10% of the training images held out for
 validation; the test split never steers anything) unless --base names one. Writes
 bench/results/compress.json and prints one table per stage."""
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ import torch
 from common import (
     RESULTS,
     CpuShare,
+    Run,
+    begin,
     cifar10,
     console,
     print_table,
@@ -34,6 +41,7 @@ from common import (
     subset,
     write_result,
 )
+from timing import TimingSettings, speedup, time_artifacts
 
 import leanvision
 
@@ -42,6 +50,7 @@ WORK = Path("/tmp/leanvision-bench/compress")
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     root = cifar10()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -53,51 +62,51 @@ def main() -> None:
                                         "val_top1": base_card["metrics"]["val"]["top1"]}}
     stages = args.only.split(",")
     if stages == ["speed"]:
-        return retime(base, work, args)
+        return retime(base, work, args, run)
+    if args.distill_per_class:
+        run.caveat(f"distillation on {args.distill_per_class} training images per class")
     if "prune" in stages:
-        figures["prune"] = bench_prune(root, base, work / "pruned", args)
+        figures["prune"] = bench_prune(root, base, work / "pruned", args, run)
     if "distill" in stages:
-        figures["distill"] = bench_distill(root, base, work, args)
+        figures["distill"] = bench_distill(root, base, work, args, run)
     if "recover" in stages:
-        figures["recover"] = bench_recover(root, base, work, args)
+        figures["recover"] = bench_recover(root, base, work, args, run)
     if "qat" in stages:
-        figures["qat"] = bench_qat(root, base, work / "qat", args)
+        figures["qat"] = bench_qat(root, base, work / "qat", args, run)
     figures["seconds"] = round(time.perf_counter() - started, 1)
-    write_result(args.name, merged(args.name, result_record("compress", figures, vars(args))))
+    name = args.name or ("compress" if set(stages) >= set(ALL_STAGES)
+                         else "compress-" + "-".join(stages))
+    write_result(name, result_record("compress", figures, vars(args), run))
 
 
-def merged(name: str, record: dict[str, Any]) -> dict[str, Any]:
-    """A run of some stages (--only) keeps the other stages' figures of an earlier run, each
-    with the configuration and time of the run that made it."""
-    path = RESULTS / f"{name}.json"
-    if not path.is_file():
-        return record
-    old = json.loads(path.read_text())
-    stamp = {k: old.get(k) for k in ("config", "git", "time_utc", "command")}
-    figures = {k: {**v, "from_run": stamp} if isinstance(v, dict) and k != "base" else v
-               for k, v in old.get("figures", {}).items() if k not in record["figures"]}
-    record["figures"] = {**figures, **record["figures"]}
-    return record
+ALL_STAGES = ("prune", "recover", "qat", "distill")
 
 
-def retime(base: Path, work: Path, args) -> None:
+def retime(base: Path, work: Path, args, run: Run) -> None:
     """Only the timings, again, on the artifacts a full run left in --work: for a quiet machine
-    after a run whose timings were disturbed (their cpu_share_of_others says so)."""
-    path = RESULTS / f"{args.name}.json"
-    record = json.loads(path.read_text())
-    figures = record["figures"]
-    if "prune" in figures:
-        timed = measure([base, work / "pruned"], ["torch", "onnx-fp32"], args.threads)
-        figures["prune"]["speed"] = {"base": timed[base.name], "pruned": timed["pruned"],
-                                     "cpu_share_of_others": timed["cpu_share_of_others"],
-                                     "threads": args.threads, "retimed": True}
-    if "qat" in figures:
-        qat = work / "qat"
-        timed = measure([qat], ["onnx-fp32", "onnx-int8"], args.threads)
-        figures["qat"]["onnx_speed"] = {**timed[qat.name], "retimed": True,
-                                        "cpu_share_of_others": timed["cpu_share_of_others"]}
-    record["retimed_utc"] = result_record("compress", {}, {})["time_utc"]
-    write_result(args.name, record)
+    after a run whose timings were disturbed (their cpu_share_of_others says so). Written to
+    <name>-retimed.json with this run's own revision; the run it re-times is left as it was."""
+    name = args.name or "compress"
+    source = json.loads((RESULTS / f"{name}.json").read_text())
+    figures: dict[str, Any] = {"retimes": {"file": f"{name}.json", "git": source.get("git"),
+                                           "time_utc": source.get("time_utc")}}
+    if "prune" in source["figures"]:
+        figures["prune_speed"] = prune_speed(base, work / "pruned", args)
+    if "qat" in source["figures"]:
+        figures["qat_onnx_speed"] = measure([work / "qat"], ["onnx-fp32", "onnx-int8"], args)
+    write_result(f"{name}-retimed", result_record("compress", figures, vars(args), run))
+
+
+def prune_speed(base: Path, pruned: Path, args) -> dict[str, Any]:
+    timed = measure([base, pruned], ["torch", "onnx-fp32"], args)
+    speed = {"base": timed[base.name], "pruned": timed[pruned.name],
+             "cpu_share_of_others": timed["cpu_share_of_others"], "threads": args.threads}
+    speed["pruned_vs_base"] = {rt: {"b1": speedup(timed["paired"], f"{pruned.name}/{rt}",
+                                                  f"{base.name}/{rt}"),
+                                    "b32": speedup(timed["paired"], f"{pruned.name}/{rt}",
+                                                   f"{base.name}/{rt}", "b32_img_s")}
+                               for rt in ("torch", "onnx-fp32")}
+    return speed
 
 
 def train_base(root: Path, out: Path, epochs: int) -> Path:
@@ -108,7 +117,7 @@ def train_base(root: Path, out: Path, epochs: int) -> Path:
     return out
 
 
-def bench_prune(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
+def bench_prune(root: Path, base: Path, out: Path, args, run: Run) -> dict[str, Any]:
     t0 = time.perf_counter()
     if (out / "model.json").is_file():  # an interrupted run's finished stage: measure it again
         console.print(f"reusing the pruned artifact at {out}")
@@ -120,9 +129,7 @@ def bench_prune(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
                                    progress=False)
     seconds = summary["pruning"].get("seconds", time.perf_counter() - t0)
     parent, pruned = leanvision.load(base), leanvision.load(out)
-    timed = measure([base, out], ["torch", "onnx-fp32"], args.threads)
-    speed = {"base": timed[base.name], "pruned": timed[out.name],
-             "cpu_share_of_others": timed["cpu_share_of_others"], "threads": args.threads}
+    speed = prune_speed(base, out, args)
     record = summary["pruning"]
     result = {
         "flops_fraction": record["flops_fraction"], "params_fraction": record["params_fraction"],
@@ -132,16 +139,23 @@ def bench_prune(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
     }
     result["test_drop_points"] = 100 * (result["base_test_top1"] - result["pruned_test_top1"])
     rows = [[name, art.card["metrics"]["test"]["top1"], art.card["metrics"]["flops"] / 1e6,
-             art.card["metrics"]["params"], speed[name]["torch"]["b1_p50_ms"],
-             speed[name]["torch"]["b32_img_s"], speed[name]["onnx-fp32"]["b1_p50_ms"],
-             speed[name]["onnx-fp32"]["b32_img_s"]]
+             art.card["metrics"]["params"], speed[name]["torch"]["b1_ms"]["median"],
+             speed[name]["torch"]["b32_img_s"]["median"],
+             speed[name]["onnx-fp32"]["b1_ms"]["median"],
+             speed[name]["onnx-fp32"]["b32_img_s"]["median"]]
             for name, art in (("base", parent), ("pruned", pruned))]
-    print_table("prune: resnet20, 50% of the FLOPs removed", ["model", "test top-1", "MFLOPs",
-                "params", "torch b1 ms", "torch b32 img/s", "ORT b1 ms", "ORT b32 img/s"], rows)
+    gain = speed["pruned_vs_base"]
+    rows.append(["pruned / base (min-max)", None, None, None] + [
+        f"{g['median']:.2f}x ({g['min']:.2f}-{g['max']:.2f})"
+        for rt in ("torch", "onnx-fp32") for g in (gain[rt]["b1"], gain[rt]["b32"])])
+    print_table(f"prune: resnet20, 50% of the FLOPs removed (speed: median of {args.repeats} "
+                "interleaved rounds)", ["model", "test top-1", "MFLOPs", "params",
+                                        "torch b1 ms", "torch b32 img/s", "ORT b1 ms",
+                                        "ORT b32 img/s"], rows, run=run)
     return result
 
 
-def bench_recover(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
+def bench_recover(root: Path, base: Path, work: Path, args, run: Run) -> dict[str, Any]:
     """Prune, then distill to recover: the pruned network as the student of its own parent."""
     pruned = work / "pruned"
     t0 = time.perf_counter()
@@ -156,14 +170,14 @@ def bench_recover(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
                 [["base", base_top1, None], ["pruned (fine-tuned)", pruned_top1,
                                              100 * (base_top1 - pruned_top1)],
                  [f"pruned + KD ({args.recover_epochs} epochs)", top1,
-                  100 * (base_top1 - top1)]])
+                  100 * (base_top1 - top1)]], run=run)
     return {"epochs": args.recover_epochs, "test_top1": top1,
             "drop_points": 100 * (base_top1 - top1),
             "flops_fraction": summary["metrics"]["flops"] / leanvision.load(base).card[
                 "metrics"]["flops"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def bench_distill(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
+def bench_distill(root: Path, base: Path, work: Path, args, run: Run) -> dict[str, Any]:
     if args.distill_per_class:  # the first N training images of each class, all test images
         root = subset(root, args.distill_per_class, include_test=True)
     common = dict(epochs=args.distill_epochs, progress=False, seed=0)
@@ -189,13 +203,14 @@ def bench_distill(root: Path, base: Path, work: Path, args) -> dict[str, Any]:
             for name, run in runs.items()]
     print_table(f"distill: {args.student} student, resnet20 teacher (test top-1 {teacher:.4f}), "
                 f"{args.distill_epochs} epochs each", ["student", "test top-1",
-                                                       "gain (points)", "seconds"], rows)
+                                                       "gain (points)", "seconds"], rows,
+                run=run)
     return {"student": args.student, "teacher_test_top1": teacher, "runs": runs,
             "epochs": args.distill_epochs, "data": str(root),
             "train_images_per_class": args.distill_per_class or "all"}
 
 
-def bench_qat(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
+def bench_qat(root: Path, base: Path, out: Path, args, run: Run) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = leanvision.quantize(base, root, out, method="qat", epochs=args.qat_epochs,
                                   progress=False)
@@ -206,15 +221,18 @@ def bench_qat(root: Path, base: Path, out: Path, args) -> dict[str, Any]:
            "files": summary["quantization"]["files"]}
     qat["drop_points"] = 100 * (qat["fp32_test_top1"] - qat["int8_test_top1"])
     ptq = post_training_only(root, base, out.parent / "ptq")
-    timed = measure([out], ["onnx-fp32", "onnx-int8"], args.threads)
-    speed = {**timed[out.name], "cpu_share_of_others": timed["cpu_share_of_others"]}
+    speed = measure([out], ["onnx-fp32", "onnx-int8"], args)
+    speed["int8_vs_fp32"] = {key: speedup(speed["paired"], f"{out.name}/onnx-int8",
+                                          f"{out.name}/onnx-fp32", key)
+                             for key in ("b1_ms", "b32_img_s")}
     qat["int8_drop_vs_base_points"] = 100 * (ptq["fp32_test_top1"] - qat["int8_test_top1"])
     rows = [["base fp32 (PyTorch)", ptq["fp32_test_top1"], None, None],
             ["PTQ only, ORT int8", ptq["int8_test_top1"], ptq["drop_points"], None],
             ["QAT fp32 weights", qat["fp32_test_top1"], None, None],
             ["QAT, ORT int8", qat["int8_test_top1"], qat["drop_points"], qat["seconds"]]]
     print_table("quantize: resnet20, INT8 QDQ (uint8 activations, int8 per-channel weights)",
-                ["model", "test top-1", "drop vs its fp32 (points)", "seconds"], rows)
+                ["model", "test top-1", "drop vs its fp32 (points)", "seconds"], rows,
+                run=run)
     return {"qat": qat, "ptq_only": ptq, "onnx_speed": speed}
 
 
@@ -228,21 +246,21 @@ def post_training_only(root: Path, base: Path, out: Path) -> dict[str, Any]:
             "fp32_nodes": summary.get("quantization", {}).get("fp32_nodes", [])}
 
 
-def measure(artifacts: list[Path], runtimes: list[str], threads: int) -> dict[str, Any]:
-    """leanvision's own `bench` (batch-1 latency percentiles, batch-32 throughput) per artifact
-    and runtime, exporting ONNX first where the artifact has none; with the CPU share others
-    used meanwhile, since a timing is only as good as the machine is quiet."""
+def measure(artifacts: list[Path], runtimes: list[str], args) -> dict[str, Any]:
+    """Batch-1 latency and batch-32 throughput per artifact and runtime, all in the same
+    interleaved rounds (bench/timing.py), exporting ONNX first where the artifact has none;
+    with the CPU share others used meanwhile, since a timing is only as good as the machine
+    is quiet. {artifact name: {runtime: {"b1_ms", "b32_img_s"}}, "paired": every timing}."""
     for folder in artifacts:
         if "onnx-fp32" in runtimes and not (folder / "model.onnx").is_file():
             leanvision.export(folder)
-    with CpuShare() as share, tempfile.TemporaryDirectory() as tmp:
-        report = leanvision.bench(artifacts, runtimes=runtimes, batch=32, threads=threads,
-                                  warmup=20, iterations=200, out=Path(tmp))
-    speed: dict[str, Any] = {"cpu_share_of_others": round(share.others, 3), "threads": threads}
-    for row in report["results"]:
-        speed.setdefault(Path(row["artifact"]).name, {})[row["runtime"]] = {
-            "b1_p50_ms": row["latency_ms"]["p50"], "b1_p90_ms": row["latency_ms"]["p90"],
-            "b32_img_s": row["throughput"]["images_per_s"]}
+    pairs = {f"{folder.name}/{rt}": (folder, rt) for folder in artifacts for rt in runtimes}
+    with CpuShare() as share:
+        timed = time_artifacts(pairs, args.threads, TimingSettings(repeats=args.repeats))
+    speed: dict[str, Any] = {"cpu_share_of_others": round(share.others, 3),
+                             "threads": args.threads, "paired": timed}
+    for name, (folder, rt) in pairs.items():
+        speed.setdefault(folder.name, {})[rt] = timed[name]
     return speed
 
 
@@ -263,10 +281,13 @@ def parse_args() -> argparse.Namespace:
                    "the teacher is the base, trained on all of them")
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="threads for timing runs")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved timing rounds (the protocol's minimum is 5)")
     p.add_argument("--only", default="prune,recover,qat,distill",
                    help="stages to run; 'speed' only re-times a finished run's artifacts")
     p.add_argument("--work", default=str(WORK))
-    p.add_argument("--name", default="compress", help="results file name")
+    p.add_argument("--name", help="results file name (default: compress, or "
+                   "compress-<stages> for a run of some stages)")
     return p.parse_args()
 
 

@@ -11,8 +11,10 @@ that every accuracy and latency is one forward pass) unless --base names one:
 
 The single techniques are searched the same way (optimize over a one-technique space) and share
 the main search's stage cache, so a model the search already built is not built again. Every
-latency in the comparison is re-measured at the end in one quiet pass (leanvision bench,
-200 calls at batch 1), with the CPU share other processes used meanwhile. Decisions use the
+latency in the comparison is re-measured at the end under the protocol (bench/protocol.py):
+every model once per round, --repeats rounds in rotated order, 200 calls at batch 1 per round;
+the speed-ups are paired round by round (median, min-max, every repeat), with the CPU share
+other processes used meanwhile. Decisions use the
 validation split (10% of the training images); test top-1 is reported beside.
 Writes bench/results/optimize.json. `--photos`: the clothing photos under --time-budget
 (bench/optimize_photos.py)."""
@@ -22,20 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import CpuShare, cifar10, console, print_table, result_record, write_result
-from rich.console import Console
+from common import CpuShare, Run, begin, cifar10, console, print_table, result_record, write_result
+from timing import TimingSettings, speedup, time_artifacts
 
 import leanvision
 from leanvision.search import Budget, SearchSpace, optimize
 
 WORK = Path("/tmp/leanvision-bench/optimize")
-QUIET = Console(quiet=True)
 MAX_DROP = 1.0
 
 
@@ -47,6 +47,7 @@ def main() -> None:
         optimize_photos.main()
         return
     args = parse_args()
+    run = begin()
     root = cifar10()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -86,8 +87,8 @@ def main() -> None:
         console.print(f"[red]no candidate: {search['statement']}[/red]")
     timed = retime(search, singles, base, args)
     figures = summarise(search, singles, timed, search_s)
-    print_summary(figures)
-    write_result(args.name, result_record("optimize", figures, vars(args)))
+    print_summary(figures, run)
+    write_result(args.name, result_record("optimize", figures, vars(args), run))
 
 
 def train_base(root: Path, out: Path, args) -> Path:
@@ -120,21 +121,23 @@ def retime(search: dict[str, Any], singles: dict[str, Any], base: Path,
         if summary["candidate"]:
             wanted[name] = (Path(summary["candidate"]["artifact"]),
                             summary["candidate"]["runtime"])
-    timed: dict[str, Any] = {}
-    with CpuShare() as share, tempfile.TemporaryDirectory() as tmp:
-        for name, (folder, runtime) in wanted.items():
-            report = leanvision.bench([folder], runtimes=[runtime], batch=32,
-                                      threads=args.threads, warmup=20, iterations=200,
-                                      out=Path(tmp) / name, console=QUIET)
-            row = report["results"][0]
-            timed[name] = {"artifact": str(folder), "runtime": runtime,
-                           "b1_p50_ms": row["latency_ms"]["p50"],
-                           "b1_p90_ms": row["latency_ms"]["p90"],
-                           "b32_img_s": row["throughput"]["images_per_s"],
-                           "size_bytes": row["size_bytes"]}
+    with CpuShare() as share:
+        paired = time_artifacts(wanted, args.threads, TimingSettings(repeats=args.repeats))
+    timed: dict[str, Any] = {"paired": paired}
+    for name, (folder, runtime) in wanted.items():
+        timed[name] = {"artifact": str(folder), "runtime": runtime,
+                       "b1_p50_ms": paired[name]["b1_ms"]["median"],
+                       "b32_img_s": paired[name]["b32_img_s"]["median"],
+                       "size_bytes": model_file(folder, runtime).stat().st_size}
     timed["cpu_share_of_others"] = round(share.others, 3)
     timed["threads"] = args.threads
     return timed
+
+
+def model_file(folder: Path, runtime: str) -> Path:
+    from leanvision.runtime.predictor import Predictor
+
+    return Predictor.from_artifact(folder, runtime=runtime, threads=1).model_file
 
 
 def summarise(search: dict[str, Any], singles: dict[str, Any], timed: dict[str, Any],
@@ -144,7 +147,7 @@ def summarise(search: dict[str, Any], singles: dict[str, Any], timed: dict[str, 
         "base": {**base, **timed["base"]}, "search_seconds": round(search_s, 1),
         "trials": search["trials"], "met": search["met"], "statement": search["statement"],
         "pareto": search["pareto"], "timing": {k: timed[k] for k in
-                                               ("cpu_share_of_others", "threads")}}
+                                               ("cpu_share_of_others", "threads", "paired")}}
     for name, summary in [("chosen", search), *singles.items()]:
         c = summary["candidate"]
         if not c or name not in timed:
@@ -159,14 +162,14 @@ def summarise(search: dict[str, Any], singles: dict[str, Any], timed: dict[str, 
     if chosen:
         chosen["vs_base"] = {
             "size_ratio": round(timed["base"]["size_bytes"] / chosen["size_bytes"], 2),
-            "speedup_b1": round(timed["base"]["b1_p50_ms"] / chosen["b1_p50_ms"], 2)}
-        chosen["vs_single"] = {name: round(figures[name]["b1_p50_ms"] / chosen["b1_p50_ms"], 2)
+            "speedup_b1": speedup(timed["paired"], "chosen", "base")}
+        chosen["vs_single"] = {name: speedup(timed["paired"], "chosen", name)
                                for name in singles if figures[name] and figures[name]["met"]}
-        chosen["targets"] = {
+        chosen["targets"] = {  # judged on the medians; the ranges are beside them
             "8x_smaller": chosen["vs_base"]["size_ratio"] >= 8,
-            "4x_faster": chosen["vs_base"]["speedup_b1"] >= 4,
+            "4x_faster": chosen["vs_base"]["speedup_b1"]["median"] >= 4,
             "1.5x_faster_than_single": bool(chosen["vs_single"]) and min(
-                chosen["vs_single"].values()) >= 1.5,
+                v["median"] for v in chosen["vs_single"].values()) >= 1.5,
             "within_1_point_val": chosen["val_drop_points"] <= MAX_DROP}
     return figures
 
@@ -175,7 +178,7 @@ def _drop(base: float | None, other: float | None) -> float | None:
     return None if base is None or other is None else round(100 * (base - other), 3)
 
 
-def print_summary(figures: dict[str, Any]) -> None:
+def print_summary(figures: dict[str, Any], run: Run) -> None:
     rows = []
     base_ms = figures["base"]["b1_p50_ms"]
     for name in ("base", "chosen", "ptq_only", "prune_only"):
@@ -190,7 +193,7 @@ def print_summary(figures: dict[str, Any]) -> None:
     print_table(f"optimize on CIFAR-10, max drop {MAX_DROP} point; search "
                 f"{figures['search_seconds']:.0f} s", ["model", "val top-1", "test top-1",
                                                       "b1 p50 ms", "x faster", "MB",
-                                                      "x smaller"], rows)
+                                                      "x smaller"], rows, run=run)
     console.print(figures["statement"])
 
 
@@ -222,6 +225,8 @@ def parse_args() -> argparse.Namespace:
                    help="batch-1 calls per candidate during the search")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                    help="threads for training and timing")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved rounds of the final timing (the protocol's minimum is 5)")
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--name", default="optimize", help="results file name")
     return p.parse_args()

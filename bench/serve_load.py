@@ -4,13 +4,16 @@ batch throughput for the same model measured in the same run.
 
 - the server is `leanvision.serving.serve` in a subprocess (its own interpreter, as in use),
   bound to 127.0.0.1 with --max-batch / --max-wait-ms / --threads as given; `--spin off,on`
-  runs the whole load twice, with ONNX Runtime's worker threads sleeping between batches
-  (serve's default) and spin-waiting (ORT's own default);
-- the baseline is `Predictor.run_normalised` at batch --max-batch in this process, before the
-  load starts (the network call alone, as `leanvision bench` times it);
-- each level is bounded: --requests requests or --seconds seconds, whichever comes first, after
-  a short warm-up; figures: requests/s, p50 / p99 latency, errors, and requests/s as a share of
-  the baseline's images/s (target >= 70% at 32 clients with zero errors).
+  starts two servers, ONNX Runtime's worker threads sleeping between batches (serve's default)
+  and spin-waiting (ORT's own default);
+- the baseline is `Predictor.run_normalised` at batch --max-batch in this process (the network
+  call alone, as `leanvision bench` times it);
+- per client level, the baseline and every server are timed in --repeats interleaved rounds
+  (bench/protocol.py), each server repeat bounded by --requests requests or --seconds seconds,
+  whichever comes first, after a short warm-up; figures: requests/s, p50 / p99 latency (median,
+  min, max of the repeats, every repeat kept), errors, and requests/s as a share of the
+  baseline's images/s, paired round by round (target: median >= 70% at 32 clients with zero
+  errors).
 
 The clients are bare HTTP/1.1 keep-alive connections (asyncio) in this process, so on a small
 machine they compete with the server for the cores; cpu_share_of_others records what else ran
@@ -34,7 +37,20 @@ from typing import Any
 
 import httpx
 import numpy as np
-from common import REPO, CpuShare, cifar10, console, die, print_table, result_record, write_result
+from common import (
+    REPO,
+    CpuShare,
+    begin,
+    cifar10,
+    console,
+    die,
+    interleave,
+    print_table,
+    ratio,
+    result_record,
+    spread,
+    write_result,
+)
 from PIL import Image
 
 from leanvision.runtime.bench import throughput
@@ -48,45 +64,77 @@ TARGET_SHARE = 0.7
 
 def main() -> None:
     args = parse_args()
+    run = begin()
+    if args.images == "synthetic":
+        run.caveat("synthetic images (random PNGs at the model's input size)")
     predictor = Predictor.from_artifact(args.artifact, runtime=args.runtime,
                                         threads=args.threads)
     images = load_images(args.images, predictor.input_size, args.image_count)
-    baseline = runtime_throughput(predictor, args.max_batch)
-    console.print(f"runtime {predictor.runtime}: {baseline:,.0f} images/s at batch "
-                  f"{args.max_batch} ({args.threads} threads)")
-    runtime_used = predictor.runtime
-    del predictor
-    variants = {}
-    for spin in [v.strip() for v in args.spin.split(",")]:
+    spins = [v.strip() for v in args.spin.split(",")]
+    for spin in spins:
         if spin not in ("on", "off"):
             die(f"--spin {spin!r}: each value must be on or off")
-        console.print(f"server with ONNX Runtime spinning {spin}:")
-        variants[f"spin-{spin}"] = run_levels(args, images, baseline, spin == "on")
+    variants = run_levels(args, images, predictor, spins)
     # The server's default (spinning off) carries the target when it was run.
     main_levels = variants.get("spin-off") or next(iter(variants.values()))
-    figures = {"runtime": runtime_used, "runtime_images_per_s": baseline,
-               "levels": main_levels, "target": target(main_levels),
+    baseline = main_levels[next(c for c in main_levels if c.isdigit())]["runtime_images_per_s"]
+    figures = {"runtime": predictor.runtime, "runtime_images_per_s": baseline,
+               "repeats": args.repeats, "levels": main_levels, "target": target(main_levels),
                "variants": {name: {"share_at_32": levels.get("32", {}).get("share_of_runtime"),
                                    "levels": levels} for name, levels in variants.items()}}
-    print_table(f"serve under load ({runtime_used}, batch {args.max_batch}, "
-                f"{args.threads} threads; runtime alone {baseline:,.0f} images/s)",
+    print_table(f"serve under load ({predictor.runtime}, batch {args.max_batch}, "
+                f"{args.threads} threads; median (min-max) of {args.repeats} interleaved "
+                "repeats; the runtime alone timed in the same rounds)",
                 ["server", "clients", "req/s", "p50 ms", "p99 ms", "errors",
                  "share of runtime"],
-                [[name, c, v["requests_per_s"], v["p50_ms"], v["p99_ms"], v["errors"],
-                  v["share_of_runtime"]]
+                [[name, c, _span(v["requests_per_s"]), v["p50_ms"]["median"],
+                  v["p99_ms"]["median"], v["errors"], _span(v["share_of_runtime"])]
                  for name, levels in variants.items()
-                 for c, v in levels.items() if c.isdigit()])
-    write_result(args.name, result_record("serve_load", figures, vars(args)))
+                 for c, v in levels.items() if c.isdigit()], run=run)
+    write_result(args.name, result_record("serve_load", figures, vars(args), run))
 
 
-def run_levels(args: argparse.Namespace, images: list[bytes], baseline: float,
-               spin: bool) -> dict[str, Any]:
-    port = free_port()
-    server = start_server(args, port, spin)
-    levels: dict[str, Any] = {}
+def _span(entry: dict[str, Any]) -> str:
+    return f"{entry['median']:.3g} ({entry['min']:.3g}-{entry['max']:.3g})"
+
+
+def run_levels(args: argparse.Namespace, images: list[bytes], predictor: Predictor,
+               spins: list[str]) -> dict[str, dict[str, Any]]:
+    """Every server variant up at once; per client level, the runtime alone and each server
+    timed in the same interleaved rounds (protocol.interleave)."""
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
-        wait_ready(server, port)
+        for spin in spins:
+            port = free_port()
+            servers[f"spin-{spin}"] = (start_server(args, port, spin == "on"), port)
+        for server, port in servers.values():
+            wait_ready(server, port)
+        variants: dict[str, dict[str, Any]] = {name: {} for name in servers}
         for clients in [int(c) for c in args.clients.split(",")]:
+            for name, level in measure_level(args, images, predictor, servers,
+                                             clients).items():
+                variants[name][str(clients)] = level
+                console.print(f"{name} {clients:>3} clients: "
+                              f"{_span(level['requests_per_s'])} req/s, "
+                              f"p50 {level['p50_ms']['median']:.1f} ms, "
+                              f"{level['errors']} errors")
+        for name, (_, port) in servers.items():
+            variants[name]["server_metrics"] = batch_sizes(port)
+    finally:
+        for server, _ in servers.values():
+            stop_server(server)
+    return variants
+
+
+def measure_level(args: argparse.Namespace, images: list[bytes], predictor: Predictor,
+                  servers: dict[str, tuple[subprocess.Popen, int]],
+                  clients: int) -> dict[str, dict[str, Any]]:
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+
+    def load(name: str):
+        server, port = servers[name]
+
+        def one_repeat() -> float:
             with CpuShare() as share:
                 cpu_before = process_cpu_seconds(server.pid)
                 level = asyncio.run(load_level(port, images, clients, args.requests,
@@ -95,19 +143,32 @@ def run_levels(args: argparse.Namespace, images: list[bytes], baseline: float,
             cores = os.cpu_count() or 1
             level["cpu_share_of_others"] = round(max(
                 0.0, share.others - server_cpu / (level["seconds"] * cores)), 3)
-            level["share_of_runtime"] = round(level["requests_per_s"] / baseline, 3)
             # What one request costs the server, all threads together: with the baseline's
             # cost per image it shows how much of the gap is HTTP and decoding overhead.
             level["server_cpu_ms_per_request"] = round(
                 1000 * server_cpu / max(level["requests"], 1), 3)
-            levels[str(clients)] = level
-            console.print(f"{clients:>3} clients: {level['requests_per_s']:,.1f} req/s, "
-                          f"p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
-                          f"{level['errors']} errors")
-        levels["server_metrics"] = batch_sizes(port)
-    finally:
-        stop_server(server)
-    return levels
+            runs[name].append(level)
+            return level["requests_per_s"]
+        return one_repeat
+
+    measures = {"runtime": lambda: runtime_throughput(predictor, args.max_batch)}
+    measures.update({name: load(name) for name in servers})
+    timed = interleave(measures, args.repeats)
+    out = {}
+    for name, repeats in runs.items():
+        out[name] = {
+            "clients": clients, "runtime_images_per_s": timed["runtime"],
+            "requests_per_s": timed[name],
+            "share_of_runtime": ratio(timed[name], timed["runtime"]),
+            "p50_ms": spread([r["p50_ms"] for r in repeats]),
+            "p99_ms": spread([r["p99_ms"] for r in repeats]),
+            "errors": sum(r["errors"] for r in repeats),
+            "first_error": next((r["first_error"] for r in repeats if r["first_error"]), None),
+            "server_cpu_ms_per_request": spread([r["server_cpu_ms_per_request"]
+                                                 for r in repeats]),
+            "cpu_share_of_others": max(r["cpu_share_of_others"] for r in repeats),
+            "repeats": repeats}
+    return out
 
 
 def runtime_throughput(predictor: Predictor, batch: int) -> float:
@@ -214,9 +275,11 @@ def target(levels: dict[str, Any]) -> dict[str, Any]:
     top = levels.get("32")
     if top is None:
         return {"met": None, "note": "32 clients were not run"}
-    return {"share_at_32": top["share_of_runtime"], "errors_at_32": top["errors"],
-            "goal": f">= {TARGET_SHARE:.0%} with zero errors",
-            "met": top["share_of_runtime"] >= TARGET_SHARE and top["errors"] == 0}
+    share = top["share_of_runtime"]
+    return {"share_at_32": share["median"], "share_at_32_range": [share["min"], share["max"]],
+            "errors_at_32": top["errors"], "goal": f">= {TARGET_SHARE:.0%} with zero errors "
+            "(median of the repeats)",
+            "met": share["median"] >= TARGET_SHARE and top["errors"] == 0}
 
 
 def batch_sizes(port: int) -> dict[str, float]:
@@ -286,8 +349,12 @@ def parse_args() -> argparse.Namespace:
                                     "ONNX Runtime)")
     p.add_argument("--runtime", default="auto")
     p.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated")
-    p.add_argument("--requests", type=int, default=2000, help="at most this many per level")
-    p.add_argument("--seconds", type=float, default=30.0, help="at most this long per level")
+    p.add_argument("--requests", type=int, default=2000,
+                   help="at most this many per level and repeat")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="at most this long per level and repeat")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved rounds per level (the protocol's minimum is 5)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=2, help="runtime threads (server and "
@@ -297,7 +364,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-count", type=int, default=256)
     p.add_argument("--spin", default="off",
                    help="ONNX Runtime thread spinning in the server: off (serve's default), "
-                        "on, or off,on to compare both in one run")
+                        "on, or off,on to compare both in one run (both servers up, timed "
+                        "in the same interleaved rounds)")
     p.add_argument("--name", default="serve_load", help="results file name")
     args = p.parse_args()
     if args.requests < 1 or args.seconds <= 0:
