@@ -199,6 +199,26 @@ def test_external_data_outside_the_folder_is_refused(exported, tmp_path, locatio
         check_onnx(folder / "model.onnx")
 
 
+def test_predictor_refuses_an_artifact_whose_onnx_reads_data_outside_it(exported,
+                                                                        tmp_path) -> None:
+    """The check guards the runtime, not only check_onnx: the outside file exists and holds
+    the right weights, so ONNX Runtime would load it if the Predictor skipped the check."""
+    folder = _copy(exported["folder"], tmp_path / "art", without=("model.int8.onnx",))
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=1024)
+    assert Predictor.from_artifact(folder, runtime="onnx-fp32").runtime == "onnx-fp32"
+    shutil.move(folder / "weights.bin", tmp_path / "weights.bin")  # beside, not inside
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(ArtifactError, match="refusing to read"):
+        Predictor.from_artifact(folder, runtime="onnx-fp32")
+
+
 def test_predict_function_runs_any_runtime_with_the_same_answers(exported) -> None:
     import leanvision
 

@@ -157,3 +157,20 @@ def test_decoded_image_cache_file_is_not_unpickled(tmp_path, marker):
                                 "bad_reason": []}))
     assert _load_file(npy, meta, (1,)) is None
     assert not marker.exists()
+
+
+def test_search_measurement_cache_is_not_unpickled(tmp_path, marker):
+    """optimize reads back a candidate's stored validation predictions (an .npz in its stage
+    folder); one holding pickled objects must fail to load, not run."""
+    import numpy as np
+
+    from leanvision.search.evidence import ValSplit, val_predictions
+
+    split = ValSplit(data=str(tmp_path / "data"), val_fraction=0.5, seed=0)
+    stored = tmp_path / "candidate" / f"measure-torch-val-{split.key()}.npz"
+    stored.parent.mkdir()
+    np.savez(stored, predicted=np.array([_Payload(marker)], dtype=object),
+             labels=np.array([0], dtype=np.int32))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        val_predictions(stored.parent, "torch", split)
+    assert not marker.exists()
