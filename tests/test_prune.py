@@ -82,6 +82,14 @@ def test_auto_scope_keeps_the_pruning_that_loses_less_before_finetuning(base, tm
     assert set(scores) == {"global", "layer"} and step["scope"] in scores
     assert scores[step["scope"]] == max(scores.values())
     assert step["val_top1_pruned"] == pytest.approx(scores[step["scope"]])
+    # the choice quotes the paired comparison of the two scopes on the same images
+    between = step["scope_comparison"]
+    assert between["kept"] == step["scope"] and between["other"] != step["scope"]
+    assert step["scope_note"].startswith(f"scope {step['scope']} over {between['other']}")
+    # and the step states what it cost against the parent
+    against = step["finetuned_vs_parent"]
+    assert against["images"] == summary["metrics"]["val"]["n"]
+    assert "95% interval" in step["finetuned_vs_parent_text"]
 
 
 def test_frozen_layers_are_kept_whole():

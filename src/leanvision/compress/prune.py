@@ -29,6 +29,7 @@ from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
 from .checks import check_pruned
+from .prune_evidence import Predictions, step_record, val_predictions
 from .prune_steps import _save_untrained, _stepwise, _transforms
 from .report import print_prune_plan, print_prune_summary
 from .stage import check_fresh, data_of, default_out, matching_data, open_parent
@@ -174,14 +175,16 @@ def prune(artifact: str | Path, data: str | Path | None = None, out: str | Path 
     taylor = cfg.importance == "taylor" and world.main
     gradients = _taylor_gradients(parts, art) if taylor else None
     skipped = _skipped_layers(model, console)
+    # What every step and scope choice is compared with, image by image (before any cut).
+    parent_val = val_predictions(art, parts) if world.main else None
 
     history: list[dict[str, Any]] = []
     if cfg.method == "soft":
         summary = _soft(art, model, example, cfg, source, parts, train_cfg, out_dir, console,
-                        history)
+                        history, parent_val)
     else:
         summary = _stepwise(art, model, example, base, cfg, source, parts, train_cfg, out_dir,
-                            console, history, gradients)
+                            console, history, gradients, parent_val)
     if not world.main:  # rank 0 checks and writes the final artifact; the others get its summary
         return distributed.share(None, world)
     record = _finish(out_dir, example, cfg, base, history, skipped, started)
@@ -230,7 +233,7 @@ def _finish(out_dir: Path, example: torch.Tensor, cfg: PruneConfig, base, histor
 
 def _soft(art: Artifact, model: torch.nn.Module, example: torch.Tensor, cfg: PruneConfig,
           source, parts: Partition, train_cfg: TrainConfig, out_dir: Path, console: Console,
-          history: list) -> dict[str, Any]:
+          history: list, parent_val: Predictions | None) -> dict[str, Any]:
     def zero(epoch: int, net: torch.nn.Module) -> None:
         pruning.zero_weakest_filters(net, example.to(next(net.parameters()).device), cfg.ratio,
                                      cfg.importance, cfg.scope == "global", cfg.max_layer_ratio,
@@ -256,7 +259,8 @@ def _soft(art: Artifact, model: torch.nn.Module, example: torch.Tensor, cfg: Pru
     summary = _save_untrained(start, art, source, parts, out_dir, train_cfg, str(soft_dir))
     history.append({"step": 1, "goal": 1.0 - cfg.ratio, "artifact": str(out_dir),
                     "val_top1_soft": summary["metrics"].get("val", {}).get("top1"),
-                    "val_top1_finetuned": summary["metrics"].get("val", {}).get("top1")})
+                    "val_top1_finetuned": summary["metrics"].get("val", {}).get("top1"),
+                    **step_record(parent_val, None, val_predictions(load(out_dir), parts))})
     return summary
 
 

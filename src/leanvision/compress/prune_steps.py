@@ -14,6 +14,7 @@ from rich.console import Console
 
 from ..artifact import (
     Artifact,
+    load,
     load_state_strict,
     make_card,
     save_artifact,
@@ -27,6 +28,7 @@ from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
 from .checks import check_forward
+from .prune_evidence import Predictions, choose_scope, step_record, val_predictions
 from .report import prune_step_line
 
 if TYPE_CHECKING:  # prune.py imports this module; the config is only a type here
@@ -35,9 +37,10 @@ if TYPE_CHECKING:  # prune.py imports this module; the config is only a type her
 
 def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base, cfg: PruneConfig,
               source, parts: Partition, train_cfg: TrainConfig, out_dir: Path, console: Console,
-              history: list, gradients) -> dict[str, Any]:
+              history: list, gradients, parent_val: Predictions | None) -> dict[str, Any]:
     """Prune, fine-tune, repeat. With several processes rank 0 prunes, evaluates and writes;
-    all of them fine-tune (train_on is rank-aware) the network rank 0 shares."""
+    all of them fine-tune (train_on is rank-aware) the network rank 0 shares. `parent_val`:
+    the parent's validation predictions, which every step and scope choice is compared with."""
     w = distributed.world()
     summary: dict[str, Any] = {}
     parent = str(art.path)
@@ -45,22 +48,26 @@ def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base
         goal = cfg.goal(step)
         chosen: dict[str, Any] = {}
 
-        def score(net: torch.nn.Module) -> float | None:
+        def score(net: torch.nn.Module) -> Predictions | None:
             probe = StartModel.from_artifact(art, model=net, transforms=_transforms(art, net))
-            return _val_top1(probe, art, parts, source)
+            return _val_predictions(probe, art, parts)
 
-        masks = (_prune_step(art, model, example, base, cfg, goal, gradients, score, chosen)
-                 if w.main else None)
+        masks = (_prune_step(art, model, example, base, cfg, goal, gradients, score, chosen,
+                             parent_val) if w.main else None)
+        if chosen.get("scope_note"):
+            console.print(f"  {chosen['scope_note']}", highlight=False)
         model, transforms, masks = _share_network(art, model, masks, w)
         release = pruning.hold_masks(model, masks) if masks is not None else None
         step_dir = out_dir if step == cfg.steps else out_dir / "steps" / f"step-{step}"
         start = StartModel.from_artifact(art, model=model, transforms=transforms)
         entry: dict[str, Any] = {}
+        pruned = None
         if w.main:
             cost = pruning.measure(model, example)
+            pruned = _val_predictions(start, art, parts)
             entry = {"step": step, "goal": goal, **chosen, "flops": cost.flops,
                      "params": cost.params, "sparsity": pruning.sparsity_of(model),
-                     "val_top1_pruned": _val_top1(start, art, parts, source)}
+                     "val_top1_pruned": None if pruned is None else pruned.top1}
         if cfg.finetune_epochs:
             summary = train_on(source, train_cfg, step_dir, console=console, parts=parts,
                                start=start, stage="prune", parent=parent)
@@ -71,6 +78,7 @@ def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base
         if w.main:
             entry["val_top1_finetuned"] = summary["metrics"].get("val", {}).get("top1")
             entry["artifact"] = str(step_dir)
+            entry.update(step_record(parent_val, pruned, val_predictions(load(step_dir), parts)))
             history.append(entry)
             console.print(prune_step_line(entry, base, cfg))
         parent = str(step_dir)
@@ -79,12 +87,13 @@ def _stepwise(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base
 
 def _prune_step(art: Artifact, model: torch.nn.Module, example: torch.Tensor, base,
                 cfg: PruneConfig, goal: float, gradients,
-                score: Callable[[torch.nn.Module], float | None],
-                record: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+                score: Callable[[torch.nn.Module], Predictions | None],
+                record: dict[str, Any], parent_val: Predictions | None
+                ) -> dict[str, torch.Tensor] | None:
     """Remove channels from `model` in place (structured), or return the unstructured masks
     that keep the fraction `goal` of the weights (held by the caller on every process).
-    `score(net)`: validation top-1 of a pruned candidate, for scope "auto" (noted in
-    `record`)."""
+    `score(net)`: validation predictions of a pruned candidate, for scope "auto" (the choice
+    and its paired comparison noted in `record`)."""
     if cfg.method != "structured":
         return pruning.magnitude_masks(model, 1.0 - goal, cfg.scope != "layer")
     scopes = ("global", "layer") if cfg.scope == "auto" else (cfg.scope,)
@@ -107,8 +116,8 @@ def _prune_step(art: Artifact, model: torch.nn.Module, example: torch.Tensor, ba
                 trial = copy.deepcopy(model)
                 cut(trial, scope)
                 scores[scope] = score(trial)
-        chosen = max(scopes, key=lambda s: -1.0 if scores[s] is None else scores[s])
-        record["scope"], record["scope_val_top1"] = chosen, scores
+        chosen, decision, _ = choose_scope(scores, parent_val)
+        record.update(decision)
         cut(model, chosen)
     else:
         cut(model, scopes[0])
@@ -169,10 +178,8 @@ def _save_untrained(start: StartModel, art: Artifact, source, parts: Partition, 
             "classes": len(art.classes), "metrics": card["metrics"]}
 
 
-def _val_top1(start: StartModel, art: Artifact, parts: Partition, source) -> float | None:
-    if parts.val is None or not len(parts.val):
-        return None
+def _val_predictions(start: StartModel, art: Artifact, parts: Partition) -> Predictions | None:
+    """A pruned network's validation predictions, read as its artifact would be."""
     probe = Artifact(path=art.path, card={**art.card, "transforms": start.transforms},
                      model=start.model.cpu().float().eval())
-    result = evaluate_records(probe, parts.val, "val", "", skip_bad_images=True)
-    return result["metrics"]["top1"]
+    return val_predictions(probe, parts)

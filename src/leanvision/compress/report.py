@@ -46,9 +46,11 @@ def print_prune_summary(console: Console, summary: dict[str, Any], out_dir: Path
 def prune_step_line(entry: dict[str, Any], base, cfg) -> str:
     acc = entry.get("val_top1_finetuned")
     before = entry.get("val_top1_pruned")
+    against = entry.get("finetuned_vs_parent_text")
     return (f"step {entry['step']}/{cfg.steps}: FLOPs {entry['flops'] / base.flops:.0%}, params "
             f"{entry['params'] / base.params:.0%} of the original; val top-1 "
-            f"{percent(before)} pruned → {percent(acc)} fine-tuned")
+            f"{percent(before)} pruned → {percent(acc)} fine-tuned"
+            + (f"; against the parent: {against}" if against else ""))
 
 
 def _checks(checks: dict[str, Any]) -> str:
