@@ -174,6 +174,13 @@ def test_distill_writes_a_reloadable_artifact_with_lineage(trained, tmp_path):
     assert summary["distill"]["teacher_input_adapted"] is True
     assert 0.0 <= summary["distill"]["teacher_train_top1"] <= 1.0
     assert summary["stage"] == "distill" and "val" in summary["metrics"]
+    # the student against the teacher, image by image on the same validation images
+    against = block["vs_teacher"]
+    assert against["images"] == card["metrics"]["val"]["n"]
+    assert against["drop_points"] == pytest.approx(
+        100 * (block["teacher_top1"] - card["metrics"]["val"]["top1"]), abs=1e-3)
+    assert "95% interval" in block["vs_teacher_text"] and "vs_start" not in block
+    assert summary["distill"]["vs_teacher"] == against
 
 
 def test_augmentation_runs_the_teacher_per_batch(trained, tmp_path):
@@ -254,6 +261,10 @@ def test_pruned_student_artifact_keeps_its_structure(trained, tmp_path):
     assert card["arch"] == "resnet8" and card["distill"]["student"] == str(student_dir)
     assert card["transforms"] == transforms
     assert summary["distill"]["teacher_input_adapted"] is False
+    # a student artifact is also compared with itself before distillation
+    start = card["distill"]["vs_start"]
+    assert start["images"] == card["distill"]["vs_teacher"]["images"]
+    assert "lost" in start and "gained" in start
     art = lv.load(out)
     assert art.model.stages[0][0].conv1.conv.out_channels == 8
     assert art.model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from leanvision.compress.prune_evidence import Predictions, choose_scope, step_record
+from leanvision.compress.evidence import Predictions
+from leanvision.compress.prune_evidence import choose_scope, step_record
 
 
 def _net(labels: np.ndarray, wrong: list[int]) -> Predictions:

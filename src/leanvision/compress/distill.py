@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..artifact import Artifact
+from ..artifact import Artifact, load, save_artifact
 from ..data import DataSource, decoding_for, load_data, normalize
 from ..data.partition import partition
 from ..errors import ConfigError
@@ -28,6 +28,7 @@ from ..training.api import StartModel, decode_partition, train_on
 from ..training.config import TrainConfig
 from ..training.losses import dkd_loss, kd_loss
 from ..training.recipe import data_stats, resolve_recipe
+from .evidence import Predictions, comparisons, val_predictions
 from .stage import check_fresh, default_out, open_parent, safe_name
 
 DISTILL_LOSSES = ("kd", "dkd")
@@ -213,6 +214,12 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
     check_fresh(out_dir, run=True)
 
     parts = partition(source, cfg.val_fraction, cfg.seed)
+    main = distributed.world_rank_is_main()
+    # Scored before training (a student artifact's network is trained in place) and before
+    # the teacher moves to the training device (evaluate leaves a network on the CPU).
+    references = {"teacher": val_predictions(teacher_art, parts) if main else None,
+                  "start": val_predictions(student_art, parts)
+                  if main and student_art is not None else None}
     # The recipe resolves the same way again inside train_on; here it only tells the criterion
     # the epochs, batch size and smoothing the run will use.
     resolved, _ = resolve_recipe(cfg, data_stats(parts.train, len(source.classes)))
@@ -240,11 +247,30 @@ def distill(data: str | Path, teacher: str | Path, student: str | Path,
                        extra_card={"distill": block}, start=_start(student_art),
                        stage="distill", parent=str((student_art or teacher_art).path),
                        criterion=criterion)
-    summary["distill"] = {**block, "teacher_input_adapted": student_pre != teacher_pre,
+    judged = _judge_student(out_dir, references, parts, console) if main else {}
+    summary["distill"] = {**block, **judged, "teacher_input_adapted": student_pre != teacher_pre,
                           "teacher_cache_seconds": cached.seconds,
                           "teacher_train_top1": cached.train_top1,
                           "teacher_batches": criterion.teacher_batches}
     return summary
+
+
+def _judge_student(out_dir: Path, references: dict[str, Predictions | None], parts,
+                   console: Console) -> dict[str, Any]:
+    """The distilled student against the teacher and, for a student artifact (a pruned
+    network being recovered), against itself before distillation, image by image on the
+    validation images; printed, and added to the card's "distill" block."""
+    student = load(out_dir)
+    judged = comparisons({f"vs_{name}": (reference, val_predictions(student, parts))
+                          for name, reference in references.items()})
+    for name, what in (("teacher", "the teacher"), ("start", "the student before "
+                                                              "distillation")):
+        if f"vs_{name}_text" in judged:
+            console.print(f"against {what}: {judged[f'vs_{name}_text']}", highlight=False)
+    if judged:
+        student.card["distill"] = {**student.card.get("distill", {}), **judged}
+        save_artifact(out_dir, student.model, student.card)
+    return judged
 
 
 def _open_models(teacher: str | Path, student: str | Path, settings: dict[str, Any]

@@ -29,7 +29,8 @@ from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
 from .checks import check_pruned
-from .prune_evidence import Predictions, step_record, val_predictions
+from .evidence import Predictions, val_predictions
+from .prune_evidence import step_record
 from .prune_steps import _save_untrained, _stepwise, _transforms
 from .report import print_prune_plan, print_prune_summary
 from .stage import check_fresh, data_of, default_out, matching_data, open_parent

@@ -8,56 +8,9 @@ rather than subtracting two accuracies that each carry the split's sampling nois
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ..artifact import Artifact
-from ..data.partition import Partition
-from ..evaluate import evaluate_records
-from ..paired import PairedComparison, compare
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Predicted classes and labels of one network on the validation images."""
-
-    predicted: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.labels
-
-    @property
-    def top1(self) -> float:
-        return float(np.mean(self.correct))
-
-    def against(self, parent: Predictions) -> PairedComparison | None:
-        """This network's drop against `parent` (None: not the same images)."""
-        if not np.array_equal(self.labels, parent.labels):
-            return None
-        return compare(parent.correct, self.correct, parent.predicted, self.predicted)
-
-
-def val_predictions(art: Artifact, parts: Partition) -> Predictions | None:
-    """`art`'s predictions on the validation images (None without any), through evaluate."""
-    if parts.val is None or not len(parts.val):
-        return None
-    result = evaluate_records(art, parts.val, "val", "", skip_bad_images=True,
-                              keep_predictions=True)
-    predicted, labels = result["predictions"]
-    return Predictions(np.asarray(predicted), np.asarray(labels))
-
-
-def comparison_record(comparison: PairedComparison | None) -> dict[str, Any] | None:
-    """The card's account of a comparison without a budget: the drop, its intervals, the
-    images that changed answer, the agreement and the McNemar p-value."""
-    if comparison is None:
-        return None
-    record = comparison.record(0.0, "point")
-    return {k: v for k, v in record.items() if k not in ("rule", "budget_points", "accepted")}
+from .evidence import Predictions, comparison_record, comparisons
 
 
 def choose_scope(scored: dict[str, Predictions | None], parent: Predictions | None
@@ -97,11 +50,5 @@ def step_record(parent: Predictions | None, pruned: Predictions | None,
                 finetuned: Predictions | None) -> dict[str, Any]:
     """A step's comparisons with the parent artifact: straight after pruning and after the
     fine-tuning (the step's result)."""
-    record: dict[str, Any] = {}
-    if parent is None:
-        return record
-    for key, net in (("pruned_vs_parent", pruned), ("finetuned_vs_parent", finetuned)):
-        if net is not None and (comparison := net.against(parent)) is not None:
-            record[key] = comparison_record(comparison)
-            record[f"{key}_text"] = comparison.describe()
-    return record
+    return comparisons({"pruned_vs_parent": (parent, pruned),
+                        "finetuned_vs_parent": (parent, finetuned)})

@@ -28,7 +28,8 @@ from ..training.api import StartModel, train_on
 from ..training.config import TrainConfig
 from . import pruning
 from .checks import check_forward
-from .prune_evidence import Predictions, choose_scope, step_record, val_predictions
+from .evidence import Predictions, val_predictions
+from .prune_evidence import choose_scope, step_record
 from .report import prune_step_line
 
 if TYPE_CHECKING:  # prune.py imports this module; the config is only a type here
