@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,24 @@ def test_cv(tmp_path):
     again = run_json("eval", str(tmp_path / "cv" / "fold-2"))
     assert again["split"] == "val" and again["metrics"]["n"] == card["metrics"]["val"]["n"]
     assert again["metrics"]["top1"] == card["metrics"]["val"]["top1"]
+
+
+def test_resume_takes_only_what_the_user_typed(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    refused = run_json("train", "--resume", str(run), "--lr", "0.5", code=2)
+    assert "only --epochs may change (got --lr)" in refused["error"]
+    run_json("train", "--resume", str(run), "--epochs", "3")  # untyped options stay unsaid
+    card = json.loads((run / "model.json").read_text())
+    assert card["config"]["epochs"] == 3 and card["config"]["lr"] != 0.5
+
+
+@pytest.mark.parametrize("typed,kept", [("no", False), ("yes", True), ("auto", None),
+                                        ("weights.safetensors", "weights.safetensors")])
+def test_pretrained_is_spelled_as_text(typed, kept):
+    from leanvision.training.config import TrainConfig
+
+    assert TrainConfig(pretrained=typed).pretrained == kept
 
 
 def test_cv_with_too_many_folds(tmp_path):

@@ -68,3 +68,8 @@ def _print(console: Console, result: dict[str, Any]) -> None:
                                  for m in CV_METRICS))
     console.print(table)
     console.print(f"written: {result['out']}/cv.json and one artifact per fold")
+
+
+def print_cross_validation(console: Console, result: dict[str, Any]) -> None:
+    console.print(f"top-1 {result['mean']['top1']:.4f} ± {result['std']['top1']:.4f} over "
+                  f"{len(result['per_fold'])} folds; {result['out']}/cv.json", highlight=False)

@@ -86,3 +86,15 @@ def print_predictions(console: Console, results: list[dict[str, Any]]) -> None:
             continue
         top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
         console.print(f"{r['image']}: {top}", highlight=False)
+
+
+def unanswered(results: list[dict[str, Any]]) -> str | None:
+    """Why `leanvision predict` fails although the good images were answered: one unusable
+    image is still an error for a script (each is listed with its reason). None: all answered."""
+    failed = sum(1 for r in results if "error" in r)
+    if not failed:
+        return None
+    answered = len(results) - failed
+    rest = f"the other {answered} were answered" if answered else "so there are no answers"
+    return (f"{failed} of {len(results)} images could not be used (each is listed with its "
+            f"reason); {rest}")

@@ -1,6 +1,5 @@
-"""The command line: one thin command per API function (a table in each verb module). It parses
-flags, calls the function, prints a summary and, with --json, one JSON object as the last line
-of stdout. command.py holds the machinery; the verb modules register on its `app` when imported."""
+"""The command line: one thin command per API function, registered on command.py's `app` by a
+table in each verb module; prints a summary, or with --json one JSON object as stdout's end."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from . import command
 from .command import app
 
 # Each module registers its verbs on `app` when imported; `--help` lists them in this order.
-for _module in ("train", "multimodal", "models", "stages", "runtime"):
+for _module in ("train", "models", "stages"):
     importlib.import_module(f"{__name__}.{_module}")
 
 

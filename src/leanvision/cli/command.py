@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -31,13 +32,11 @@ err_console = Console(stderr=True)
 RUNNING: str | None = None
 
 COMMON_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(SharedOptions)}
-# --skip-bad-images of a verb that reads data for a trained model (eval, robustness).
-SKIP_AS_TRAINED = ("Leave out images that cannot be decoded (default: as the model's training "
-                   "did).")
-# CLI types of parameters whose API annotation is a union the command line cannot parse.
-NAMED_TYPES = {"artifact": Path, "data": str, "out": Path, "resume": Path, "images": list[Path],
-               "artifacts": list[Path], "paths": list[Path], "teacher": Path, "base": Path,
-               "bench": Path, "target": Path, "student": str, "text_columns": str}
+# --data and --skip-bad-images of a verb that reads data for a trained model (eval, robustness)
+DATA_TO_SCORE = "Data to score (default: the training data)."
+SKIP_AS_TRAINED = "Leave out images that cannot be decoded (default: as the model's training did)."
+# CLI types of parameters whose API annotation is a union that names no path type
+NAMED_TYPES = {"data": str, "student": str, "text_columns": str}
 SIMPLE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -64,26 +63,35 @@ def find(ref: str) -> Any:
     return getattr(importlib.import_module(f"leanvision.{module}"), name)
 
 
-def fields_of(ref: str) -> Options:
-    return dict.fromkeys(f.name for f in dataclasses.fields(find(ref)))
+def fields_of(*refs: str) -> Options:
+    return dict.fromkeys(f.name for ref in refs for f in dataclasses.fields(find(ref)))
+
+
+def keys(*names: str) -> Options:
+    """Options taken as their API parameter or config field says."""
+    return dict.fromkeys(names)
+
+
+ARG, DIGITS = Opt(argument=True), Opt(argument=True, default="builtin:digits")
+JSON = Opt("Print one JSON summary as the last stdout line.", bool, False, "--json")
+RUN_ON = keys("skip_bad_images", "device", "seed")  # options of every verb that trains
 
 
 @dataclasses.dataclass(eq=False)
 class Command:
     """A verb: `api` ('module:function') with `options` (or a function returning them) drawn
-    from its signature, else from the first of `configs` with such a field. `call(**values)`
-    runs it (default: the API with the `context` it takes from the CLI: its console, whether to
-    draw progress bars); `show` prints a result, `then` may still exit non-zero."""
+    from its signature, else from the first of `configs` with such a field; the API is called
+    with the CLI's console and whether to draw progress bars when it takes them. `show` prints
+    a result: a str.format template over it, or a 'module:function' printer taking (console,
+    result); `then` ('module:function') may return a failure message, which exits non-zero."""
 
     name: str
     api: str
     doc: str
     options: Options | Callable[[], Options]
     configs: tuple[str, ...] = ()
-    show: Callable[[Any], None] = lambda result: None
-    call: Callable[..., Any] | None = None
-    then: Callable[[Any], None] | None = None
-    context: tuple[str, ...] = ("console",)
+    show: str = ""
+    then: str | None = None
     as_json: bool = True
 
     def __post_init__(self) -> None:
@@ -93,27 +101,38 @@ class Command:
     def __signature__(self) -> inspect.Signature:  # typer builds the options from this
         if RUNNING is not None and self.name != RUNNING:
             return inspect.Signature([])
-        options = self.options() if callable(self.options) else self.options
+        options = {**(self.options() if callable(self.options) else self.options),
+                   **({"as_json": JSON} if self.as_json else {})}
         params = [self._parameter(key, spec if isinstance(spec, Opt) else Opt(spec))
                   for key, spec in options.items()]
-        if self.as_json:
-            params.append(inspect.Parameter(
-                "as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                default=typer.Option(False, "--json", help="Print one JSON summary as the last "
-                                     "stdout line.")))
-        # An unset option that is no parameter of the API is left out, so the default of the
-        # config (or of the stage that fills it) applies.
-        self.unset_dropped = set(options) - set(inspect.signature(find(self.api)).parameters)
+        # typer's context says which options the user typed (see __call__)
+        params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=typer.Context))
         return inspect.Signature(params)
 
-    def __call__(self, **values: Any) -> None:
+    def __call__(self, ctx: typer.Context, **values: Any) -> None:
         as_json = values.pop("as_json", False)
-        values = {k: v for k, v in values.items() if v is not None or k not in self.unset_dropped}
+        api = inspect.signature(find(self.api)).parameters
+        # An option the user did not type is left out when it is unset or no parameter of the
+        # API, so the API's default (or the config's, or the stage's that fills it) applies,
+        # and `train --resume` hears only what was typed.
+        values = {k: v for k, v in values.items() if ctx.get_parameter_source(k).name !=
+                  "DEFAULT" or (k in api and v is not None)}
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in api.values())
         given = {"console": err_console, "progress": sys.stderr.isatty()}
-        values.update({k: given[k] for k in self.context if values.get(k) is None})
-        result = run_verb(lambda: (self.call or find(self.api))(**values), as_json, self.show)
-        if self.then is not None:
-            self.then(result)
+        values.update({k: v for k, v in given.items() if values.get(k) is None
+                       and (k in api or (takes_any and k == "progress"))})
+        result = run_verb(lambda: find(self.api)(**values), as_json, self._show)
+        failure = find(self.then)(result) if self.then else None
+        if failure:
+            err_console.print(failure, highlight=False)
+            raise typer.Exit(1)
+
+    def _show(self, result: Any) -> None:
+        if re.fullmatch(r"[\w.]+:\w+", self.show):  # 'module:function', imported with the API
+            find(self.show)(out_console, result)
+        elif self.show:
+            out_console.print(self.show.format(**result), highlight=False)
 
     def _parameter(self, key: str, spec: Opt) -> inspect.Parameter:
         found = inspect.signature(find(self.api)).parameters.get(key)
@@ -157,11 +176,9 @@ def _cli_type(annotation: str, key: str) -> Any:
     kinds = [part.strip() for part in annotation.split("|") if part.strip() != "None"]
     if len(kinds) == 1 and kinds[0] in SIMPLE_TYPES:
         return SIMPLE_TYPES[kinds[0]]
-    if key in NAMED_TYPES:
-        return NAMED_TYPES[key]
-    if any(kind in ("Path", "os.PathLike") for kind in kinds):  # str | PathLike is a path
-        return Path
-    raise KeyError(f"{key}: {annotation}; give the option an Opt(type=...)")
+    if key in NAMED_TYPES or "Path" not in annotation:  # str | Path | Artifact: a path
+        return NAMED_TYPES[key]  # a KeyError here: give the option an Opt(type=...)
+    return list[Path] if "list[" in annotation or "Sequence[" in annotation else Path
 
 
 def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]) -> Any:
@@ -170,8 +187,7 @@ def run_verb(call: Callable[[], Any], as_json: bool, show: Callable[[Any], None]
         result = call()
     except LeanvisionError as exc:
         message = as_flags(str(exc), verb_of)  # the API's argument names, as this CLI's flags
-        err_console.print(f"[bold red]{type(exc).__name__}:[/bold red] {message}",
-                          highlight=False)
+        err_console.print(f"[bold red]{type(exc).__name__}:[/bold red] {message}", highlight=False)
         if as_json:
             print(json.dumps({"ok": False, "error": message, "kind": type(exc).__name__,
                               **getattr(exc, "details", {})}))

@@ -1,11 +1,11 @@
-"""The training verbs: train (every TrainConfig field is an option), cv, lr-find, compare."""
+"""The training verbs: train (every TrainConfig field is an option), cv, lr-find, compare and
+compare-fusions."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from .command import Opt, Options, fields_of, find, out_console, verb
+from .command import ARG, DIGITS, RUN_ON, Opt, Options, fields_of, find, keys, verb
 
 # The config's groups, named by their first field: `train --help` shows one panel per concern.
 PANELS = {"data": "Data", "recipe": "Model", "epochs": "Optimisation", "augment": "Augmentation",
@@ -13,13 +13,11 @@ PANELS = {"data": "Data", "recipe": "Model", "epochs": "Optimisation", "augment"
           "device": "Hardware", "seed": "Run"}
 TRAIN_CONFIG = "training.config:TrainConfig"
 LR_FIND = "training.lr_find:LrFindOptions"
-FIT = ("model", "epochs", "batch_size", "lr", "optimizer")
 
 
 def _train_options() -> Options:
-    options: Options = {
-        "data": Opt(argument=True), "out": Opt(panel="Run"),
-        "resume": Opt("Continue the run in this folder.", panel="Run")}
+    options: Options = {"data": ARG, "out": Opt(panel="Run"),
+                        "resume": Opt("Continue the run in this folder.", panel="Run")}
     panel = None
     for field in dataclasses.fields(find(TRAIN_CONFIG)):
         panel = PANELS.get(field.name, panel)
@@ -40,63 +38,37 @@ def _train_options() -> Options:
     return options
 
 
-def _pretrained(value: str | None) -> bool | str | None:
-    if value is None or value == "auto":
-        return None
-    if value.lower() in ("yes", "true", "1"):
-        return True
-    if value.lower() in ("no", "false", "0"):
-        return False
-    return value
-
-
-def _train(data: str, out: Any, resume: Any, nproc: int, port: Any, track: bool,
-           track_uri: Any, console: Any, **settings: Any) -> dict[str, Any]:
-    if resume is not None:  # the run's saved settings hold; only --epochs may grow
-        settings = {k: settings.get(k) for k in ("epochs", "progress")}
-    else:
-        settings["pretrained"] = _pretrained(settings.get("pretrained"))
-    return find("training:train")(data, out, resume=resume, console=console, nproc=nproc,
-                                  port=port, track=track, track_uri=track_uri, **settings)
-
-
-def _say(template: str) -> Any:
-    return lambda result: out_console.print(template.format(**result))
-
-
-verb("train", "training:train",
-     "Train a classifier on DATA and write an artifact folder.",
-     _train_options, configs=(TRAIN_CONFIG, "multimodal.config:MultimodalConfig"), call=_train,
-     context=("console", "progress"),
-     show=_say("artifact: {artifact}"))
+# With --resume only what the user types reaches train(), which allows --epochs alone.
+verb("train", "training:train", "Train a classifier on DATA and write an artifact folder.",
+     _train_options, configs=(TRAIN_CONFIG, "multimodal.config:MultimodalConfig"),
+     show="artifact: {artifact}")
 
 verb("cv", "cv:cross_validate",
      "Stratified k-fold cross-validation: one model per fold, mean and spread of metrics.",
-     {"data": Opt(argument=True), "folds": "Number of stratified folds.", "out": None,
-      **dict.fromkeys(FIT), "augment": None, "skip_bad_images": None, "device": None,
-      "seed": None},
-     configs=(TRAIN_CONFIG,), context=("console", "progress"),
-     show=lambda r: out_console.print(
-         f"top-1 {r['mean']['top1']:.4f} ± {r['std']['top1']:.4f} over {len(r['per_fold'])} "
-         f"folds; {r['out']}/cv.json"))
+     {"data": ARG, "folds": "Number of stratified folds.", "out": None,
+      **keys("model", "epochs", "batch_size", "lr", "optimizer", "augment"), **RUN_ON},
+     configs=(TRAIN_CONFIG,), show="cv:print_cross_validation")
 
 verb("lr-find", "training.lr_find:lr_find",
      "Learning-rate range test: suggest a learning rate for training on DATA.",
-     lambda: {"data": Opt(argument=True, default="builtin:digits"), "out": None,
-              "model": None, "optimizer": None, "batch_size": None, **fields_of(LR_FIND),
-              "skip_bad_images": None, "device": None, "seed": None},
-     configs=(LR_FIND, TRAIN_CONFIG), context=("console", "progress"),
-     show=lambda r: out_console.print(
-         f"suggested lr {r['suggested_lr']:.3g} for {r['optimizer']} (min-loss lr / 10: "
-         f"{r['min_loss_lr']:.3g}); plot {r['plot']}"))
+     lambda: {"data": DIGITS, **keys("out", "model", "optimizer", "batch_size"),
+              **fields_of(LR_FIND), **RUN_ON},
+     configs=(LR_FIND, TRAIN_CONFIG), show="suggested lr {suggested_lr:.3g} for {optimizer} "
+     "(min-loss lr / 10: {min_loss_lr:.3g}); plot {plot}")
 
 verb("compare", "training.compare:compare",
      "Train once per optimizer, each at its lr-find rate; rank by validation top-1.",
-     {"data": Opt(argument=True, default="builtin:digits"),
-      "optimizers": Opt("Comma-separated optimizer names.", type=str), "epochs": None,
-      "model": None, "batch_size": None, "find_steps": "Steps of each learning-rate range test.",
-      "val_fraction": None, "out": None,
-      "skip_bad_images": None, "device": None, "seed": None},
-     configs=(TRAIN_CONFIG,), context=("console", "progress"),
-     show=lambda r: out_console.print(f"best: {r['best']} ({' > '.join(r['ranking'])}); "
-                                      f"{r['json']}"))
+     {"data": DIGITS, "optimizers": Opt("Comma-separated optimizer names.", type=str),
+      **keys("epochs", "model", "batch_size"), "find_steps": "Steps of each learning-rate range "
+      "test.", **keys("val_fraction", "out"), **RUN_ON},
+     configs=(TRAIN_CONFIG,), show="training.report:print_ranking")
+
+# Image + text models train, evaluate, predict (--text), export, serve and explain through the
+# usual verbs (`leanvision train DATA.csv --text-columns ...`); this compares their fusions.
+FUSIONS = "multimodal.compare:CompareFusionsOptions"
+verb("compare-fusions", "multimodal:compare_fusions",
+     "Image-only, text-only and each fusion trained alike; ranked by test (else val) top-1.",
+     lambda: {**fields_of(FUSIONS), "data": ARG, "fusions": Opt(type=str), **keys(
+         "batch_size", "lr", "img_size", "max_tokens", "val_fraction", "device", "seed", "out")},
+     configs=(FUSIONS, "multimodal.config:MultimodalConfig", TRAIN_CONFIG),
+     show="training.report:print_ranking")

@@ -66,7 +66,7 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
              lr: float | None = None, calibration_images: int | None = None,
              calibrate: str = "minmax", max_drop: float | None = None,
              accept: str | None = None, backend: str = "onnxruntime",
-             console: Console | None = None,
+             console: Console | None = None, progress: bool | None = None,
              **settings: Any) -> dict[str, Any]:
     """Quantize ARTIFACT to INT8; writes an artifact folder with model.onnx and model.int8.onnx.
 
@@ -80,7 +80,8 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
     for ptq / dynamic, PTQConfig fields (threads, timing_runs, max_rounds, sensitivity_images,
     skip_bad_images); for qat, TrainConfig fields overriding the fine-tune's defaults.
     skip_bad_images, unless given, is the parent's: data it was trained without its unreadable
-    images is read the same way. Returns {"artifact", "metrics", "quantization", ...}."""
+    images is read the same way. `progress`: whether QAT's fine-tuning draws bars (default: as
+    the parent's training). Returns {"artifact", "metrics", "quantization", ...}."""
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not a quantization method; choose one of "
                           f"{', '.join(METHODS)}")
@@ -108,7 +109,9 @@ def quantize(artifact: str | Path | Artifact, data: str | Path | None = None,
                         "pass --data DATA to calibrate on")
     source = matching_data(data_spec, art)
     if method == "qat":
-        cfg = qat_train_config(art.card.get("config", {}), data_spec, qcfg, settings)
+        cfg = qat_train_config(art.card.get("config", {}), data_spec, qcfg,
+                               {**settings, **({} if progress is None else
+                                               {"progress": progress})})
     out_dir = (Path(out) if out is not None
                else default_out("quantize", f"{art.path.name}-{method}"))
     check_fresh(out_dir)

@@ -130,3 +130,8 @@ def _known_tag(name: str) -> bool:
         return get_pretrained_cfg(name, allow_unregistered=False) is not None
     except RuntimeError:  # timm's answer to an invalid tag
         return False
+
+
+def print_names(console, names: list[str]) -> None:
+    """What `leanvision models` prints: one name a line."""
+    console.print("\n".join(names), highlight=False)

@@ -54,7 +54,7 @@ class BenchOptions:
 
 
 def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
-          runtimes: list[str] | None = None, batch: int = 32, threads: int | None = None,
+          runtimes: list[str] | str | None = None, batch: int = 32, threads: int | None = None,
           warmup: int = 10, iterations: int = 100, split: str = "auto",
           out: str | Path | None = None, console: Console | None = None) -> dict[str, Any]:
     """Benchmark each artifact under each runtime it holds (or those in `runtimes`).
@@ -62,6 +62,8 @@ def bench(artifacts: list[str | Path], data: str | Path | None = None, *,
     Returns {"results": [one row per artifact x runtime], "settings", "machine", ...} and
     writes it to OUT/bench.json (default runs/bench/<stamp>/). `data` (a dataset spec) adds
     top-1 on its `split` ("auto": test if there is one, else the card's validation hold-out)."""
+    if isinstance(runtimes, str):  # "onnx-fp32,onnx-int8", as typed on a command line
+        runtimes = [name.strip() for name in runtimes.split(",") if name.strip()]
     if not artifacts:
         raise ConfigError("no artifacts given; pass one or more artifact folders")
     if batch < 1 or warmup < 0 or iterations < 1:

@@ -51,13 +51,13 @@ from ..paired import DEFAULT_ACCEPT
 from .base import check_base, data_identity, make_base, skip_bad_choice
 from .constraints import Constraints
 from .objective import Objective, SearchContext, counted_trials, shipped_top1
+from .options import DEFAULT_RUNTIMES
 from .output import finish
 from .sampler import PipelineSampler
 from .schedule import base_minutes, finish_reserve_s
 from .space import Budget, SearchSpace, default_resolutions, default_students
 from .stages import host_id, pid_alive, stage_key
 
-DEFAULT_RUNTIMES = ("onnx-fp32", "onnx-int8")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # val top-1, latency ms, size MB
 HEARTBEAT_S = 60  # an RDB worker that stops beating this long (x2) has its trial failed
 SQLITE_WAIT_S = 60  # workers on one SQLite file wait this long for each other's writes

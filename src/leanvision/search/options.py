@@ -8,6 +8,8 @@ from pathlib import Path
 from ..paired import DEFAULT_ACCEPT
 from ..setting import setting
 
+DEFAULT_RUNTIMES = ("onnx-fp32", "onnx-int8")
+
 
 @dataclass
 class OptimizeOptions:
@@ -39,8 +41,9 @@ class OptimizeOptions:
                                   "several workers at one RDB URL.")
     study_name: str | None = setting(None, "Study to create or resume.")
     workers: int = setting(1, "Local worker processes sharing the storage.")
-    runtime: list[str] | None = setting(None, "Runtimes to consider (repeatable; default "
-                                        "onnx-fp32 and onnx-int8).")
+    runtimes: tuple[str, ...] | list[str] = setting(DEFAULT_RUNTIMES, "Runtimes to consider "
+                                                    "(repeatable; default onnx-fp32 and "
+                                                    "onnx-int8).")
     threads: int | None = setting(None, "Threads for timing (default: physical cores).")
     seed: int = setting(0, "Seed of the study's sampler.")
     quick: bool = setting(False, "Smaller budgets: a first look in minutes.")

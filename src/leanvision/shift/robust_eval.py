@@ -206,3 +206,10 @@ def _pts(x: float) -> str:
 
 
 __all__ = ["ROBUSTNESS_FILE", "RobustnessConfig", "robustness"]
+
+
+def print_summary_line(console: Console, result: dict[str, Any]) -> None:
+    """The line `leanvision robustness` ends with."""
+    console.print(f"clean {100 * result['clean_top1']:.2f}%, mean corruption accuracy "
+                  f"{100 * result['mean_corruption_top1']:.2f}% (drop "
+                  f"{100 * result['mean_drop']:.2f} pts); {result['json']}", highlight=False)

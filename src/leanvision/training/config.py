@@ -132,6 +132,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 setattr(self, name, str(value))
+        self.pretrained = _pretrained_choice(self.pretrained)
         _one_of("optimizer", self.optimizer, OPTIMIZERS, allow_none=True)
         _one_of("schedule", self.schedule, SCHEDULES, allow_none=True)
         _one_of("recipe", self.recipe, RECIPES)
@@ -199,6 +200,15 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _pretrained_choice(value: bool | str | None) -> bool | str | None:
+    """`pretrained` as typed on a command line: auto, yes, no, or a weights file."""
+    if not isinstance(value, str):
+        return value
+    words = {"auto": None, "yes": True, "true": True, "1": True, "no": False, "false": False,
+             "0": False}
+    return words.get(value.lower(), value)
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...], allow_none: bool = False) -> None:

@@ -128,3 +128,9 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def print_ranking(console: Console, result: dict[str, Any]) -> None:
+    """The one line `compare` and `compare-fusions` end with: the best and the order."""
+    console.print(f"best: {result['best']} ({' > '.join(result['ranking'])}); "
+                  f"{result['json']}", highlight=False)
