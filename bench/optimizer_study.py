@@ -26,7 +26,7 @@ from common import (
 
 import leanvision
 from leanvision.io import write_atomic
-from leanvision.training.compare import DEFAULT_OPTIMIZERS
+from leanvision.training.tuning.compare import DEFAULT_OPTIMIZERS
 
 NUM_CLASSES = 10
 

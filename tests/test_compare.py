@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from leanvision.cli import app
 from leanvision.errors import ConfigError
-from leanvision.training.compare import compare
+from leanvision.training.tuning.compare import compare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

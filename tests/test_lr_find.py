@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from leanvision.cli import app
 from leanvision.errors import ConfigError
-from leanvision.training.lr_find import lr_find, suggest_lr
+from leanvision.training.tuning.lr_find import lr_find, suggest_lr
 
 TINY = dict(model="resnet8", batch_size=8, progress=False)
 

@@ -17,7 +17,7 @@ from leanvision.artifact import Artifact
 from leanvision.data.unlabeled import load_unlabeled
 from leanvision.errors import ConfigError, DatasetError
 from leanvision.hardware import choose_hardware
-from leanvision.training.self_training import pseudo_label, select_confident
+from leanvision.training.semi.self_training import pseudo_label, select_confident
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

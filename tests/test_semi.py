@@ -14,7 +14,7 @@ from PIL import Image
 import leanvision as lv
 from leanvision.errors import ConfigError, DatasetError
 from leanvision.hardware import choose_hardware
-from leanvision.training.semi import FixMatchCriterion
+from leanvision.training.semi.fixmatch import FixMatchCriterion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

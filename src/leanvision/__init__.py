@@ -40,8 +40,8 @@ _LAZY = {
     "list_models": "models",
     "TrainConfig": "training",
     "train": "training",
-    "compare": "training.compare",
-    "lr_find": "training.lr_find",
+    "compare": "training.tuning.compare",
+    "lr_find": "training.tuning.lr_find",
     "optimize": "search",
     "robustness": "shift",
     "adapt": "shift",
@@ -99,5 +99,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .serving import serve
     from .shift import adapt, robustness
     from .training import TrainConfig, train
-    from .training.compare import compare
-    from .training.lr_find import lr_find
+    from .training.tuning.compare import compare
+    from .training.tuning.lr_find import lr_find

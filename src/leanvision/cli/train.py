@@ -12,7 +12,7 @@ PANELS = {"data": "Data", "recipe": "Model", "epochs": "Optimisation", "augment"
           "unlabeled": "Semi-supervised (--unlabeled)", "tta": "Inference",
           "device": "Hardware", "seed": "Run"}
 TRAIN_CONFIG = "training.config:TrainConfig"
-LR_FIND = "training.lr_find:LrFindOptions"
+LR_FIND = "training.tuning.lr_find:LrFindOptions"
 
 
 def _train_options() -> Options:
@@ -49,14 +49,14 @@ verb("cv", "cv:cross_validate",
       **keys("model", "epochs", "batch_size", "lr", "optimizer", "augment"), **RUN_ON},
      configs=(TRAIN_CONFIG,), show="cv:print_cross_validation")
 
-verb("lr-find", "training.lr_find:lr_find",
+verb("lr-find", "training.tuning.lr_find:lr_find",
      "Learning-rate range test: suggest a learning rate for training on DATA.",
      lambda: {"data": DIGITS, **keys("out", "model", "optimizer", "batch_size"),
               **fields_of(LR_FIND), **RUN_ON},
      configs=(LR_FIND, TRAIN_CONFIG), show="suggested lr {suggested_lr:.3g} for {optimizer} "
      "(min-loss lr / 10: {min_loss_lr:.3g}); plot {plot}")
 
-verb("compare", "training.compare:compare",
+verb("compare", "training.tuning.compare:compare",
      "Train once per optimizer, each at its lr-find rate; rank by validation top-1.",
      {"data": DIGITS, "optimizers": Opt("Comma-separated optimizer names.", type=str),
       **keys("epochs", "model", "batch_size"), "find_steps": "Steps of each learning-rate range "

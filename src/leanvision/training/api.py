@@ -29,7 +29,7 @@ from .checkpoint import CHECKPOINT_FILE, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .finish import write_artifact
 from .loop import FitInputs, fit
-from .param_setup import _chain_epoch_start, _finetune_groups
+from .param_setup import _chain_epoch_start, finetune_groups
 from .recipe import data_stats, resolve_recipe
 from .report import print_config, print_counts
 from .transfer_run import CACHED_STRATEGIES, fit_transfer, precheck_budget, transfer_ready
@@ -124,7 +124,7 @@ def train(data: str | Path = "builtin:digits", out: str | Path | None = None, *,
         with tracking.tracked_run(track and w.main, track_uri if w.main else None,
                                   stage="train", params=params, folder=out_dir) as run:
             if cfg.unlabeled and cfg.pseudo_labels == "teacher":
-                from .self_training import self_train
+                from .semi.self_training import self_train
 
                 summary = self_train(source, cfg, out_dir, console=console,
                                      on_epoch_end=on_epoch_end)
@@ -223,13 +223,13 @@ def _fit_inputs(cfg: TrainConfig, model: torch.nn.Module, input_size: tuple[int,
                 on_epoch_end: Callable | None, epoch_hook: Callable | None,
                 console: Console) -> tuple[FitInputs, Any]:
     """What the fit loop needs besides the config, and the semi-supervised set-up (or None)."""
-    groups, on_epoch_start = ([], None) if cached else _finetune_groups(model, strategy, cfg)
+    groups, on_epoch_start = ([], None) if cached else finetune_groups(model, strategy, cfg)
     if epoch_hook is not None:
         on_epoch_start = _chain_epoch_start(on_epoch_start, epoch_hook, model)
     class_w, sample_w = balance_weights(cfg.balance, train_imgs.labels, num_classes)
     semi = None
     if cfg.unlabeled:
-        from .semi_setup import fixmatch_criterion
+        from .semi.setup import fixmatch_criterion
 
         semi, criterion, on_epoch_start = fixmatch_criterion(
             cfg, model, input_size, num_classes, pre, class_w, criterion, on_epoch_start,

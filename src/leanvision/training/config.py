@@ -20,7 +20,7 @@ RECIPES = ("auto", "standard", "fast")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 BALANCE = ("none", "loss", "sampler")
-PSEUDO_LABELS = ("epoch", "step", "teacher")  # training/semi.py, training/self_training.py
+PSEUDO_LABELS = ("epoch", "step", "teacher")  # training/semi/
 THRESHOLDS = ("flex", "fixed")
 # settings only one family of --unlabeled methods reads
 FIXMATCH_ONLY = ("mu", "lambda_u", "thresholds")
@@ -91,7 +91,7 @@ class TrainConfig:
     lambda_u: float = setting(1.0, "FixMatch: weight of the unlabelled loss.")
     # "teacher" is the default because it gained over the labels alone on CIFAR-10 with 4,000
     # labels where FixMatch lost at the same time budget (the figures are in bench/README.md and
-    # bench/results/few_labels-*.json); see training/self_training.py and training/semi.py
+    # bench/results/few_labels-*.json); see training/semi/
     pseudo_labels: str = setting("teacher", "--unlabeled: teacher (self-training: a teacher "
                                  "trained on the labels labels every image once, a student "
                                  "learns from both), epoch (FixMatch, labelled once per epoch, "

@@ -11,7 +11,7 @@ from ..models.finetune import freeze_norm_stats, param_groups, unfreeze_epoch
 from .config import TrainConfig
 
 
-def _finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
+def finetune_groups(model: torch.nn.Module, strategy: str, cfg: TrainConfig):
     """Param groups for the strategy and the per-epoch hook that keeps frozen parts frozen.
 
     For probe-then-lower-lr the optimizer holds every parameter from the start (so its state

@@ -9,7 +9,7 @@
    validation stays on labelled images only.
 4. With `rounds` > 1 the student becomes the next round's teacher.
 
-Compared with FixMatch's per-step pseudo-labels (training/semi.py), each unlabelled image is
+Compared with FixMatch's per-step pseudo-labels (fixmatch.py), each unlabelled image is
 labelled once per round instead of once per step, and labelled by a converged network rather than
 by the one being trained: on a CPU budget that is the cheaper way to turn unlabelled images into
 accuracy (bench/few_labels.py). The intermediate networks are kept as artifacts under
@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..artifact import Artifact, load, require_image_only
-from ..data import DataSource
-from ..data.partition import concat_records, partition
-from ..data.sources import ImageRecords
-from ..data.unlabeled import find_unlabeled, load_unlabeled
-from ..errors import ConfigError
-from ..hardware import Hardware, choose_hardware
-from .config import TrainConfig
-from .semi import MIN_UNLABELED_IMAGES, predict_confidence
+from ...artifact import Artifact, load, require_image_only
+from ...data import DataSource
+from ...data.partition import concat_records, partition
+from ...data.sources import ImageRecords
+from ...data.unlabeled import find_unlabeled, load_unlabeled
+from ...errors import ConfigError
+from ...hardware import Hardware, choose_hardware
+from ..config import TrainConfig
+from .fixmatch import MIN_UNLABELED_IMAGES, predict_confidence
 
 STUDENT_AUGMENT = "strong"
 SUBFOLDER = "self-training"
@@ -42,7 +42,7 @@ SUBFOLDER = "self-training"
 def self_train(source: DataSource, cfg: TrainConfig, out_dir: Path, *, console: Console,
                on_epoch_end=None) -> dict[str, Any]:
     """Teacher, then `cfg.rounds` students; returns the last student's run summary."""
-    from .api import train_on
+    from ..api import train_on
 
     # A folder that cannot serve is refused before the teacher spends any time.
     find_unlabeled(cfg.unlabeled, min_images=MIN_UNLABELED_IMAGES, role="--unlabeled",

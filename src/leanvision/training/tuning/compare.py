@@ -11,15 +11,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..data import decoding_for, load_data
-from ..data.partition import partition
-from ..errors import ConfigError, LeanvisionError
-from ..io import read_jsonl, write_atomic, write_json
-from .api import check_fresh, default_run_dir, train_on
-from .config import OPTIMIZERS, TrainConfig
-from .loop import METRICS_FILE
+from ...data import decoding_for, load_data
+from ...data.partition import partition
+from ...errors import ConfigError, LeanvisionError
+from ...io import read_jsonl, write_atomic, write_json
+from ..api import check_fresh, default_run_dir, train_on
+from ..config import OPTIMIZERS, TrainConfig
+from ..loop import METRICS_FILE
+from ..report import print_outputs
 from .lr_find import lr_find_on
-from .report import print_outputs
 
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
 

@@ -16,21 +16,21 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data import BatchAugment, DataSource, decoding_for, load_data, normalize
-from ..data.partition import Partition, partition
-from ..errors import ConfigError, DatasetError
-from ..hardware import choose_hardware, describe_machine
-from ..io import write_atomic, write_json
-from ..models import create_model, model_preprocessing
-from ..models.finetune import plan_finetune
-from ..setting import setting
-from .api import balance_weights, decode_partition, default_run_dir
-from .config import TrainConfig
-from .loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
-from .optim import build_optimizer
-from .param_setup import _finetune_groups
-from .recipe import data_stats, resolve_recipe
-from .report import print_outputs
+from ...data import BatchAugment, DataSource, decoding_for, load_data, normalize
+from ...data.partition import Partition, partition
+from ...errors import ConfigError, DatasetError
+from ...hardware import choose_hardware, describe_machine
+from ...io import write_atomic, write_json
+from ...models import create_model, model_preprocessing
+from ...models.finetune import plan_finetune
+from ...setting import setting
+from ..api import balance_weights, decode_partition, default_run_dir
+from ..config import TrainConfig
+from ..loop import DATA_INIT_IMAGES, epoch_order, optimizer_step
+from ..optim import build_optimizer
+from ..param_setup import finetune_groups
+from ..recipe import data_stats, resolve_recipe
+from ..report import print_outputs
 
 SMOOTHING = 0.98  # fastai's beta: averages over roughly the last 50 batches
 BLOW_UP = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
@@ -157,7 +157,7 @@ def _sweep(net: torch.nn.Module, train_imgs, pre: dict, cfg: TrainConfig, hw, nu
     strategy = plan_finetune(cfg.finetune, pretrained=bool(cfg.pretrained),
                              images_per_class=len(parts.train) / num_classes, epochs=cfg.epochs,
                              freeze_stages=cfg.freeze_stages)
-    groups, on_epoch_start = _finetune_groups(net, strategy, cfg)
+    groups, on_epoch_start = finetune_groups(net, strategy, cfg)
     net = net.to(hw.device)
     if hw.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ..data.unlabeled import load_unlabeled
-from ..errors import ConfigError
-from ..hardware import choose_hardware
-from .config import TrainConfig
-from .semi import MIN_UNLABELED_IMAGES, FixMatchCriterion
+from ...data.unlabeled import load_unlabeled
+from ...errors import ConfigError
+from ...hardware import choose_hardware
+from ..config import TrainConfig
+from .fixmatch import MIN_UNLABELED_IMAGES, FixMatchCriterion
 
 
 @dataclass

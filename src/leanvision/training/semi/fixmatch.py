@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import BatchAugment, normalize
-from ..data.augment import random_shift_flip
-from ..hardware import Hardware
-from ..tta import tta_logits
+from ...data import BatchAugment, normalize
+from ...data.augment import random_shift_flip
+from ...hardware import Hardware
+from ...tta import tta_logits
 
 # A folder with fewer unlabelled images than this adds nothing a labelled batch does not.
 MIN_UNLABELED_IMAGES = 16
