@@ -74,6 +74,7 @@ def test_a_split_too_small_for_the_rule_says_so_once_with_the_images_that_would_
             "--accept likely (163 would); judged on the point estimate. Hold out more "
             "validation images (train the base with a larger --val-fraction)")
     assert choice.statement.count(note) == 1
+    assert "pass --confirm-folds 5 to re-run the shortlisted pipelines" in choice.statement
     decision = decision_record(pool, Constraints(max_drop=1.0))
     assert (decision["rule_applied"], decision["validation_images"],
             decision["images_to_resolve"], decision["compared"]) == ("point", 100, 163, 2)

@@ -175,14 +175,25 @@ def compare(parent_correct, variant_correct, parent_pred=None,
     if before.shape != after.shape or before.ndim != 1 or not len(before):
         raise ValueError(f"paired comparison needs two equal, non-empty 1-D correctness "
                          f"arrays (got {before.shape} and {after.shape})")
-    n = len(before)
     lost, gained = int(np.sum(before & ~after)), int(np.sum(~before & after))
-    intervals = [tuple(float(bound[()]) * 100 for bound in score_interval(lost, gained, n, lv))
-                 for lv in (0.80, 0.95)]
     agreement = None
     if parent_pred is not None and variant_pred is not None:
         agreement = float(np.mean(np.asarray(parent_pred) == np.asarray(variant_pred)))
-    return PairedComparison(n, lost, gained, (lost - gained) / n * 100, intervals[0],
+    return from_counts(lost, gained, len(before), agreement)
+
+
+def from_counts(lost: int, gained: int, images: int,
+                agreement: float | None = None) -> PairedComparison:
+    """The comparison from its counts alone: the discordant pairs carry everything the
+    interval and the test need, so comparisons on disjoint images (folds) pool by adding
+    their counts."""
+    if images < 1 or lost < 0 or gained < 0 or lost + gained > images:
+        raise ValueError(f"paired counts need 0 <= lost + gained <= images and images >= 1 "
+                         f"(got lost={lost}, gained={gained}, images={images})")
+    intervals = [tuple(float(bound[()]) * 100 for bound in score_interval(lost, gained, images,
+                                                                           lv))
+                 for lv in (0.80, 0.95)]
+    return PairedComparison(images, lost, gained, (lost - gained) / images * 100, intervals[0],
                             intervals[1], agreement, mcnemar_exact_p(lost, gained))
 
 

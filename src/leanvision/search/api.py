@@ -49,9 +49,10 @@ from ..data.partition import partition
 from ..errors import ConfigError, LeanvisionError
 from ..paired import DEFAULT_ACCEPT
 from .base import check_base, data_identity, make_base, skip_bad_choice
+from .confirm import confirm_run
 from .constraints import Constraints
 from .objective import Objective, SearchContext, counted_trials, shipped_top1
-from .options import DEFAULT_RUNTIMES
+from .options import DEFAULT_RUNTIMES, check_run_settings
 from .output import finish
 from .sampler import PipelineSampler
 from .schedule import base_minutes, finish_reserve_s
@@ -76,7 +77,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
              threads: int | None = None, seed: int = 0, console: Console | None = None,
              quick: bool = False, budget: Budget | None = None,
              space: SearchSpace | None = None, explain_images: int = 0,
-             skip_bad_images: bool | None = None) -> dict[str, Any]:
+             skip_bad_images: bool | None = None, confirm_folds: int = 0) -> dict[str, Any]:
     """Search pruning, distillation and INT8 pipelines from a base model on DATA for the
     fastest model within the constraints, measured on this machine.
 
@@ -97,13 +98,15 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     onnx-int8). `threads`: benchmark threads (default: the physical cores). `quick` (or an
     explicit `budget`): stage budgets; `space`: the search space (default: see space.py).
     `skip_bad_images`: leave out unreadable images in the base's training and every stage
-    (default: what `base` was trained with; no when training the base here).
+    (default: what `base` was trained with; no when training the base here). `confirm_folds`
+    K: re-run the shortlist on K folds, a base per fold (search/confirm.py).
     Returns {"report", "chosen", "pareto", "met", "statement", "trials", "seconds",
     "storage", ...}."""
     started = time.perf_counter()
     console = console or Console(stderr=True)
     constraints = Constraints(max_drop, max_latency_ms, max_size_mb, accept, max_class_drop)
-    _check_run_settings(trials, timeout_s, workers, threads, explain_images, time_budget)
+    check_run_settings(trials, timeout_s, workers, threads, explain_images, time_budget,
+                       confirm_folds)
     deadline = None if time_budget is None else time.time() + time_budget * 60
     if quick and budget is not None:
         raise ConfigError("pass either quick=True or a budget, not both (quick is a budget)")
@@ -185,6 +188,8 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
                           f"{trials}, {space.size()} pipelines); writing the results")
     summary = finish(study, ctx, storage_url=_masked(storage_url), data=data_spec,
                      explain_images=explain_images, console=console)
+    if confirm_folds:
+        confirm_run(summary, ctx, source, confirm_folds, seed, console)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["study"] = study_name
     summary["time_budget_minutes"] = time_budget
@@ -333,23 +338,6 @@ def _check_space(study: optuna.Study, space: SearchSpace) -> None:
 
 
 # ---- settings ----------------------------------------------------------------------------------
-
-def _check_run_settings(trials: int | None, timeout_s: float | None, workers: int,
-                        threads: int | None, explain_images: int,
-                        time_budget: float | None = None) -> None:
-    if time_budget is not None and not time_budget > 0:
-        raise ConfigError(f"--time-budget {time_budget} must be a positive number of minutes")
-    if trials is not None and trials < 1:
-        raise ConfigError(f"--trials {trials} must be at least 1")
-    if timeout_s is not None and not timeout_s > 0:
-        raise ConfigError(f"--timeout-s {timeout_s} must be a positive number of seconds")
-    if workers < 1:
-        raise ConfigError(f"--workers {workers} must be at least 1")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads} must be at least 1")
-    if explain_images < 0:
-        raise ConfigError(f"--explain-images {explain_images} must be 0 or more")
-
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any] = {}

@@ -352,8 +352,9 @@ def _split_note(candidates: list[Candidate], cons: Constraints) -> str:
     if not any(c.comparison is not None for c in candidates):
         return f" ({notes[0]})"
     return (f" (Too little data to decide: {'; '.join(notes)}. Hold out more validation "
-            "images (train the base with a larger --val-fraction) to decide under --accept "
-            f"{cons.accept}.)")
+            "images (train the base with a larger --val-fraction), or pass --confirm-folds 5 "
+            "to re-run the shortlisted pipelines on 5 folds of all non-test images, to decide "
+            f"under --accept {cons.accept}.)")
 
 
 def _limits(cons: Constraints) -> str:

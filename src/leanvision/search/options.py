@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..paired import DEFAULT_ACCEPT
 from ..setting import setting
 
@@ -27,6 +28,13 @@ class OptimizeOptions:
                                            "may lose against the base (judged per class "
                                            "under --accept; the worst class is always "
                                            "reported).")
+    confirm_folds: int = setting(0, "Re-run the shortlisted pipelines (the chosen and up to "
+                                 "2 faster-or-next meeting ones) on K stratified folds of the "
+                                 "non-test images, training a base per fold (default recipe), "
+                                 "and judge --max-drop on all K folds' images pooled: for a "
+                                 "validation split too small to decide. Costs about K more "
+                                 "base trainings plus K runs of each shortlisted pipeline; "
+                                 "the shipped model stays the one built here (0: off).")
     max_latency_ms: float | None = setting(None, "Batch-1 latency limit, measured here.")
     max_size_mb: float | None = setting(None, "Model file size limit.")
     trials: int | None = setting(None, "Finished trials in the study, each a pipeline not "
@@ -51,3 +59,25 @@ class OptimizeOptions:
     skip_bad_images: bool | None = setting(None, "Leave out images that cannot be decoded, in the "
                                            "base's training and every trial (default: as --base "
                                            "was trained; no without).")
+
+
+def check_run_settings(trials: int | None, timeout_s: float | None, workers: int,
+                       threads: int | None, explain_images: int,
+                       time_budget: float | None = None, confirm_folds: int = 0) -> None:
+    """Refuse a run setting no search can honour, in words, before any work."""
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"--time-budget {time_budget} must be a positive number of minutes")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials {trials} must be at least 1")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ConfigError(f"--timeout-s {timeout_s} must be a positive number of seconds")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be at least 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads} must be at least 1")
+    if explain_images < 0:
+        raise ConfigError(f"--explain-images {explain_images} must be 0 or more")
+    if confirm_folds < 0 or confirm_folds == 1:
+        raise ConfigError(f"--confirm-folds {confirm_folds} is too few: each fold holds out a "
+                          "1/K share of the images, so K must be 2 or more (5 is usual), or 0 "
+                          "for none")
