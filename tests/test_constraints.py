@@ -11,7 +11,13 @@ import pytest
 from leanvision.errors import ConfigError
 from leanvision.paired import compare
 from leanvision.search import Candidate, Constraints, choose, evidence
-from leanvision.search.constraints import decision_record, judged_drop, misses, paired_record
+from leanvision.search.constraints import (
+    decision_record,
+    judged_drop,
+    misses,
+    paired_record,
+    undecided,
+)
 from leanvision.search.evidence import ValSplit, attach_comparisons
 
 BASE_VAL = 0.9
@@ -179,3 +185,23 @@ def test_comparisons_use_each_candidates_cached_predictions(tmp_path: Path,
                       f"measure-onnx-int8-val-{split.key()}.npz"]
     # A base whose predictions do not give its card's accuracy: nothing is compared.
     assert attach_comparisons(pool, tmp_path / "base", 0.5, split) == 0
+
+
+def test_a_faster_candidate_the_split_cannot_rule_out_is_said_to_be_undecided() -> None:
+    # Like make demo: 180 validation images, a 1-point budget. The chosen one changed no
+    # answer; a faster one lost 2 images (drop 1.1 points, whose 95% interval reaches well
+    # below 1); a fastest one lost 12 (surely over the budget: the split can tell).
+    chosen = _candidate(0, 180, lost=0, gained=0, ms=3.0)
+    close = _candidate(1, 180, lost=2, gained=0, ms=2.0)
+    far = _candidate(2, 180, lost=12, gained=0, ms=1.0)
+    cons = Constraints(max_drop=1.0)
+    choice = choose([chosen, close, far], BASE_VAL, cons)
+    assert choice.met and choice.chosen is chosen
+    assert undecided([chosen, close, far], chosen, BASE_VAL, cons) == [close]
+    assert ("The split cannot tell the candidates apart: 1 faster candidate missed the "
+            "accuracy budget by less than its noise (fastest: c1, drop 1.1 points") in (
+        choice.statement)
+    assert "--confirm-folds decides on more images" in choice.statement
+    # Nothing faster that the split cannot rule out: nothing said.
+    alone = choose([chosen, far], BASE_VAL, cons).statement
+    assert "cannot tell" not in alone

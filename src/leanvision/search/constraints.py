@@ -215,6 +215,7 @@ def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> C
             "re-timing rounds overlap), with fewer multiply-adds")
         return Choice(best, True, f"{best.label} meets every constraint ("
                                   f"{_figures(best, base_val, cons)}; {_limits(cons)}) and {why}"
+                                  + _cannot_tell(candidates, best, base_val, cons)
                                   + _split_note(candidates, cons))
     closest = min(candidates, key=lambda c: (_shortfall(c, base_val, cons), c.latency_ms))
     reasons = _impossible(candidates, base_val, cons)
@@ -227,6 +228,36 @@ def choose(candidates: list[Candidate], base_val: float, cons: Constraints) -> C
                  + f". Closest: {closest.label} ({_figures(closest, base_val, cons)}), which "
                  + "misses " + gaps + "." + _split_note(candidates, cons))
     return Choice(closest, False, statement)
+
+
+def undecided(candidates: list[Candidate], chosen: Candidate, base_val: float,
+              cons: Constraints) -> list[Candidate]:
+    """Candidates faster than `chosen` that missed only --max-drop, by a margin the split
+    cannot resolve: their drop's 95% interval reaches below the budget, so on other
+    validation images (another seed, split or search) one of them could be chosen instead."""
+    found = []
+    for c in candidates:
+        missed = misses(c, base_val, cons)
+        if (c.latency_ms >= chosen.latency_ms or set(missed) != {"max_drop"}
+                or c.comparison is None):
+            continue
+        if c.comparison.interval95[0] > cons.max_drop + EPS:
+            continue  # surely over the budget: the split can tell
+        found.append(c)
+    return sorted(found, key=lambda c: c.latency_ms)
+
+
+def _cannot_tell(candidates: list[Candidate], chosen: Candidate, base_val: float,
+                 cons: Constraints) -> str:
+    close = undecided(candidates, chosen, base_val, cons)
+    if not close:
+        return ""
+    fastest = close[0]
+    return (f". The split cannot tell the candidates apart: {len(close)} faster candidate"
+            f"{'' if len(close) == 1 else 's'} missed the accuracy budget by less than its "
+            f"noise (fastest: {fastest.label}, {drop_text(fastest, base_val, cons)}), so "
+            "another validation split or search could choose one of them; --confirm-folds "
+            "decides on more images")
 
 
 def timed_alike_fewest_flops(fastest: Candidate, meeting: list[Candidate]) -> Candidate:
