@@ -44,6 +44,7 @@ from common import (
 from timing import TimingSettings, speedup, time_artifacts
 
 import leanvision
+from leanvision.paired import compare
 
 WORK = Path("/tmp/leanvision-bench/compress")
 
@@ -197,17 +198,36 @@ def bench_distill(root: Path, base: Path, work: Path, args, run: Run) -> dict[st
                       "teacher_cached": got["distill"]["teacher_cached"],
                       "seconds": round(time.perf_counter() - t0, 1)}
     teacher = leanvision.load(base).card["metrics"]["test"]["top1"]
+    alone_correct = test_correct(work / "student-alone")
     for loss in ("kd", "dkd"):
         runs[loss]["gain_points"] = 100 * (runs[loss]["test_top1"] - runs["alone"]["test_top1"])
-    rows = [[name, run["test_top1"], run.get("gain_points"), run["seconds"]]
+        # "beats alone" through the paired comparison on the same test images: a negative
+        # drop is a gain, and its interval says whether the gain is more than noise
+        paired = compare(alone_correct, test_correct(work / f"student-{loss}"))
+        runs[loss]["vs_alone"] = {**paired.record(0.0, "point"), "text": paired.describe()}
+    rows = [[name, run["test_top1"], run.get("gain_points"),
+             (run.get("vs_alone") or {}).get("text"), run["seconds"]]
             for name, run in runs.items()]
     print_table(f"distill: {args.student} student, resnet20 teacher (test top-1 {teacher:.4f}), "
                 f"{args.distill_epochs} epochs each", ["student", "test top-1",
-                                                       "gain (points)", "seconds"], rows,
+                                                       "gain (points)", "against alone",
+                                                       "seconds"], rows,
                 run=run)
     return {"student": args.student, "teacher_test_top1": teacher, "runs": runs,
             "epochs": args.distill_epochs, "data": str(root),
             "train_images_per_class": args.distill_per_class or "all"}
+
+
+def test_correct(folder: Path):
+    """Per-image correctness of an artifact on its data's test split (the paired comparison's
+    input: both students are scored on the same images in the same order)."""
+    from leanvision.evaluate import evaluate_records, evaluation_records
+
+    art = leanvision.load(folder)
+    split, records, spec = evaluation_records(art, None, "test")
+    predicted, labels = evaluate_records(art, records, split, spec,
+                                         keep_predictions=True)["predictions"]
+    return predicted == labels
 
 
 def bench_qat(root: Path, base: Path, out: Path, args, run: Run) -> dict[str, Any]:
