@@ -68,3 +68,11 @@ def test_an_interval_is_drawn_as_an_error_bar() -> None:
     (bar,) = fig.axes[0].containers
     (segment,) = bar.lines[2][0].get_segments()
     assert segment[:, 1].tolist() == pytest.approx([0.97, 1.0])  # 0.98 - 0.01 to + 0.02
+
+
+def test_an_error_bar_never_reaches_past_a_perfect_or_zero_accuracy() -> None:
+    fig = draw_pareto(["base", "int8", "broken"], [1.0, 1.0, 0.01],
+                      [("size (MB)", [2.0, 1.0, 0.5])], "val top-1",
+                      errors=[None, (0.02, 0.02), (0.05, 0.03)])
+    tops = sorted(tuple(c.lines[2][0].get_segments()[0][:, 1]) for c in fig.axes[0].containers)
+    assert tops == [pytest.approx((0.0, 0.04)), pytest.approx((0.98, 1.0))]

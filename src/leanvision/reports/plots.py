@@ -160,8 +160,9 @@ def draw_pareto(names: list[str], accuracy: list[float | None],
             ax.scatter([x], [y], s=50, zorder=3, color=FRONT_COLOUR if on_front else "white",
                        edgecolors=FRONT_COLOUR if on_front else OTHER_COLOUR, linewidths=1.5)
         for (x, y), i in zip(points, keep, strict=True):
-            if errors and errors[i] is not None:
-                ax.errorbar([x], [y], yerr=[[errors[i][0]], [errors[i][1]]], fmt="none",
+            if errors and errors[i] is not None:  # an accuracy stays within 0..1
+                below, above = min(errors[i][0], y), min(errors[i][1], max(0.0, 1.0 - y))
+                ax.errorbar([x], [y], yerr=[[below], [above]], fmt="none",
                             ecolor=OTHER_COLOUR, elinewidth=1, capsize=3, zorder=2)
         staircase = sorted(p for p, f in zip(points, front, strict=True) if f)
         if len(staircase) > 1:
