@@ -82,24 +82,35 @@ def test_from_counts_refuses_impossible_counts():
         from_counts(5, 6, 10)
 
 
-def test_the_shortlist_is_the_chosen_then_the_fastest_meeting_pipelines():
-    def entry(name, ms, meets=True):
+def test_the_shortlist_is_the_chosen_then_the_undecided_then_the_meeting_pipelines():
+    def entry(name, ms, misses=None, low=None):
         return {"label": name, "pipeline": {"name": name}, "latency_ms": ms, "size_mb": 1.0,
-                "meets": meets}
-    front = [entry("fast-miss", 0.5, meets=False), entry("b", 2.0), entry("a", 1.0),
-             entry("c", 3.0), entry("d", 4.0)]
-    picked = shortlist(front, entry("c", 3.0))
-    assert [e["label"] for e in picked] == ["c", "a", "b"]
+                "meets": not misses, "misses": misses or {},
+                "paired": None if low is None else {"interval95_points": [low, low + 3]}}
+    front = [entry("surely-over", 0.3, {"max_drop": 9.0}, low=4.0),
+             entry("one-image", 0.5, {"max_drop": 0.8}, low=-1.5),
+             entry("too-slow-too", 0.4, {"max_drop": 0.8, "max_latency_ms": 0.1}, low=-1.5),
+             entry("b", 2.0), entry("a", 1.0), entry("c", 3.0), entry("d", 4.0)]
+    picked = shortlist(front, entry("c", 3.0), max_drop=1.0)
+    # the split could not rule out one-image; surely-over and a latency miss are not asked
+    assert [e["label"] for e in picked] == ["c", "one-image", "a"]
+    assert [e["label"] for e in shortlist(front, entry("c", 3.0), 1.0, limit=4)] == [
+        "c", "one-image", "a", "b"]
 
 
 def test_statement_says_which_pipeline_the_folds_support():
     cons = Constraints(max_drop=1.0, accept="likely")
-    good = pool("good", {}, [{"lost": 2, "gained": 1, "images": 400, "agreement": 0.99}] * 2)
+    good = pool("good", {}, [{"lost": 2, "gained": 1, "images": 400, "agreement": 0.99}] * 2,
+                latency_ms=2.0)
+    faster = pool("faster", {}, [{"lost": 1, "gained": 1, "images": 400,
+                                  "agreement": 0.99}] * 2, latency_ms=1.0)
     bad = pool("bad", {}, [{"lost": 12, "gained": 0, "images": 400, "agreement": 0.97}] * 2)
     said = statement([bad, good], 2, cons)
     assert said.startswith("Confirmed on 2 folds (800 images, each held out once")
     assert "bad: drop 3.0 points" in said and "within 1 point: no" in said
     assert said.endswith("The folds support good.")
+    # of two supported, the faster (as measured on the original split) is named
+    assert statement([good, faster], 2, cons).endswith("The folds support faster.")
     assert statement([bad], 2, cons).endswith("No shortlisted pipeline stays within the "
                                                "budget on the folds.")
 

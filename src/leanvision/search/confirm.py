@@ -40,15 +40,23 @@ from .objective import SearchContext
 SHORTLIST = 3
 
 
-def shortlist(front: list[dict[str, Any]], chosen: dict[str, Any] | None,
+def shortlist(front: list[dict[str, Any]], chosen: dict[str, Any] | None, max_drop: float,
               limit: int = SHORTLIST) -> list[dict[str, Any]]:
-    """pareto.json's chosen entry, then the fastest other front entries that meet every
-    constraint on the split (one per pipeline): those the choice would move to if the chosen
-    one failed. A meeting candidate off the front is slower and no more accurate than one on
-    it, so it is never the next choice."""
+    """pareto.json's chosen entry, then the faster front entries the split could not rule
+    out (they missed only --max-drop, and their 95% interval reaches below it: the statement
+    names them as undecided), fastest first, then the fastest others that meet every
+    constraint (those the choice would move to if the chosen one failed); one per pipeline.
+    A candidate off the front is slower and no more accurate than one on it."""
     picked: list[dict[str, Any]] = [chosen] if chosen is not None else []
-    for entry in sorted((e for e in front if e.get("meets")),
-                        key=lambda e: (e["latency_ms"], e["size_mb"])):
+    fastest = chosen["latency_ms"] if chosen is not None else float("inf")
+
+    def undecided(e: dict[str, Any]) -> bool:
+        interval = (e.get("paired") or {}).get("interval95_points")
+        return (e["latency_ms"] < fastest and set(e.get("misses") or {}) == {"max_drop"}
+                and interval is not None and interval[0] <= max_drop)
+
+    by_speed = sorted(front, key=lambda e: (e["latency_ms"], e["size_mb"]))
+    for entry in [e for e in by_speed if undecided(e)] + [e for e in by_speed if e.get("meets")]:
         if len(picked) >= limit:
             break
         if all(entry["pipeline"] != p["pipeline"] for p in picked):
@@ -106,6 +114,7 @@ class Confirmed:
     pipeline: dict[str, Any]
     comparison: PairedComparison | None  # None: some fold could not compare it
     folds: list[dict[str, Any]]  # per fold: lost, gained, images (or why not)
+    latency_ms: float = 0.0  # as measured on the original split: the faster supported wins
 
     def verdict(self, cons: Constraints) -> tuple[bool, str]:
         """(within --max-drop under --accept on the pooled images, the rule applied)."""
@@ -115,12 +124,12 @@ class Confirmed:
         return self.comparison.accepts(cons.max_drop, rule), rule
 
 
-def pool(label: str, pipeline: dict[str, Any],
-         per_fold: list[dict[str, Any] | None]) -> Confirmed:
+def pool(label: str, pipeline: dict[str, Any], per_fold: list[dict[str, Any] | None],
+         latency_ms: float = 0.0) -> Confirmed:
     """Add the folds' paired counts (disjoint images) into one comparison."""
     folds = [f if f is not None else {"missing": True} for f in per_fold]
     if any(f is None for f in per_fold):
-        return Confirmed(label, pipeline, None, folds)
+        return Confirmed(label, pipeline, None, folds, latency_ms)
     lost = sum(f["lost"] for f in per_fold)
     gained = sum(f["gained"] for f in per_fold)
     images = sum(f["images"] for f in per_fold)
@@ -128,7 +137,8 @@ def pool(label: str, pipeline: dict[str, Any],
     agreement = (None if any(a is None for a in agreements)
                  else sum(a * f["images"] for a, f in zip(agreements, per_fold, strict=True))
                  / images)
-    return Confirmed(label, pipeline, from_counts(lost, gained, images, agreement), folds)
+    return Confirmed(label, pipeline, from_counts(lost, gained, images, agreement), folds,
+                     latency_ms)
 
 
 def fold_counts(search: dict[str, Any], pipeline: dict[str, Any]) -> dict[str, Any] | None:
@@ -153,7 +163,8 @@ def statement(confirmed: list[Confirmed], folds: int, cons: Constraints) -> str:
         parts.append(f"{c.label}: {c.comparison.describe()} — within {cons.max_drop:g} "
                      f"point{'' if cons.max_drop == 1 else 's'}: "
                      f"{'yes' if met else 'no'} ({bound})")
-    supported = [c for c in confirmed if c.verdict(cons)[0]]
+    supported = sorted((c for c in confirmed if c.verdict(cons)[0]),
+                       key=lambda c: c.latency_ms)
     images = next((c.comparison.images for c in confirmed if c.comparison is not None), 0)
     head = (f"Confirmed on {folds} folds ({images} images, each held out once; base and "
             f"pipeline re-trained per fold): ")
@@ -168,7 +179,7 @@ def confirm(source: DataSource, pareto: dict[str, Any], cons: Constraints, folds
     """Re-run pareto.json's shortlist on `folds` folds; `run_fold(data_csv, folder,
     pipelines)` runs one fold's optimize and returns its search.json. Returns pareto.json's
     "confirm" block."""
-    short = shortlist(pareto["front"], pareto.get("chosen"))
+    short = shortlist(pareto["front"], pareto.get("chosen"), cons.max_drop)
     if not short:
         return {"folds": folds, "shortlist": [], "statement": "nothing to confirm: no "
                 "candidate was measured"}
@@ -178,8 +189,8 @@ def confirm(source: DataSource, pareto: dict[str, Any], cons: Constraints, folds
         console.rule(f"--confirm-folds: fold {k + 1} of {folds}")
         per_fold.append(run_fold(str(csv_path), out / "confirm" / f"fold-{k + 1}",
                                  [c["pipeline"] for c in short]))
-    confirmed = [pool(c["label"], c["pipeline"],
-                      [fold_counts(s, c["pipeline"]) for s in per_fold]) for c in short]
+    confirmed = [pool(c["label"], c["pipeline"], [fold_counts(s, c["pipeline"]) for s in per_fold],
+                      c["latency_ms"]) for c in short]
     said = statement(confirmed, folds, cons)
     return {"folds": folds, "seed": seed, "statement": said,
             "shortlist": [{"label": c.label, "pipeline": c.pipeline,
@@ -187,7 +198,8 @@ def confirm(source: DataSource, pareto: dict[str, Any], cons: Constraints, folds
                            c.comparison.record(cons.max_drop, c.verdict(cons)[1]),
                            "within_budget": c.verdict(cons)[0], "folds": c.folds}
                           for c in confirmed],
-            "supported": next((c.label for c in confirmed if c.verdict(cons)[0]), None)}
+            "supported": next((c.label for c in sorted(confirmed, key=lambda c: c.latency_ms)
+                               if c.verdict(cons)[0]), None)}
 
 
 def confirm_run(summary: dict[str, Any], ctx: SearchContext, source: DataSource, folds: int,

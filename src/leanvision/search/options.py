@@ -28,8 +28,9 @@ class OptimizeOptions:
                                            "may lose against the base (judged per class "
                                            "under --accept; the worst class is always "
                                            "reported).")
-    confirm_folds: int = setting(0, "Re-run the shortlisted pipelines (the chosen and up to "
-                                 "2 faster-or-next meeting ones) on K stratified folds of the "
+    confirm_folds: int = setting(0, "Re-run the shortlisted pipelines (the chosen, the faster "
+                                 "ones the split could not rule out, then the next that meet "
+                                 "the constraints; 3 at most) on K stratified folds of the "
                                  "non-test images, training a base per fold (default recipe), "
                                  "and judge --max-drop on all K folds' images pooled: for a "
                                  "validation split too small to decide. Costs about K more "
