@@ -222,12 +222,17 @@ def confirm_run(summary: dict[str, Any], ctx: SearchContext, source: DataSource,
         storage = f"sqlite:///{(folder / 'optuna.db').resolve()}"
         study = optuna.create_study(storage=storage, study_name="confirm",
                                     directions=list(DIRECTIONS), load_if_exists=True)
-        if not study.get_trials(deepcopy=False):  # exactly the shortlist, no anchors
-            for pipeline in pipelines:
-                study.enqueue_trial(space.params(Pipeline(**pipeline)), skip_if_exists=True)
+        # Exactly the shortlist, no anchors; a resumed fold (or a longer shortlist) adds
+        # only the pipelines its study does not hold yet.
+        held = [t.params for t in study.get_trials(deepcopy=False)]
+        for pipeline in pipelines:
+            params = space.params(Pipeline(**pipeline))
+            if params not in held:
+                study.enqueue_trial(params)
+                held.append(params)
         optimize(data, out=folder, max_drop=cons.max_drop, max_latency_ms=cons.max_latency_ms,
                  max_size_mb=cons.max_size_mb, accept=cons.accept,
-                 max_class_drop=cons.max_class_drop, trials=len(pipelines), storage=storage,
+                 max_class_drop=cons.max_class_drop, trials=len(held), storage=storage,
                  study_name="confirm", threads=ctx.threads, seed=seed, console=console,
                  budget=ctx.budget, space=space, skip_bad_images=ctx.skip_bad_images)
         return json.loads((folder / "search.json").read_text(encoding="utf-8"))
