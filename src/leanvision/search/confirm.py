@@ -224,7 +224,9 @@ def confirm_run(summary: dict[str, Any], ctx: SearchContext, source: DataSource,
                                     directions=list(DIRECTIONS), load_if_exists=True)
         # Exactly the shortlist, no anchors; a resumed fold (or a longer shortlist) adds
         # only the pipelines its study does not hold yet.
-        held = [t.params for t in study.get_trials(deepcopy=False)]
+        # (an enqueued trial not yet run holds its parameters as fixed_params)
+        held = [t.params or t.system_attrs.get("fixed_params", {})
+                for t in study.get_trials(deepcopy=False)]
         for pipeline in pipelines:
             params = space.params(Pipeline(**pipeline))
             if params not in held:
