@@ -157,6 +157,7 @@ def test_optimize_confirms_the_choice_on_folds(tmp_path):
     assert sum(f["images"] for f in folds) == 24 and len(folds) == 2
     assert sum(f["lost"] for f in folds) == pooled["lost"]
     assert "Confirmed on 2 folds (24 images" in pareto["statement"]
+    assert pareto["statement"].split(" Confirmed on")[0][-1] in ".)"  # one sentence each
     assert summary["statement"] == pareto["statement"] and summary["confirm"] == block
     for k in (1, 2):  # each fold trained its own base on its own split
         base_card = json.loads((tmp_path / "out" / "confirm" / f"fold-{k}" / "base" /

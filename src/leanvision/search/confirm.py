@@ -243,7 +243,8 @@ def confirm_run(summary: dict[str, Any], ctx: SearchContext, source: DataSource,
     pareto = json.loads(pareto_path.read_text(encoding="utf-8"))
     block = confirm(source, pareto, cons, folds, seed, out, run_fold, console)
     pareto["confirm"] = block
-    pareto["statement"] = f"{pareto['statement']} {block['statement']}"
+    said = pareto["statement"].rstrip()
+    pareto["statement"] = f"{said}{'' if said.endswith(('.', ')')) else '.'} {block['statement']}"
     write_json(pareto_path, pareto)
     summary["confirm"], summary["statement"] = block, pareto["statement"]
     console.print(block["statement"], highlight=False)
