@@ -126,6 +126,7 @@ def test_serving_caps_images_lower_than_training_and_says_why():
 def test_readyz_turns_503_while_ordinary_work_lags(monkeypatch):
     with TestClient(create_app(predictor=FakeRuntime(), timeout_s=2)) as client:
         service = client.app.state.service
+        assert service.batcher.ready.wait(timeout=60)  # warm-up runs in its own thread
         assert client.get("/readyz").status_code == 200
         monkeypatch.setattr(service.decoder.light, "oldest_wait", lambda: 1.5)
         lagging = client.get("/readyz")
