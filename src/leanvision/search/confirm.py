@@ -19,6 +19,8 @@ as PNG files beside it), whose study holds exactly the shortlisted pipelines."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from ..data.partition import concat_records
 from ..data.sources import DataSource
 from ..data.splits import stratified_kfold
 from ..errors import ConfigError
-from ..io import write_text
+from ..io import write_atomic, write_text
 from ..paired import RULE_LEVELS, PairedComparison, applied_rule, from_counts
 from .constraints import Constraints
 from .objective import SearchContext
@@ -76,11 +78,13 @@ def write_folds(source: DataSource, folds: int, seed: int, folder: Path) -> list
     written = []
     for k, (_, held_out) in enumerate(splits):
         val = set(np.asarray(held_out).tolist())
-        rows = ["path,label,split"] + [
-            f"{_csv_cell(path)},{_csv_cell(source.classes[label])},"
-            f"{'val' if i in val else 'train'}"
-            for i, (path, label) in enumerate(zip(paths, records.labels.tolist(), strict=True))]
-        written.append(write_text(folder / f"fold-{k + 1}.csv", "\n".join(rows) + "\n"))
+        text = io.StringIO()
+        rows = csv.writer(text, lineterminator="\n")
+        rows.writerow(["path", "label", "split"])
+        rows.writerows([path, source.classes[label], "val" if i in val else "train"]
+                       for i, (path, label) in enumerate(zip(paths, records.labels.tolist(),
+                                                             strict=True)))
+        written.append(write_text(folder / f"fold-{k + 1}.csv", text.getvalue()))
     return written
 
 
@@ -94,16 +98,9 @@ def _image_paths(items: list, folder: Path) -> list[str]:
             continue
         target = folder / f"{i:06d}.png"
         if not target.is_file():  # written once; a resumed run reuses them
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp.png")
-            Image.fromarray(item).save(tmp)
-            tmp.replace(target)
+            write_atomic(target, lambda tmp, item=item: Image.fromarray(item).save(tmp, "PNG"))
         paths.append(str(target))
     return paths
-
-
-def _csv_cell(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 @dataclass
