@@ -7,10 +7,7 @@ import importlib
 import json
 import sys
 
-try:
-    from typer._click.exceptions import ClickException  # typer 0.2x ships its own click
-except ImportError:  # pragma: no cover - typer on the click package
-    from click.exceptions import ClickException
+from typer._click.exceptions import ClickException  # typer >= 0.29 ships its own click
 
 from . import command
 from .command import app

@@ -112,7 +112,7 @@ class Command:
 
     def __call__(self, ctx: typer.Context, **values: Any) -> None:
         as_json = values.pop("as_json", False)
-        api = inspect.signature(find(self.api)).parameters
+        api = self._api_parameters
         # An option the user did not type is left out when it is unset or no parameter of the
         # API, so the API's default (or the config's, or the stage's that fills it) applies,
         # and `train --resume` hears only what was typed.
@@ -134,18 +134,20 @@ class Command:
         elif self.show:
             out_console.print(self.show.format(**result), highlight=False)
 
+    @functools.cached_property
+    def _api_parameters(self) -> Any:  # the signature is read once, not once per option
+        return inspect.signature(find(self.api)).parameters
+
     def _parameter(self, key: str, spec: Opt) -> inspect.Parameter:
-        found = inspect.signature(find(self.api)).parameters.get(key)
+        found = self._api_parameters.get(key)
         fields = [f for ref in self.configs for f in dataclasses.fields(find(ref))
                   if f.name == key]
-        field = fields[0] if fields else None  # a plain field (no setting) borrows a later help
         annotation, default = "", None  # an option of the CLI's own: its Opt says the rest
         if found is not None and found.kind != found.VAR_KEYWORD:
             annotation, default = found.annotation, found.default
-        elif field is not None:
-            annotation, default = field.type, field.default
-        if spec.default is not inspect.Parameter.empty:
-            default = spec.default
+        elif fields:  # the first config's field; a plain one (no setting) borrows a later help
+            annotation, default = fields[0].type, fields[0].default
+        default = default if spec.default is inspect.Parameter.empty else spec.default
         if isinstance(default, tuple):  # a list the command line takes comma-separated
             default = ",".join(map(str, default))
         cli_type = spec.type or _cli_type(str(annotation), key)
