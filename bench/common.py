@@ -186,6 +186,15 @@ def result_record(name: str, figures: dict[str, Any], config: dict[str, Any],
     return record
 
 
+def accuracy_interval(top1: float, images: int) -> list[float]:
+    """The 95% Wilson score interval of an accuracy measured on `images` images: the spread a
+    single run's top-1 carries from the draw of its test set alone."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(top1 * images), images).proportion_ci(0.95, method="wilson")
+    return [round(float(ci.low), 4), round(float(ci.high), 4)]
+
+
 def write_result(name: str, record: dict[str, Any]) -> Path:
     path = write_json(RESULTS / f"{name}.json", record)
     console.print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")

@@ -15,7 +15,8 @@ latency in the comparison is re-measured at the end under the protocol (bench/pr
 every model once per round, --repeats rounds in rotated order, 200 calls at batch 1 per round;
 the speed-ups are paired round by round (median, min-max, every repeat), with the CPU share
 other processes used meanwhile. Decisions use the
-validation split (10% of the training images); test top-1 is reported beside.
+validation split (10% of the training images, or --data's val/ folder); test top-1 is reported
+beside.
 Writes bench/results/optimize.json. `--photos`: the clothing photos under --time-budget
 (bench/optimize_photos.py)."""
 
@@ -48,7 +49,7 @@ def main() -> None:
         return
     args = parse_args()
     run = begin()
-    root = cifar10()
+    root = Path(args.data) if args.data else cifar10()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     base = Path(args.base) if args.base else train_base(root, work / "base-train", args)
@@ -201,6 +202,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", help="A trained CIFAR-10 artifact, e.g. "
                    "/tmp/leanvision-bench/runs/airnet-base (default: train one here)")
+    p.add_argument("--data", default=None,
+                   help="the CIFAR-10 folder to search on (default: the shared copy, its val "
+                   "split 10%% of train); give the folder the --base was trained on, so that "
+                   "the search's validation images are ones the base never trained on")
     p.add_argument("--base-model", default=None,
                    help="architecture of the base trained here (default: the recipe's choice, "
                    "airnet_m on CIFAR-10)")

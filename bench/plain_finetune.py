@@ -48,8 +48,8 @@ def plain_finetune(data: Path, seconds: float) -> dict:
             schedule.step()
     figures = {"epochs": epochs, "steps": steps, "stopped_mid_epoch": out_of_time}
     for split in ("val", "test"):
-        figures[f"{split}_top1"] = _accuracy(model, datasets.ImageFolder(str(data / split),
-                                                                         eval_tf))
+        images = datasets.ImageFolder(str(data / split), eval_tf)
+        figures[f"{split}_top1"], figures[f"{split}_n"] = _accuracy(model, images), len(images)
     return figures
 
 

@@ -27,7 +27,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, CLASSES, begin, cifar10, console, print_table, result_record, write_result
+from common import (
+    CACHE,
+    CLASSES,
+    accuracy_interval,
+    begin,
+    cifar10,
+    console,
+    print_table,
+    result_record,
+    write_result,
+)
 
 import leanvision
 from leanvision.data import decode_images, load_data
@@ -144,24 +154,16 @@ def run_record(summary: dict, resolved: dict, preds: list[np.ndarray], labels: n
     judge = [float(c[n_select:].mean()) for c in correct]
     kept = summary["training"]["best_epoch"]
     test = summary["metrics"]["test"]
-    lo, hi = binomial_interval(test["top1"], test["n"])
     return {"batch_size": resolved["batch_size"], "epochs": resolved["epochs"],
             "optimizer_steps": resolved["epochs"] * (n_train // resolved["batch_size"]),
             "kept_epoch": kept, "selection": summary["training"]["selection"],
             "best_select_epoch": int(np.argmax(select)) + 1,
             "select_top1": select, "judge_top1": judge,
             "held_out_top1_kept": float(correct[kept - 1].mean()),
-            "test_top1": test["top1"], "test_interval95": [lo, hi], "test_n": test["n"],
+            "test_top1": test["top1"], "test_n": test["n"],
+            "test_interval95": accuracy_interval(test["top1"], test["n"]),
             "wall_seconds": round(wall, 1), "tracing_seconds": round(tracing, 1),
             "training_images_per_second": summary["training"]["images_per_second"]}
-
-
-def binomial_interval(p: float, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy p measured on n images."""
-    z = 1.959964
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return round(float(centre - half), 4), round(float(centre + half), 4)
 
 
 def recipe_decision(runs: dict, labels: np.ndarray) -> dict:

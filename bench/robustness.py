@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import cifar10, console, die, print_table, result_record, write_result
+from common import begin, cifar10, console, die, print_table, result_record, write_result
 from PIL import Image
 
 import leanvision
@@ -33,6 +33,8 @@ TARGET_RECOVERY = 0.5
 
 def main() -> None:
     args = parse_args()
+    run = begin([f"severity {args.severity}; test images capped at {args.max_test or 'all'}",
+                 "one adaptation per family; the spread given is across the families"])
     torch.set_num_threads(args.threads)
     data = Path(args.data) if args.data else cifar10()
     work = Path(args.work)
@@ -79,7 +81,10 @@ def main() -> None:
     figures = {"base": {"artifact": str(base), "model": art.card["arch"], "clean_top1": clean},
                "severity": args.severity, "test_images": len(test),
                "target_images": len(unlabelled), "families": families,
-               "mean_recovered": summary, "target_recovered": TARGET_RECOVERY,
+               "mean_recovered": summary,
+               "recovered_range": {m: _range([r[f"{m}_recovered"] for r in families.values()])
+                                   for m in methods},
+               "target_recovered": TARGET_RECOVERY,
                "target_met": best is not None and best >= TARGET_RECOVERY,
                "seconds": round(time.perf_counter() - started, 1)}
     rows = [[f, 100 * clean, 100 * r["corrupted_top1"],
@@ -88,12 +93,17 @@ def main() -> None:
     rows.append(["mean", None, None, *[v for m in methods for v in (None, _pct(summary[m]))]])
     print_table(f"test top-1 % under shift (severity {args.severity})",
                 ["family", "clean", "corrupted",
-                 *[c for m in methods for c in (m, f"{m} recovered %")]], rows)
-    record = result_record("robustness", figures, vars(args))
+                 *[c for m in methods for c in (m, f"{m} recovered %")]], rows, run)
+    record = result_record("robustness", figures, vars(args), run)
     if args.out:
         console.print(f"wrote {write_json(args.out, record)}")
     else:
         write_result(args.name, record)
+
+
+def _range(values: list[float | None]) -> list[float] | None:
+    known = [v for v in values if v is not None]
+    return [round(min(known), 4), round(max(known), 4)] if known else None
 
 
 def train_base(data: Path, out: Path, epochs: int) -> Path:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from common import (
     CACHE,
     CpuShare,
+    begin,
     cifar10,
     console,
     print_table,
@@ -29,6 +30,7 @@ from common import (
     subset,
     write_result,
 )
+from protocol import interleave, ratio, spread
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
@@ -42,55 +44,67 @@ WARMUP_BATCHES = 5  # per epoch: excludes worker start-up and first-call kernel 
 
 def main() -> None:
     args = parse_args()
+    run = begin([f"{args.images} CIFAR-10 training images, {args.epochs} epochs per repeat",
+                 "leanvision with its defaults (bf16 where the CPU has it), the loop in fp32"])
     per_class = max(1, args.images // NUM_CLASSES)
     data = subset(cifar10(), per_class)
     n_images = per_class * NUM_CLASSES
-    load_before = os.getloadavg()[0]
-    if load_before > 0.5:
-        console.print(f"[yellow]load average is {load_before:.2f}: other processes share the "
-                      "CPU, so these timings understate both sides[/yellow]")
     warm_page_cache(data)
     workers = os.cpu_count() or 2
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "leanvision": []}
 
-    console.rule(f"baseline: plain PyTorch loop, {workers} loader workers")
-    with CpuShare() as base_share:
-        base = baseline(data, args.model, args.batch_size, args.epochs, workers)
-    base["other_processes_cpu_share"] = base_share.others
-    console.print(base)
-    console.rule("leanvision.train")
-    with CpuShare() as lean_share:
-        lean = leanvision_run(data, args.model, args.batch_size, args.epochs)
-    lean["other_processes_cpu_share"] = lean_share.others
-    console.print({k: v for k, v in lean.items() if k != "resolved_config"})
-    if max(base_share.others, lean_share.others) > 0.05:
-        console.print(f"[yellow]other processes used {base_share.others:.0%} (baseline) and "
-                      f"{lean_share.others:.0%} (leanvision) of the CPU: the comparison is not "
-                      "clean; run again on a quiet machine[/yellow]")
+    def measured(name: str, fn) -> float:
+        with CpuShare() as share:
+            result = fn()
+        result["other_processes_cpu_share"] = share.others
+        runs[name].append(result)
+        console.print(f"{name}: {result['images_per_second']:.0f} images/s, "
+                      f"{result['wall_seconds']:.1f} s end to end")
+        return result["images_per_second"]
 
+    speeds = interleave({
+        "baseline": lambda: measured("baseline", lambda: baseline(
+            data, args.model, args.batch_size, args.epochs, workers)),
+        "leanvision": lambda: measured("leanvision", lambda: leanvision_run(
+            data, args.model, args.batch_size, args.epochs))}, args.repeats)
+    walls = {name: spread([r["wall_seconds"] for r in rs]) for name, rs in runs.items()}
+    others = max(r["other_processes_cpu_share"] for rs in runs.values() for r in rs)
     figures = {
-        "baseline": base,
-        "leanvision": lean,
-        "speedup_images_per_second": lean["images_per_second"] / base["images_per_second"],
-        "speedup_end_to_end": base["wall_seconds"] / lean["wall_seconds"],
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg()[0],
+        "images_per_second": speeds,
+        "wall_seconds": walls,
+        "speedup_images_per_second": ratio(speeds["leanvision"], speeds["baseline"]),
+        "speedup_end_to_end": ratio(_inverse(walls["leanvision"]), _inverse(walls["baseline"])),
+        "max_other_processes_cpu_share": others,
+        "precision": runs["leanvision"][-1]["precision"],
+        "runs": runs,
     }
     config = {"images": n_images, "epochs": args.epochs, "batch_size": args.batch_size,
               "model": args.model, "augment": "random crop 32 pad 4 + horizontal flip",
               "baseline_workers": workers, "warmup_batches_per_epoch": WARMUP_BATCHES,
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(), "repeats": args.repeats}
     # One file per model, so the resnet20 and airnet_s comparisons sit side by side.
     name = f"train_throughput-{args.model}"
-    write_result(name, result_record(name, figures, config))
+    write_result(name, result_record(name, figures, config, run))
+    rows = [[label, _range(speeds[key]), _range(walls[key])]
+            for label, key in (("plain PyTorch (fp32)", "baseline"),
+                               (f"leanvision ({figures['precision']})", "leanvision"))]
+    rows.append(["speed-up", _range(figures["speedup_images_per_second"]),
+                 _range(figures["speedup_end_to_end"])])
     print_table(f"training throughput: {args.model}, {n_images} CIFAR-10 images, batch "
-                f"{args.batch_size}, {args.epochs} epochs",
-                ["", "images/s (steady)", "end-to-end s", "precision", "last train loss"],
-                [["plain PyTorch", base["images_per_second"], base["wall_seconds"], "fp32",
-                  base["last_epoch_train_loss"]],
-                 ["leanvision", lean["images_per_second"], lean["wall_seconds"],
-                  lean["precision"], lean["last_epoch_train_loss"]],
-                 ["speedup", figures["speedup_images_per_second"],
-                  figures["speedup_end_to_end"], "", ""]])
+                f"{args.batch_size}, {args.epochs} epochs, {args.repeats} interleaved repeats",
+                ["", "images/s (steady), median (min-max)", "end-to-end s"], rows, run)
+    if others > 0.05:
+        console.print(f"[yellow]other processes used up to {others:.0%} of the CPU during a "
+                      "repeat: the comparison is not clean; run again on a quiet machine[/yellow]")
+
+
+def _inverse(entry: dict[str, Any]) -> dict[str, Any]:
+    """Seconds as a rate (1/s), so ratio() of two walls reads as a speed-up."""
+    return {"median": 1 / entry["median"], "repeats": [1 / v for v in entry["repeats"]]}
+
+
+def _range(entry: dict[str, Any]) -> str:
+    return f"{entry['median']:.4g} ({entry['min']:.4g}-{entry['max']:.4g})"
 
 
 def parse_args() -> argparse.Namespace:
@@ -99,6 +113,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--model", default="resnet20")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved repeats of each side (the protocol's minimum is 5)")
     return p.parse_args()
 
 

@@ -28,7 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CpuShare, clothing, git_revision, print_table, result_record, write_result
+from common import (
+    CpuShare,
+    accuracy_interval,
+    begin,
+    clothing,
+    print_table,
+    result_record,
+    write_result,
+)
 
 ARMS = ("probe", "lp-ft", "full", "plain")
 
@@ -45,7 +53,8 @@ def main() -> None:
         figures = run_arm(args.arm, clothing(), Path(args.out), args.seconds)
         Path(args.out, "figures.json").write_text(json.dumps(figures))
         return
-    revision = git_revision()  # the tree the run starts from
+    run = begin(["one run per arm; the intervals are the test set's sampling spread (Wilson, "
+                 "95%), not seed-to-seed spread"])
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS)
     if unknown:
@@ -59,14 +68,19 @@ def main() -> None:
         results[arm] = spawn(arm, work / arm, budget)
         print(f"{arm}: {json.dumps({k: v for k, v in results[arm].items() if k != 'card'})}",
               flush=True)
-    rows = [[a, r.get("val_top1"), r.get("test_top1"), r["seconds"], r["peak_rss_gb"],
-             r.get("epochs"), r["others_cpu_share"]] for a, r in results.items()]
+    rows = [[a, r.get("val_top1"), _interval(r.get("test_interval95")), r["seconds"],
+             r["peak_rss_gb"], r.get("epochs"), r["others_cpu_share"]]
+            for a, r in results.items()]
     print_table("transfer on clothing (10 classes, 400x533 photos)",
-                ["arm", "val top-1", "test top-1", "seconds", "peak RSS GB", "epochs",
-                 "others' CPU"], rows)
+                ["arm", "val top-1", "test top-1 (95%)", "seconds", "peak RSS GB", "epochs",
+                 "others' CPU"], rows, run)
     record = result_record("transfer", results, {"arms": arms, "data": "clothing (shared/data)"},
-                           revision=revision)
+                           run)
     write_result(args.name, record)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "-" if not bounds else f"{bounds[0]:.1%}-{bounds[1]:.1%}"
 
 
 def spawn(arm: str, out: Path, seconds: float | None) -> dict:
@@ -83,6 +97,7 @@ def spawn(arm: str, out: Path, seconds: float | None) -> dict:
     if status != 0:
         raise SystemExit(f"arm {arm} failed (status {status})")
     figures = json.loads((out / "figures.json").read_text())
+    figures["test_interval95"] = accuracy_interval(figures["test_top1"], figures["test_n"])
     return {**figures, "seconds": round(seconds_taken, 1),
             "peak_rss_gb": round(usage.ru_maxrss * 1024 / 2**30, 2),
             "others_cpu_share": round(share.others, 3)}
@@ -105,6 +120,7 @@ def run_arm(arm: str, data: Path, out: Path, seconds: float | None) -> dict:
     m = summary["metrics"]
     transfer = summary["training"].get("transfer", {})
     return {"val_top1": m["val"]["top1"], "test_top1": m["test"]["top1"],
+            "test_n": m["test"]["n"],
             "probe_val_top1": transfer.get("probe_val_top1"),
             "epochs": summary["training"]["epochs_run"], "training": summary["training"]}
 
