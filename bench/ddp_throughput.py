@@ -27,6 +27,7 @@ import torch
 from common import (
     CACHE,
     CpuShare,
+    begin,
     cifar10,
     console,
     print_table,
@@ -43,6 +44,7 @@ NUM_CLASSES = 10
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     data = args.data or str(subset(cifar10(), max(1, args.images // NUM_CLASSES)))
     load_before = os.getloadavg()[0]
     if load_before > 0.5:
@@ -67,7 +69,7 @@ def main() -> None:
     config = {"data": data, "images": args.images, "epochs": args.epochs,
               "batch_size_global": args.batch_size, "model": args.model,
               "augment": "light", "precision": "auto"}
-    write_result("ddp_throughput", result_record("ddp_throughput", figures, config))
+    write_result("ddp_throughput", result_record("ddp_throughput", figures, config, run))
     print_table(f"data-parallel training: {args.model}, global batch {args.batch_size}, "
                 f"{args.epochs} epochs",
                 ["device", "processes", "images/s", "speedup", "efficiency", "end-to-end s",

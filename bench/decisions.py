@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from common import (
+    begin,
     cifar10,
     console,
-    git_revision,
     print_table,
     result_record,
     subset,
@@ -44,7 +44,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    revision = git_revision()
+    run = begin()
     root = cifar10()
     # The stages train and validate on a subset; only the bench scores the 10,000 test images.
     data = subset(root, args.train_per_class)
@@ -60,7 +60,7 @@ def main() -> None:
     figures = decide(truth, args)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     config = {k: v for k, v in vars(args).items() if k != "work"}
-    write_result("decisions", result_record("decisions", figures, config, revision))
+    write_result("decisions", result_record("decisions", figures, config, run))
     print_tables(figures)
 
 

@@ -14,8 +14,6 @@ machine other processes used. Writes bench/results/decode.json."""
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,27 +21,26 @@ from typing import Any
 import numpy as np
 from common import (
     CACHE,
-    REPO,
     CpuShare,
+    begin,
+    clothing,
     console,
     die,
-    git_revision,
     print_table,
     result_record,
     write_result,
 )
 from PIL import Image
+from protocol import interleave, ratio
 
 from leanvision.data.images import decode_resized, load_rgb, to_tensor_resized
 
-CLOTHING_TARBALL = REPO.parent / "shared" / "data" / "clothing-jpg.tar.gz"
-CLOTHING = Path("/work/data/clothing")
 MODES = ("full", "draft")
 
 
 def main() -> None:
     args = parse_args()
-    revision = git_revision()  # the tree the run starts from
+    run = begin()
     size = (args.size, args.size)
     sets = {"synthetic": synthetic(args.synthetic, args.synthetic_size)}
     sets["real"] = real_photos(args.data, args.limit)
@@ -58,39 +55,38 @@ def main() -> None:
         for mode in MODES:
             m = f[mode]
             rows.append([f"{name} {f['image_size']}", mode, m["median"], m["min"], m["max"],
-                         f["speedup"] if mode == "draft" else None,
+                         f["speedup"]["median"] if mode == "draft" else None,
                          f["mean_abs_diff"] if mode == "draft" else None])
     print_table(f"decode to {args.size}x{args.size}, images/s on one thread "
                 f"({args.rounds} rounds; others used {share.others:.0%} of the machine)",
-                ["set", "mode", "median", "min", "max", "speedup", "mean |diff|"], rows)
+                ["set", "mode", "median", "min", "max", "speedup", "mean |diff|"], rows, run)
     config = {"size": list(size), "rounds": args.rounds, "synthetic": args.synthetic,
               "synthetic_size": args.synthetic_size, "data": str(args.data),
               "limit": args.limit, "threads": 1}
-    write_result("decode", result_record("decode", figures, config, revision=revision))
+    write_result("decode", result_record("decode", figures, config, run))
 
 
 def measure(files: list[Path], size: tuple[int, int], rounds: int) -> dict[str, Any]:
-    speeds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    """Both modes in `rounds` interleaved rounds (protocol.interleave: A B, B A, ...), so a
+    trend in load does not favour one of them; images/s per round."""
     outputs: dict[str, list[np.ndarray]] = {}
-    for r in range(rounds):
-        # Alternate which mode goes first so a trend in load does not favour one of them.
-        for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+
+    def timed(mode: str):
+        def call() -> float:
             start = time.perf_counter()
             out = [decode(path, size, mode) for path in files]
-            speeds[mode].append(len(files) / (time.perf_counter() - start))
+            speed = len(files) / (time.perf_counter() - start)
             outputs.setdefault(mode, out)
+            return speed
+        return call
+
+    speeds = interleave({mode: timed(mode) for mode in MODES}, rounds)
     diff = np.mean([np.abs(a.astype(np.int16) - b).mean()
                     for a, b in zip(outputs["full"], outputs["draft"], strict=True)])
     with Image.open(files[0]) as first:
         shape = f"{first.width}x{first.height}"
-    result: dict[str, Any] = {"images": len(files), "image_size": shape,
-                              "mean_abs_diff": round(float(diff), 3)}
-    for mode, values in speeds.items():
-        result[mode] = {"median": round(statistics.median(values), 1),
-                        "min": round(min(values), 1), "max": round(max(values), 1),
-                        "rounds": [round(v, 1) for v in values]}
-    result["speedup"] = round(result["draft"]["median"] / result["full"]["median"], 2)
-    return result
+    return {"images": len(files), "image_size": shape, "mean_abs_diff": round(float(diff), 3),
+            **speeds, "speedup": ratio(speeds["draft"], speeds["full"])}
 
 
 def decode(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -134,14 +130,7 @@ def make_photo(path: Path, w: int, h: int, rng: np.random.Generator,
 
 
 def real_photos(data: Path | None, limit: int) -> list[Path]:
-    folder = data if data is not None else CLOTHING / "train"
-    if data is None and not folder.is_dir():
-        if not CLOTHING_TARBALL.is_file():
-            die(f"no photos at {folder} and no {CLOTHING_TARBALL} to extract; pass --data")
-        console.print(f"extracting {CLOTHING_TARBALL} to {CLOTHING.parent} ...")
-        CLOTHING.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["tar", "xzf", str(CLOTHING_TARBALL), "-C", str(CLOTHING.parent)],
-                       check=True)
+    folder = data if data is not None else clothing() / "train"  # extracted once, atomically
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     if not files:
         die(f"no JPEG files under {folder}")

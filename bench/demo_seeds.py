@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import console, git_revision, print_table, result_record, write_result
+from common import begin, console, print_table, result_record, write_result
 
 WORK = Path("/tmp/leanvision-bench/demo_seeds")
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--shared-out", action="store_true", help="one output folder for "
                         "every seed, a study each (stages shared; see the module's doc)")
     args = parser.parse_args()
-    revision = git_revision()
+    run = begin()
     WORK.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:
@@ -103,13 +103,13 @@ def main() -> None:
              r.get("chosen", {}).get("val_top1"), r.get("chosen", {}).get("latency_ms"),
              r.get("met"), r["seconds"]] for r in runs]
     print_table("optimize builtin:digits, one row per search seed",
-                ["seed", "chosen", "runtime", "val top-1", "ms", "met", "seconds"], rows)
+                ["seed", "chosen", "runtime", "val top-1", "ms", "met", "seconds"], rows, run)
     summary = verdict(runs)
     console.print(summary)
     write_result(args.name, result_record("demo_seeds", {"runs": runs, "verdict": summary},
                                           {"seeds": args.seeds, "base": args.base,
                                            "shared_out": args.shared_out},
-                                          revision))
+                                          run))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cifar10, console, print_table, result_record, write_result
+from common import begin, cifar10, console, print_table, result_record, write_result
 
 import leanvision
 from leanvision.data import decode_images, load_data, normalize
@@ -31,6 +31,7 @@ BUDGET_SECONDS = 15 * 60
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     root = cifar10()
     hw = choose_hardware(args.device)
     test = load_data(root).test
@@ -78,7 +79,7 @@ def main() -> None:
               "device": str(hw.device),
               "resolved": leanvision.info(out / "run")["config"]}
     name = "fast_recipe" if hw.device.type == "cpu" else f"fast_recipe-{hw.device.type}"
-    write_result(name, result_record(name, figures, config))
+    write_result(name, result_record(name, figures, config, run))
     print_table(f"fast recipe on CIFAR-10 ({hw.device}, {hw.precision})",
                 ["figure", "value"],
                 [["test top-1 (TTA)", test_top1], ["test top-1 (no TTA)",

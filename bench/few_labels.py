@@ -27,6 +27,7 @@ from common import (
     CACHE,
     CLASSES,
     RESULTS,
+    begin,
     cifar10,
     console,
     print_table,
@@ -45,6 +46,7 @@ PROBE_EPOCHS = 6
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     torch.set_num_threads(args.threads)
     root = cifar10()
     labelled = subset(root, args.labels_per_class, include_test=True)
@@ -92,11 +94,11 @@ def main() -> None:
     print_table(f"{figures['labels']} labels + {figures['unlabelled']} unlabelled CIFAR-10 "
                 f"images, same time budget", ["run", "epochs", "seconds", "test top-1"],
                 [[f"{name}", figures[name]["epochs"], figures[name]["seconds"],
-                  figures[name]["test_top1"]] for name in ("alone", "semi")])
+                  figures[name]["test_top1"]] for name in ("alone", "semi")], run)
     console.print(f"semi-supervised gain: {figures['gain_points']:+.2f} points (target "
                   f">= {TARGET_POINTS:g}: {'met' if figures['target_met'] else 'missed'})")
     console.print(f"the labels alone ran {figures['alone_time_share']:.0%} of semi's wall time")
-    write_result(args.name, result_record("few_labels", figures, vars(args)))
+    write_result(args.name, result_record("few_labels", figures, vars(args), run))
 
 
 def recorded_semi(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CACHE, CLASSES, cifar10, console, print_table, result_record, write_result
+from common import CACHE, CLASSES, begin, cifar10, console, print_table, result_record, write_result
 from rich.console import Console
 
 import leanvision
@@ -73,6 +73,7 @@ def build_csv(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, dic
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     torch.set_num_threads(args.threads)
     csv, kinds = build_csv(cifar10(), args)
     console.print(f"data: {csv} (captions per split: {kinds})")
@@ -108,11 +109,11 @@ def main() -> None:
                 f"wrong), {args.model}, {args.epochs} epochs, same budget",
                 ["model", "test top-1", "test top-1 without text", "params", "seconds"],
                 [[r["name"], r["test_top1"], r["test_top1_without_text"], r["params"],
-                  r["seconds"]] for r in runs])
+                  r["seconds"]] for r in runs], run)
     console.print(f"best fusion {best['name']}: {100 * best['test_top1']:.2f}% vs image-only "
                   f"{100 * image_top1:.2f}% and text-only {100 * text_top1:.2f}% "
                   f"(beats both: {figures['fusion_beats_both']})")
-    write_result(args.name, result_record("multimodal", figures, vars(args)))
+    write_result(args.name, result_record("multimodal", figures, vars(args), run))
 
 
 def parse_args() -> argparse.Namespace:

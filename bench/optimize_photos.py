@@ -27,9 +27,9 @@ from typing import Any
 
 from common import (
     CpuShare,
+    begin,
     clothing,
     console,
-    git_revision,
     print_table,
     result_record,
     write_result,
@@ -44,7 +44,7 @@ def main() -> None:
         print(json.dumps(retime(Path(args.time_only), args.rounds, args.iterations,
                                 args.threads)))
         return
-    revision = git_revision()
+    run = begin()
     data = Path(args.data) if args.data else clothing()
     out = WORK / datetime.now().strftime("%Y%m%d-%H%M%S")
     command = [sys.executable, "-m", "leanvision", "optimize", str(data), "--time-budget",
@@ -67,7 +67,7 @@ def main() -> None:
     record = result_record("optimize_photos", figures,
                            {"budget_minutes": args.budget, "data": str(data), "out": str(out),
                             "rounds": args.rounds, "iterations": args.iterations,
-                            "threads": args.threads}, revision=revision)
+                            "threads": args.threads}, run)
     write_result(f"optimize_photos-{data.name}" if args.data else "optimize_photos", record)
     print_summary(figures, data.name)
 

@@ -16,6 +16,7 @@ from common import (
     CACHE,
     RESULTS,
     CpuShare,
+    begin,
     cifar10,
     console,
     print_table,
@@ -33,6 +34,7 @@ NUM_CLASSES = 10
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     train_per_class = max(1, args.images // NUM_CLASSES)
     val_per_class = max(1, args.val_images // NUM_CLASSES)
     data = subset(cifar10(), train_per_class, val_per_class)
@@ -72,7 +74,7 @@ def main() -> None:
               "epochs": args.epochs, "model": args.model, "batch_size": args.batch_size,
               "find_steps": args.find_steps, "optimizers": args.optimizers.split(","),
               "torch_threads": torch.get_num_threads(), "compare_config": result["config"]}
-    write_result("optimizer_study", result_record("optimizer_study", figures, config))
+    write_result("optimizer_study", result_record("optimizer_study", figures, config, run))
     plot = write_atomic(RESULTS / "optimizer_study.png",
                         lambda tmp: shutil.copyfile(result["plot"], tmp))
     console.print(f"wrote {plot}")

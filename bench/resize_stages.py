@@ -23,9 +23,9 @@ from typing import Any
 
 from common import (
     CpuShare,
+    begin,
     clothing,
     console,
-    git_revision,
     print_table,
     result_record,
     write_result,
@@ -36,7 +36,7 @@ WORK = Path("/tmp/leanvision-bench/resize-stages")
 
 def main() -> None:
     args = parse_args()
-    revision = git_revision()
+    run = begin()
     import leanvision
     from leanvision.artifact import read_card
 
@@ -71,8 +71,8 @@ def main() -> None:
                 ["stages", "val median", "val range", "paired diff vs first (points)",
                  "test (report)", "seconds"],
                 [[s["stages"], f"{s['val_median']:.2%}", s["val_range"], s["paired_diff"],
-                  s["test"], s["seconds_median"]] for s in figures["by_stages"]])
-    record = result_record("resize_stages", figures, vars(args), revision)
+                  s["test"], s["seconds_median"]] for s in figures["by_stages"]], run)
+    record = result_record("resize_stages", figures, vars(args), run)
     console.print(f"wrote {write_result('resize_stages', record)}")
 
 

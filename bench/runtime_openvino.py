@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from common import (
     CpuShare,
+    begin,
     clothing,
     console,
-    git_revision,
     print_table,
     result_record,
     write_result,
@@ -61,7 +61,7 @@ BATCHES = (1, 32)
 
 def main() -> None:
     args = parse_args()
-    revision = git_revision()  # the tree the run starts from
+    run = begin()
     torch.set_num_threads(args.threads)
     base = wait_for(Path(args.model), args.wait_minutes)
     data = Path(args.data) if args.data else clothing()
@@ -91,7 +91,7 @@ def main() -> None:
     figures["seconds"] = round(time.perf_counter() - started, 1)
     report(figures)
     write_result(args.name, result_record("runtime_openvino", figures, vars(args),
-                                          revision=revision))
+                                          run))
 
 
 def wait_for(folder: Path, minutes: float) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from common import REPO, console, print_table, result_record, write_result
+from common import REPO, begin, console, print_table, result_record, write_result
 from PIL import Image
 from serve_load import free_port, stop_server, wait_ready
 
@@ -41,6 +41,7 @@ HOST = "127.0.0.1"
 
 def main() -> None:
     args = parse_args()
+    run = begin()
     port = free_port()
     server = start_server(args, port)
     base = f"http://{HOST}:{port}"
@@ -52,7 +53,7 @@ def main() -> None:
     finally:
         stop_server(server)
     show(figures)
-    write_result(args.name, result_record("serve_attacks", figures, vars(args)))
+    write_result(args.name, result_record("serve_attacks", figures, vars(args), run))
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
