@@ -101,20 +101,23 @@ def subset(root: Path, train_per_class: int, val_per_class: int = 0,
         if len(files) < train_per_class + val_per_class:
             die(f"class {cls} has {len(files)} training images; asked for "
                 f"{train_per_class} + {val_per_class}")
-        _link(files[:train_per_class], target / "train" / cls)
-        _link(files[train_per_class:train_per_class + val_per_class], target / "val" / cls)
+        link_files(files[:train_per_class], target / "train" / cls)
+        link_files(files[train_per_class:train_per_class + val_per_class], target / "val" / cls)
         if include_test:
-            _link(sorted((root / "test" / cls).iterdir()), target / "test" / cls)
+            link_files(sorted((root / "test" / cls).iterdir()), target / "test" / cls)
     marker.write_text(str(root))
     return target
 
 
-def _link(files: list[Path], folder: Path) -> None:
+def link_files(files: list[Path], folder: Path) -> None:
+    """Symlink each of `files` into `folder` (made if needed); names already there are kept."""
     if not files:
         return
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
-        (folder / f.name).symlink_to(f)
+        target = folder / f.name
+        if not target.exists():  # a half-built folder from an interrupted run is completed
+            target.symlink_to(f)
 
 
 class CpuShare:

@@ -34,6 +34,7 @@ from common import (
     begin,
     cifar10,
     console,
+    link_files,
     print_table,
     result_record,
     write_result,
@@ -51,6 +52,7 @@ from leanvision.training.epoch_scoring import val_predictions
 CANDIDATES = {"default": (None, None), "b512-14ep": (512, 14), "b1024-15ep": (1024, 15),
               "b1024-12ep": (1024, 12)}
 HELD_OUT_PER_CLASS = 500
+RECIPE_TTA = "flip-translate"  # the fast recipe's; checked against each run's card
 
 
 def main() -> None:
@@ -66,8 +68,9 @@ def main() -> None:
     n_select = len(select.labels)
     names = [n for n in args.configs.split(",") if n]
     n_train = len(data.train.labels)
-    runs = {name: train_one(name, root, select, judge, held_labels, n_select, n_train, hw, args)
-            for name in names}
+    decoded: dict = {}  # the held-out images, decoded on the first epoch, for every run
+    runs = {name: train_one(name, root, select, judge, held_labels, n_select, n_train, hw, args,
+                            decoded) for name in names}
     figures = {"runs": {n: r["record"] for n, r in runs.items()},
                "recipe": recipe_decision(runs, held_labels),
                "final_epoch_rule": rule_decision(runs, held_labels)}
@@ -92,29 +95,20 @@ def holdout_folders(source: Path, seed: int, per_class: int) -> tuple[Path, Path
         held = set(rng.choice(len(files), per_class, replace=False).tolist())
         order = sorted(held)
         half = per_class // 2
-        link([f for i, f in enumerate(files) if i not in held], root / "train" / cls)
-        link([files[i] for i in order[:half]], root / "val" / cls)
-        link([files[i] for i in order[half:]], judge / cls)
-        link(sorted((source / "test" / cls).iterdir()), root / "test" / cls)
+        link_files([f for i, f in enumerate(files) if i not in held], root / "train" / cls)
+        link_files([files[i] for i in order[:half]], root / "val" / cls)
+        link_files([files[i] for i in order[half:]], judge / cls)
+        link_files(sorted((source / "test" / cls).iterdir()), root / "test" / cls)
     marker.write_text(str(source))
     return root, judge
 
 
-def link(files: list[Path], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        target = folder / f.name
-        if not target.exists():
-            target.symlink_to(f)
-
-
 def train_one(name: str, root: Path, select, judge, held_labels: np.ndarray, n_select: int,
-              n_train: int, hw, args) -> dict:
+              n_train: int, hw, args, cache: dict) -> dict:
     batch, epochs = CANDIDATES[name]
     epochs = args.epochs or epochs
     preds: list[np.ndarray] = []
     overhead = {"seconds": 0.0}
-    cache: dict = {}
 
     def trace(epoch: int, model) -> dict:
         t0 = time.perf_counter()
@@ -123,8 +117,7 @@ def train_one(name: str, root: Path, select, judge, held_labels: np.ndarray, n_s
             size = tuple(pre["input_size"])
             cache["select"] = decode_images(select, size)
             cache["judge"] = decode_images(judge, size)
-        tta = cache.get("tta")
-        both = [val_predictions(model, cache[part], pre["mean"], pre["std"], hw, tta=tta)
+        both = [val_predictions(model, cache[part], pre["mean"], pre["std"], hw, tta=RECIPE_TTA)
                 for part in ("select", "judge")]
         preds.append(np.concatenate(both))
         overhead["seconds"] += time.perf_counter() - t0
@@ -133,14 +126,13 @@ def train_one(name: str, root: Path, select, judge, held_labels: np.ndarray, n_s
         return {}
 
     out = Path(tempfile.mkdtemp(prefix=f"recipe-{name}-", dir=args.work))
-    cache["tta"] = "flip-translate"  # the fast recipe's TTA, checked against the card below
     started = time.perf_counter()
     summary = leanvision.train(root, out / "run", recipe="fast", batch_size=batch, epochs=epochs,
                                seed=args.seed, device=args.device, progress=False,
                                on_epoch_end=trace)
     wall = time.perf_counter() - started - overhead["seconds"]
     resolved = leanvision.info(out / "run")["config"]
-    if resolved.get("tta") != cache["tta"]:
+    if resolved.get("tta") != RECIPE_TTA:
         raise SystemExit(f"the recipe's TTA is {resolved.get('tta')!r}; update the bench")
     return {"preds": preds, "n_select": n_select, "artifact": str(out / "run"),
             "record": run_record(summary, resolved, preds, held_labels, n_select, n_train, wall,
