@@ -70,10 +70,17 @@ def _extract_once(tarball: Path, target: Path) -> Path:
         inner = staging / "cifar10" if (staging / "cifar10" / "train").is_dir() else staging
         if not (inner / "train").is_dir():
             die(f"{tarball} holds no cifar10/train/ folder; is it the right archive?")
+        (inner / ".complete").write_text(_stamp(tarball))
+        # Swapped in by two renames, not removed and re-extracted in place: another bench may be
+        # reading the old copy through symlinks (a holdout or subset folder), and removing 60k
+        # files under it made its images vanish mid-run.
         if target.exists():
-            shutil.rmtree(target)
-        inner.rename(target)
-        (target / ".complete").write_text(_stamp(tarball))
+            retired = staging.with_name(f".retired-{target.name}-{os.getpid()}")
+            target.rename(retired)
+            inner.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            inner.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -129,15 +129,20 @@ def supervised_seconds(labelled: Path, work: Path, common: dict[str, Any]) -> tu
     return training / summary["training"]["epochs_run"], max(0.0, wall - training)
 
 
-def unlabelled_folder(root: Path, labels_per_class: int) -> Path:
-    """Every training image not in the labelled subset, flat, named by a hash of its path."""
-    target = CACHE / f"cifar10-unlabelled-after{labels_per_class}"
+def unlabelled_folder(root: Path, skip_per_class: int, limit_per_class: int | None = None
+                      ) -> Path:
+    """The training images after the first `skip_per_class` of each class (the labelled subset,
+    and any labelled images held out after it), at most `limit_per_class` of them, flat, named
+    by a hash of their path."""
+    target = CACHE / (f"cifar10-unlabelled-after{skip_per_class}"
+                      + (f"-max{limit_per_class}" if limit_per_class else ""))
     marker = target / ".complete"
     if marker.is_file() and marker.read_text() == str(root):
         return target
     target.mkdir(parents=True, exist_ok=True)
+    end = None if limit_per_class is None else skip_per_class + limit_per_class
     for cls in CLASSES:
-        for f in sorted((root / "train" / cls).iterdir())[labels_per_class:]:
+        for f in sorted((root / "train" / cls).iterdir())[skip_per_class:end]:
             link = target / (hashlib.sha1(str(f).encode()).hexdigest()[:16] + f.suffix)
             if not link.exists():
                 link.symlink_to(f)

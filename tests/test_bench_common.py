@@ -148,3 +148,37 @@ def test_ratio_pairs_the_rounds() -> None:
     assert got["median"] == round(11.0 / 5.0, 4)
     assert got["repeats"] == [2.0, 4.0, 3.0, 2.0, 2.5]
     assert (got["min"], got["max"]) == (2.0, 4.0)
+
+
+def _cifar_tarball(path: Path, content: bytes) -> Path:
+    import tarfile
+
+    src = path.parent / f"src-{path.stem}"
+    (src / "cifar10" / "train" / "cat").mkdir(parents=True)
+    (src / "cifar10" / "train" / "cat" / "0001.jpg").write_bytes(content)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / "cifar10", arcname="cifar10")
+    return path
+
+
+def test_a_changed_tarball_is_swapped_in_without_removing_the_live_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "cache" / "cifar10"
+    first = _cifar_tarball(tmp_path / "a.tar.gz", b"old")
+    assert common._extract_once(first, target) == target
+    link = tmp_path / "link.jpg"  # a subset folder's symlink into the extracted copy
+    link.symlink_to(target / "train" / "cat" / "0001.jpg")
+    removed: list[Path] = []
+    real_rmtree = common.shutil.rmtree
+
+    def spy(path, *args, **kwargs):
+        removed.append(Path(path))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(common.shutil, "rmtree", spy)
+    second = _cifar_tarball(tmp_path / "b.tar.gz", b"new")
+    common._extract_once(second, target)
+    assert target not in removed  # other runs read it through symlinks while this one extracts
+    assert link.read_bytes() == b"new"
+    assert (target / ".complete").read_text() == common._stamp(second)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["cifar10"]  # no staging left

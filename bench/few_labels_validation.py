@@ -1,0 +1,268 @@
+"""Self-training's pseudo-label share, and the final-epoch rule on a noisy recipe, chosen on
+held-out labelled images (issue 24): bench/few_labels.py's setting (4,000 CIFAR-10 labels, 400
+per class; airnet_s, the fast recipe, a teacher then one student of --epochs), with 2,000 more
+labelled training images ("judge", 200 per class) that no run trains on, validates on or sees
+as unlabelled data; the remaining 44,000 training images are the unlabelled pool.
+
+Every configuration's student learns from the same teacher: the first configuration trains it
+as `train --unlabeled` does, the others are given it (`teacher=`), so they differ in the
+student alone and their judge scores pair image by image. Every student epoch's weights are
+scored on judge the way the library scores validation (epoch_scoring.val_predictions, the
+recipe's TTA); that tracing is timed and left out of the wall clock. The run's own validation
+split (10% of the labels, 400 images) picks nothing here; it is what the library's selection
+reads, and its per-epoch curve comes from the run's metrics.jsonl.
+
+Decisions, fixed before the runs:
+- Share: the library's default (TrainConfig.pseudo_share) changes to a candidate's only if the
+  candidate's final student is *surely* better on judge than the default's (the 95% paired
+  interval of its gain lies above zero, leanvision.paired); bench/few_labels.py uses the
+  library's default either way.
+- Final-epoch rule: per run, the final student weights against the epoch that scored best on
+  the run's own validation split, paired on judge; the rule stands unless best-by-validation
+  wins on judge in most runs.
+- Test top-1 (10,000 images) is printed once per configuration, after training, and chooses
+  nothing.
+
+    python bench/few_labels_validation.py [--configs default,share0.6] [--epochs 36]
+
+Writes bench/results/few_labels_validation.json (--name)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    CACHE,
+    CLASSES,
+    accuracy_interval,
+    begin,
+    cifar10,
+    console,
+    link_files,
+    print_table,
+    result_record,
+    subset,
+    write_result,
+)
+from few_labels import unlabelled_folder
+from rich.console import Console
+
+import leanvision
+from leanvision.data import decode_images, load_data
+from leanvision.hardware import choose_hardware
+from leanvision.models import model_preprocessing
+from leanvision.paired import compare
+from leanvision.training.config import TrainConfig
+from leanvision.training.epoch_scoring import val_predictions
+
+QUIET = Console(quiet=True)
+LIBRARY_SHARE = TrainConfig.pseudo_share
+CANDIDATES = {"default": None, "share0.6": 0.6}  # None: the library's default share
+RECIPE_TTA = "flip-translate"  # the fast recipe's; checked against each run's card
+
+
+def main() -> None:
+    args = parse_args()
+    names = [n for n in args.configs.split(",") if n]
+    unknown = set(names) - set(CANDIDATES)
+    if unknown or not names:
+        raise SystemExit(f"unknown or no --configs {sorted(unknown)}; choose from "
+                         f"{', '.join(CANDIDATES)}")
+    run = begin([f"{args.held_out_per_class * len(CLASSES)} labelled training images held out "
+                 "as judge; one seed; every configuration's student from one shared teacher",
+                 "test scored once per configuration, chose nothing"])
+    root = cifar10()
+    labelled = subset(root, args.labels_per_class, include_test=True)
+    judge_root = judge_folder(root, args.labels_per_class, args.held_out_per_class)
+    unlabelled = unlabelled_folder(root, args.labels_per_class + args.held_out_per_class,
+                                   args.unlabelled_limit)
+    judge = load_data(judge_root).train
+    labels = np.asarray(judge.labels)
+    work = Path(tempfile.mkdtemp(prefix="few-labels-validation-", dir=args.work))
+    hw = choose_hardware(args.device)
+    cache: dict = {}
+    runs, teacher = {}, None
+    for name in names:
+        runs[name] = train_one(name, labelled, unlabelled, judge, labels, teacher, work, hw,
+                               args, cache)
+        teacher = teacher or runs[name]["teacher"]
+    figures = {"runs": {n: r["record"] for n, r in runs.items()},
+               "teacher": teacher_record(teacher),
+               "share": share_decision(runs, labels),
+               "final_epoch_rule": rule_decision(runs, labels),
+               "library_share": LIBRARY_SHARE}
+    config = {**vars(args), "judge": len(labels),
+              "unlabelled": sum(1 for f in unlabelled.iterdir() if not f.name.startswith("."))}
+    write_result(args.name, result_record("few_labels_validation", figures, config, run))
+    report(figures, run)
+
+
+def judge_folder(root: Path, labels_per_class: int, per_class: int) -> Path:
+    """<judge>/<class>/: the `per_class` training images after each class's labelled ones."""
+    target = CACHE / f"cifar10-judge-after{labels_per_class}-n{per_class}"
+    marker = target / ".complete"
+    if marker.is_file() and marker.read_text() == str(root):
+        return target
+    for cls in CLASSES:
+        files = sorted((root / "train" / cls).iterdir())
+        link_files(files[labels_per_class:labels_per_class + per_class], target / cls)
+    marker.write_text(str(root))
+    return target
+
+
+def train_one(name: str, labelled: Path, unlabelled: Path, judge, labels: np.ndarray,
+              teacher: str | None, work: Path, hw, args, cache: dict) -> dict:
+    share = CANDIDATES[name]
+    preds: list[np.ndarray] = []
+    overhead = {"seconds": 0.0}
+
+    def trace(epoch: int, model) -> dict:
+        t0 = time.perf_counter()
+        pre = model_preprocessing(model)
+        if "judge" not in cache:
+            cache["judge"] = decode_images(judge, tuple(pre["input_size"]))
+        preds.append(val_predictions(model, cache["judge"], pre["mean"], pre["std"], hw,
+                                     tta=RECIPE_TTA))
+        overhead["seconds"] += time.perf_counter() - t0
+        console.print(f"{name} student epoch {epoch + 1}: judge top-1 "
+                      f"{np.mean(preds[-1] == labels):.4f}")
+        return {}
+
+    out = work / name
+    settings = dict(model=args.model, recipe="fast", epochs=args.epochs, seed=args.seed,
+                    unlabeled=unlabelled, pseudo_labels="teacher", device=args.device,
+                    teacher_epochs=args.teacher_epochs, progress=False)
+    if share is not None:
+        settings["pseudo_share"] = share
+    if teacher is not None:
+        settings["teacher"] = teacher
+    started = time.perf_counter()
+    summary = leanvision.train(labelled, out, console=QUIET, on_epoch_end=trace, **settings)
+    wall = time.perf_counter() - started - overhead["seconds"]
+    resolved = leanvision.info(out)["config"]
+    if resolved.get("tta") != RECIPE_TTA:
+        raise SystemExit(f"the recipe's TTA is {resolved.get('tta')!r}; update the bench")
+    used_teacher = teacher or str(out / "self-training" / "teacher")
+    return {"preds": preds, "teacher": used_teacher,
+            "record": run_record(summary, resolved, out, preds, labels, wall,
+                                 overhead["seconds"], trained_teacher=teacher is None)}
+
+
+def run_record(summary: dict, resolved: dict, out: Path, preds: list[np.ndarray],
+               labels: np.ndarray, wall: float, tracing: float, trained_teacher: bool) -> dict:
+    val = [row["val_top1"] for row in read_metrics(out) if "val_top1" in row]
+    judge = [float(np.mean(p == labels)) for p in preds]
+    kept = summary["training"]["best_epoch"]
+    test = summary["metrics"]["test"]
+    semi = leanvision.load(summary["artifact"]).card.get("semi_supervised", {})
+    pseudo = semi.get("rounds", [{}])[-1].get("pseudo_labelled")
+    return {"pseudo_share": resolved["pseudo_share"], "epochs": resolved["epochs"],
+            "pseudo_labelled": pseudo, "kept_epoch": kept,
+            "selection": summary["training"]["selection"],
+            "best_val_epoch": int(np.argmax(val)) + 1 if val else None,
+            "val_top1": val, "judge_top1": judge,
+            "judge_top1_kept": judge[kept - 1] if 0 < kept <= len(judge) else None,
+            "judge_interval95": accuracy_interval(judge[-1], len(labels)) if judge else None,
+            "test_top1": test["top1"], "test_n": test["n"],
+            "test_interval95": accuracy_interval(test["top1"], test["n"]),
+            "wall_seconds": round(wall, 1), "tracing_seconds": round(tracing, 1),
+            "includes_teacher": trained_teacher}
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def teacher_record(teacher: str | None) -> dict:
+    if teacher is None:
+        return {}
+    card = leanvision.load(teacher).card
+    return {"artifact": teacher, "val_top1": card["metrics"]["val"]["top1"],
+            "test_top1": card["metrics"]["test"]["top1"]}
+
+
+def share_decision(runs: dict, labels: np.ndarray) -> dict:
+    """Each candidate's final student against the default's, paired on judge."""
+    final = {n: r["preds"][-1] == labels for n, r in runs.items() if r["preds"]}
+    versus = {}
+    if "default" in final:
+        for name, correct in final.items():
+            if name != "default":
+                drop = compare(final["default"], correct)  # the candidate's drop from default
+                versus[name] = {"gain_points": round(-drop.drop_points, 2),
+                                "gain_interval95": [round(-drop.interval95[1], 2),
+                                                    round(-drop.interval95[0], 2)],
+                                "surely_better": bool(drop.interval95[1] < 0)}
+    better = [n for n, v in versus.items() if v["surely_better"]]
+    return {"best_on_judge": max(final, key=lambda n: final[n].mean()) if final else None,
+            "vs_default": versus,
+            "default_changes_to": max(better, key=lambda n: final[n].mean()) if better else None}
+
+
+def rule_decision(runs: dict, labels: np.ndarray) -> dict:
+    per_run, best_wins = {}, 0
+    for name, r in runs.items():
+        rec = r["record"]
+        best = rec["best_val_epoch"]
+        if not r["preds"] or best is None:
+            continue
+        final, early = r["preds"][-1], r["preds"][best - 1]
+        drop = compare(early == labels, final == labels)  # final's drop from best-by-val
+        per_run[name] = {"final_epoch": len(r["preds"]), "best_val_epoch": best,
+                         "kept_epoch": rec["kept_epoch"],
+                         "judge_final": rec["judge_top1"][-1],
+                         "judge_best_val": rec["judge_top1"][best - 1],
+                         "best_judge_epoch": int(np.argmax(rec["judge_top1"])) + 1,
+                         "final_drop_points": round(drop.drop_points, 2),
+                         "final_drop_interval95": [round(v, 2) for v in drop.interval95]}
+        best_wins += per_run[name]["judge_best_val"] > per_run[name]["judge_final"]
+    return {"runs": per_run, "best_val_wins_on_judge": int(best_wins),
+            "rule_stands": bool(best_wins <= len(per_run) // 2)}
+
+
+def report(figures: dict, run) -> None:
+    rows = [[n, r["pseudo_share"], r["epochs"], r["pseudo_labelled"], r["judge_top1"][-1],
+             r["best_val_epoch"], r["kept_epoch"], r["test_top1"], r["wall_seconds"]]
+            for n, r in figures["runs"].items()]
+    print_table("self-training on 4,000 CIFAR-10 labels, chosen on 2,000 held-out labelled "
+                "images", ["config", "share", "epochs", "pseudo-labelled", "judge top-1 (final)",
+                           "best-val epoch", "kept epoch", "test top-1", "wall s"], rows, run)
+    share = figures["share"]
+    for name, v in share["vs_default"].items():
+        console.print(f"{name} vs default on judge: {v['gain_points']:+.2f} points (95% "
+                      f"{v['gain_interval95'][0]:+.2f} to {v['gain_interval95'][1]:+.2f})")
+    console.print(f"library share {figures['library_share']} changes to: "
+                  f"{share['default_changes_to'] or 'nothing (no candidate surely better)'}")
+    rule = figures["final_epoch_rule"]
+    console.print(f"final-epoch rule: best-by-validation beat the final weights on judge in "
+                  f"{rule['best_val_wins_on_judge']} of {len(rule['runs'])} runs; rule stands: "
+                  f"{rule['rule_stands']}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default=",".join(CANDIDATES),
+                   help=f"comma list of {', '.join(CANDIDATES)} (the first trains the teacher)")
+    p.add_argument("--labels-per-class", type=int, default=400)
+    p.add_argument("--held-out-per-class", type=int, default=200)
+    p.add_argument("--unlabelled-limit", type=int, default=None,
+                   help="unlabelled images per class at most (a smoke run, not a result)")
+    p.add_argument("--model", default="airnet_s")
+    p.add_argument("--epochs", type=int, default=36, help="each student's epochs")
+    p.add_argument("--teacher-epochs", type=int, default=None,
+                   help="the teacher's epochs (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--work", default=None, help="where run folders go (default: /tmp)")
+    p.add_argument("--name", default="few_labels_validation", help="results file name")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    main()
