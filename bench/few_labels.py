@@ -58,8 +58,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     common = dict(model=args.model, recipe=args.recipe, progress=False, seed=args.seed)
     if args.pseudo_labels == "teacher":
-        method = dict(rounds=args.rounds, pseudo_share=args.pseudo_share,
-                      teacher_epochs=args.teacher_epochs, threshold=args.threshold)
+        method = dict(rounds=args.rounds, teacher_epochs=args.teacher_epochs,
+                      threshold=args.threshold)
+        if args.pseudo_share is not None:
+            method["pseudo_share"] = args.pseudo_share
     else:
         method = dict(mu=args.mu, threshold=args.threshold or 0.95)
 
@@ -169,8 +171,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="teacher: students trained")
     p.add_argument("--teacher-epochs", type=int, default=None,
                    help="teacher: the teacher's epochs (default: the recipe's)")
-    p.add_argument("--pseudo-share", type=float, default=0.6,
-                   help="teacher: most confident share of each class labelled")
+    p.add_argument("--pseudo-share", type=float, default=None,
+                   help="teacher: most confident share of each class labelled (default: the "
+                   "library's, chosen by bench/few_labels_validation.py)")
     p.add_argument("--mu", type=int, default=7, help="epoch/step: unlabelled per labelled one")
     p.add_argument("--threshold", type=float, default=None,
                    help="pseudo-label confidence floor (default: 0.95 for epoch/step, none "
