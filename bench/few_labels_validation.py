@@ -50,6 +50,7 @@ from common import (
     write_result,
 )
 from few_labels import unlabelled_folder
+from recipe_validation import gain_over_default
 from rich.console import Console
 
 import leanvision
@@ -194,11 +195,7 @@ def share_decision(runs: dict, labels: np.ndarray) -> dict:
     if "default" in final:
         for name, correct in final.items():
             if name != "default":
-                drop = compare(final["default"], correct)  # the candidate's drop from default
-                versus[name] = {"gain_points": round(-drop.drop_points, 2),
-                                "gain_interval95": [round(-drop.interval95[1], 2),
-                                                    round(-drop.interval95[0], 2)],
-                                "surely_better": bool(drop.interval95[1] < 0)}
+                versus[name] = gain_over_default(final["default"], correct)
     better = [n for n, v in versus.items() if v["surely_better"]]
     return {"best_on_judge": max(final, key=lambda n: final[n].mean()) if final else None,
             "vs_default": versus,

@@ -165,14 +165,19 @@ def recipe_decision(runs: dict, labels: np.ndarray) -> dict:
     if "default" in kept:
         for name, c in kept.items():
             if name != "default":
-                gain = compare(kept["default"], c)  # drop of `name` from the default
-                versus[name] = {"gain_points": round(-gain.drop_points, 2),
-                                "gain_interval95": [round(-gain.interval95[1], 2),
-                                                    round(-gain.interval95[0], 2)],
-                                "surely_better": bool(gain.interval95[1] < 0)}
+                versus[name] = gain_over_default(kept["default"], c)
     change = [n for n, v in versus.items() if v["surely_better"]]
     return {"best_on_validation": best, "vs_default": versus,
             "default_changes_to": max(change, key=lambda n: kept[n].mean()) if change else None}
+
+
+def gain_over_default(default: np.ndarray, candidate: np.ndarray) -> dict:
+    """A candidate's gain over the default (per-image correctness on the same images), paired:
+    points, its 95% interval, and whether it is surely better (the interval above zero)."""
+    drop = compare(default, candidate)  # the candidate's drop from the default
+    return {"gain_points": round(-drop.drop_points, 2),
+            "gain_interval95": [round(-drop.interval95[1], 2), round(-drop.interval95[0], 2)],
+            "surely_better": bool(drop.interval95[1] < 0)}
 
 
 def rule_decision(runs: dict, labels: np.ndarray) -> dict:
