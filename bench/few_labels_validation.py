@@ -1,12 +1,18 @@
-"""Self-training's pseudo-label share, and the final-epoch rule on a noisy recipe, chosen on
-held-out labelled images (issue 24): bench/few_labels.py's setting (4,000 CIFAR-10 labels, 400
-per class; airnet_s, the fast recipe, a teacher then one student of --epochs), with 2,000 more
-labelled training images ("judge", 200 per class) that no run trains on, validates on or sees
-as unlabelled data; the remaining 44,000 training images are the unlabelled pool.
+"""Self-training's pseudo-label share, rounds and student epochs, and the final-epoch rule on a
+noisy recipe, chosen on held-out labelled images (issue 24): bench/few_labels.py's setting
+(4,000 CIFAR-10 labels, 400 per class; airnet_s, the fast recipe, a teacher then one student of
+--epochs), with 2,000 more labelled training images ("judge", 200 per class) that no run
+trains on, validates on or sees as unlabelled data; the remaining 44,000 training images are the
+unlabelled pool.
 
 Every configuration's student learns from the same teacher: the first configuration trains it
 as `train --unlabeled` does, the others are given it (`teacher=`), so they differ in the
-student alone and their judge scores pair image by image. Every student epoch's weights are
+student alone and their judge scores pair image by image. `rounds2` is the second round of
+`--rounds 2`: a student trained, as the library's second round is, with the default
+configuration's student as its teacher (same seed, split and settings), so it pairs with the
+first round's student. `--default-run DIR` reuses an earlier run of the default configuration
+(its student and teacher) instead of training it again: its final student is scored on judge
+anew, and its per-epoch curves stay in the earlier result file. Every student epoch's weights are
 scored on judge the way the library scores validation (epoch_scoring.val_predictions, the
 recipe's TTA); that tracing is timed and left out of the wall clock. The run's own validation
 split (10% of the labels, 400 images) picks nothing here; it is what the library's selection
@@ -17,13 +23,18 @@ Decisions, fixed before the runs:
   candidate's final student is *surely* better on judge than the default's (the 95% paired
   interval of its gain lies above zero, leanvision.paired); bench/few_labels.py uses the
   library's default either way.
+- Extra cost has to be earned: `bench/few_labels.py`'s 36 student epochs stay only if the
+  36-epoch student is surely better on judge than the 24-epoch one (else the bench runs 24),
+  and the library's one round (TrainConfig.rounds) becomes two only if the second round's
+  student is surely better than the first's.
 - Final-epoch rule: per run, the final student weights against the epoch that scored best on
   the run's own validation split, paired on judge; the rule stands unless best-by-validation
   wins on judge in most runs.
 - Test top-1 (10,000 images) is printed once per configuration, after training, and chooses
   nothing.
 
-    python bench/few_labels_validation.py [--configs default,share0.6] [--epochs 36]
+    python bench/few_labels_validation.py [--configs default,share0.6,epochs24,rounds2]
+        [--epochs 36] [--default-run DIR]
 
 Writes bench/results/few_labels_validation.json (--name)."""
 
@@ -63,7 +74,13 @@ from leanvision.training.epoch_scoring import val_predictions
 
 QUIET = Console(quiet=True)
 LIBRARY_SHARE = TrainConfig.pseudo_share
-CANDIDATES = {"default": None, "share0.6": 0.6}  # None: the library's default share
+# Each candidate's settings over the default's; "teacher_from" names the configuration whose
+# student is its teacher (a further round).
+CANDIDATES: dict[str, dict] = {"default": {}, "share0.6": {"pseudo_share": 0.6},
+                               "epochs24": {"epochs": 24}, "rounds2": {"teacher_from": "default"}}
+# Choices where one configuration costs more: (cheaper, costlier); the costlier one is chosen
+# only if it is surely better on judge.
+COST_CHOICES = {"student_epochs": ("epochs24", "default"), "rounds": ("default", "rounds2")}
 RECIPE_TTA = "flip-translate"  # the fast recipe's; checked against each run's card
 
 
@@ -77,6 +94,9 @@ def main() -> None:
     run = begin([f"{args.held_out_per_class * len(CLASSES)} labelled training images held out "
                  "as judge; one seed; every configuration's student from one shared teacher",
                  "test scored once per configuration, chose nothing"])
+    if args.default_run:
+        run.caveat(f"default configuration reused from {args.default_run} (an earlier run, "
+                   "its final student scored on judge again)")
     root = cifar10()
     labelled = subset(root, args.labels_per_class, include_test=True)
     judge_root = judge_folder(root, args.labels_per_class, args.held_out_per_class)
@@ -88,13 +108,23 @@ def main() -> None:
     hw = choose_hardware(args.device)
     cache: dict = {}
     runs, teacher = {}, None
+    if args.default_run:
+        runs["default"] = reused_run(Path(args.default_run), judge, labels, hw, cache)
+        teacher = runs["default"]["teacher"]
     for name in names:
-        runs[name] = train_one(name, labelled, unlabelled, judge, labels, teacher, work, hw,
+        if name in runs:
+            continue
+        source = CANDIDATES[name].get("teacher_from")
+        if source and source not in runs:
+            raise SystemExit(f"--configs: {name} needs {source} before it (its teacher)")
+        given = runs[source]["artifact"] if source else teacher
+        runs[name] = train_one(name, labelled, unlabelled, judge, labels, given, work, hw,
                                args, cache)
         teacher = teacher or runs[name]["teacher"]
     figures = {"runs": {n: r["record"] for n, r in runs.items()},
                "teacher": teacher_record(teacher),
                "share": share_decision(runs, labels),
+               "cost_choices": cost_decisions(runs, labels),
                "final_epoch_rule": rule_decision(runs, labels),
                "library_share": LIBRARY_SHARE}
     config = {**vars(args), "judge": len(labels),
@@ -118,28 +148,24 @@ def judge_folder(root: Path, labels_per_class: int, per_class: int) -> Path:
 
 def train_one(name: str, labelled: Path, unlabelled: Path, judge, labels: np.ndarray,
               teacher: str | None, work: Path, hw, args, cache: dict) -> dict:
-    share = CANDIDATES[name]
+    spec = CANDIDATES[name]
     preds: list[np.ndarray] = []
     overhead = {"seconds": 0.0}
 
     def trace(epoch: int, model) -> dict:
         t0 = time.perf_counter()
-        pre = model_preprocessing(model)
-        if "judge" not in cache:
-            cache["judge"] = decode_images(judge, tuple(pre["input_size"]))
-        preds.append(val_predictions(model, cache["judge"], pre["mean"], pre["std"], hw,
-                                     tta=RECIPE_TTA))
+        preds.append(judge_predictions(model, judge, hw, cache))
         overhead["seconds"] += time.perf_counter() - t0
         console.print(f"{name} student epoch {epoch + 1}: judge top-1 "
                       f"{np.mean(preds[-1] == labels):.4f}")
         return {}
 
     out = work / name
-    settings = dict(model=args.model, recipe="fast", epochs=args.epochs, seed=args.seed,
-                    unlabeled=unlabelled, pseudo_labels="teacher", device=args.device,
-                    teacher_epochs=args.teacher_epochs, progress=False)
-    if share is not None:
-        settings["pseudo_share"] = share
+    settings = dict(model=args.model, recipe="fast", epochs=spec.get("epochs", args.epochs),
+                    seed=args.seed, unlabeled=unlabelled, pseudo_labels="teacher",
+                    device=args.device, teacher_epochs=args.teacher_epochs, progress=False)
+    if "pseudo_share" in spec:
+        settings["pseudo_share"] = spec["pseudo_share"]
     if teacher is not None:
         settings["teacher"] = teacher
     started = time.perf_counter()
@@ -149,9 +175,42 @@ def train_one(name: str, labelled: Path, unlabelled: Path, judge, labels: np.nda
     if resolved.get("tta") != RECIPE_TTA:
         raise SystemExit(f"the recipe's TTA is {resolved.get('tta')!r}; update the bench")
     used_teacher = teacher or str(out / "self-training" / "teacher")
-    return {"preds": preds, "teacher": used_teacher,
-            "record": run_record(summary, resolved, out, preds, labels, wall,
-                                 overhead["seconds"], trained_teacher=teacher is None)}
+    record = run_record(summary, resolved, out, preds, labels, wall, overhead["seconds"],
+                        trained_teacher=teacher is None)
+    return {"preds": preds, "teacher": used_teacher, "artifact": summary["artifact"],
+            "record": {**record, "teacher": teacher and str(teacher)}}
+
+
+def judge_predictions(model, judge, hw, cache: dict) -> np.ndarray:
+    """The model's judge predictions, scored the way the library scores validation."""
+    pre = model_preprocessing(model)
+    if "judge" not in cache:
+        cache["judge"] = decode_images(judge, tuple(pre["input_size"]))
+    return val_predictions(model, cache["judge"], pre["mean"], pre["std"], hw, tta=RECIPE_TTA)
+
+
+def reused_run(folder: Path, judge, labels: np.ndarray, hw, cache: dict) -> dict:
+    """An earlier run of the default configuration: its final student scored on judge anew;
+    its teacher becomes every new configuration's."""
+    student = leanvision.load(folder)
+    if student.tta != RECIPE_TTA:
+        raise SystemExit(f"--default-run {folder}: its TTA is {student.tta!r}, not the recipe's")
+    semi = student.card.get("semi_supervised") or {}
+    if not semi.get("rounds"):
+        raise SystemExit(f"--default-run {folder} is not a self-training run; pass the default "
+                         "configuration's run folder from an earlier few_labels_validation run")
+    preds = judge_predictions(student.model, judge, hw, cache)
+    config = leanvision.info(folder)["config"]
+    test = student.card["metrics"]["test"]
+    record = {"reused": str(folder), "pseudo_share": config["pseudo_share"],
+              "epochs": config["epochs"], "pseudo_labelled": semi["rounds"][-1]["pseudo_labelled"],
+              "judge_top1": [float(np.mean(preds == labels))],
+              "judge_interval95": accuracy_interval(float(np.mean(preds == labels)), len(labels)),
+              "test_top1": test["top1"], "test_n": test["n"],
+              "test_interval95": accuracy_interval(test["top1"], test["n"]),
+              "best_val_epoch": None, "kept_epoch": None}
+    return {"preds": [preds], "teacher": semi["rounds"][0]["teacher"], "artifact": str(folder),
+            "record": record}
 
 
 def run_record(summary: dict, resolved: dict, out: Path, preds: list[np.ndarray],
@@ -190,7 +249,8 @@ def teacher_record(teacher: str | None) -> dict:
 
 def share_decision(runs: dict, labels: np.ndarray) -> dict:
     """Each candidate's final student against the default's, paired on judge."""
-    final = {n: r["preds"][-1] == labels for n, r in runs.items() if r["preds"]}
+    final = {n: r["preds"][-1] == labels for n, r in runs.items()
+             if r["preds"] and set(CANDIDATES.get(n, {})) <= {"pseudo_share"}}
     versus = {}
     if "default" in final:
         for name, correct in final.items():
@@ -200,6 +260,19 @@ def share_decision(runs: dict, labels: np.ndarray) -> dict:
     return {"best_on_judge": max(final, key=lambda n: final[n].mean()) if final else None,
             "vs_default": versus,
             "default_changes_to": max(better, key=lambda n: final[n].mean()) if better else None}
+
+
+def cost_decisions(runs: dict, labels: np.ndarray) -> dict:
+    """For each (cheaper, costlier) pair that ran: the costlier configuration's gain on judge,
+    paired, and the choice (the costlier only if surely better)."""
+    out = {}
+    for choice, (cheap, costly) in COST_CHOICES.items():
+        if cheap in runs and costly in runs:
+            gain = gain_over_default(runs[cheap]["preds"][-1] == labels,
+                                     runs[costly]["preds"][-1] == labels)
+            out[choice] = {"cheaper": cheap, "costlier": costly, "costlier_gain": gain,
+                           "chosen": costly if gain["surely_better"] else cheap}
+    return out
 
 
 def rule_decision(runs: dict, labels: np.ndarray) -> dict:
@@ -225,8 +298,10 @@ def rule_decision(runs: dict, labels: np.ndarray) -> dict:
 
 def report(figures: dict, run) -> None:
     rows = [[n, r["pseudo_share"], r["epochs"], r["pseudo_labelled"], r["judge_top1"][-1],
-             r["best_val_epoch"], r["kept_epoch"], r["test_top1"], r["wall_seconds"]]
+             r["best_val_epoch"], r["kept_epoch"], r["test_top1"], r.get("wall_seconds")]
             for n, r in figures["runs"].items()]
+    for row in rows:
+        row[-1] = row[-1] if row[-1] is not None else "reused"
     print_table("self-training on 4,000 CIFAR-10 labels, chosen on 2,000 held-out labelled "
                 "images", ["config", "share", "epochs", "pseudo-labelled", "judge top-1 (final)",
                            "best-val epoch", "kept epoch", "test top-1", "wall s"], rows, run)
@@ -236,6 +311,11 @@ def report(figures: dict, run) -> None:
                       f"{v['gain_interval95'][0]:+.2f} to {v['gain_interval95'][1]:+.2f})")
     console.print(f"library share {figures['library_share']} changes to: "
                   f"{share['default_changes_to'] or 'nothing (no candidate surely better)'}")
+    for choice, c in figures["cost_choices"].items():
+        g = c["costlier_gain"]
+        console.print(f"{choice}: {c['costlier']} over {c['cheaper']} on judge "
+                      f"{g['gain_points']:+.2f} points (95% {g['gain_interval95'][0]:+.2f} to "
+                      f"{g['gain_interval95'][1]:+.2f}); chosen: {c['chosen']}")
     rule = figures["final_epoch_rule"]
     console.print(f"final-epoch rule: best-by-validation beat the final weights on judge in "
                   f"{rule['best_val_wins_on_judge']} of {len(rule['runs'])} runs; rule stands: "
@@ -254,6 +334,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=36, help="each student's epochs")
     p.add_argument("--teacher-epochs", type=int, default=None,
                    help="the teacher's epochs (default: the recipe's)")
+    p.add_argument("--default-run", default=None, metavar="DIR",
+                   help="an earlier run's default configuration folder, reused (not retrained)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--work", default=None, help="where run folders go (default: /tmp)")

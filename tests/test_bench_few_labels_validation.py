@@ -60,3 +60,40 @@ def test_the_final_epoch_rule_falls_when_best_by_validation_wins_in_most_runs() 
     runs["b"] = _run([1400, 1550, 1500], 2)
     rule = flv.rule_decision(runs, LABELS)
     assert rule["best_val_wins_on_judge"] == 2 and rule["rule_stands"] is False
+
+
+def test_a_costlier_configuration_is_chosen_only_when_surely_better_on_judge() -> None:
+    # 36 epochs (default) 0.5 points over 24 epochs: within the noise, so the cheaper 24 wins;
+    # a second round 5 points over the first: surely better, so two rounds are chosen
+    runs = {"epochs24": _run([1490], 1, 100), "default": _run([1500], 1),
+            "rounds2": _run([1600], 1)}
+    choices = flv.cost_decisions(runs, LABELS)
+    epochs = choices["student_epochs"]
+    assert (epochs["cheaper"], epochs["costlier"]) == ("epochs24", "default")
+    assert epochs["costlier_gain"]["gain_points"] == 0.5
+    assert epochs["chosen"] == "epochs24"
+    assert choices["rounds"]["costlier_gain"]["surely_better"] is True
+    assert choices["rounds"]["chosen"] == "rounds2"
+    runs["epochs24"] = _run([1400], 1)
+    assert flv.cost_decisions(runs, LABELS)["student_epochs"]["chosen"] == "default"
+    # a pair that did not run is not decided
+    assert set(flv.cost_decisions({"default": _run([1500], 1)}, LABELS)) == set()
+
+
+def test_the_share_decision_weighs_only_share_candidates() -> None:
+    # a second round, or fewer epochs, far ahead of the default says nothing about the share
+    runs = {"default": _run([1500], 1), "share0.6": _run([1510], 1, 100),
+            "rounds2": _run([1700], 1), "epochs24": _run([1800], 1)}
+    share = flv.share_decision(runs, LABELS)
+    assert set(share["vs_default"]) == {"share0.6"}
+    assert share["best_on_judge"] == "share0.6" and share["default_changes_to"] is None
+
+
+def test_reused_runs_do_not_vote_on_the_final_epoch_rule() -> None:
+    # a reused run has only its final student's judge predictions: no best-by-validation epoch
+    reused = _run([1500], 1)
+    reused["record"].update(reused="/earlier/default", best_val_epoch=None)
+    runs = {"default": reused, "epochs24": _run([1400, 1550, 1500], 2)}
+    rule = flv.rule_decision(runs, LABELS)
+    assert set(rule["runs"]) == {"epochs24"}
+    assert rule["best_val_wins_on_judge"] == 1 and rule["rule_stands"] is False
