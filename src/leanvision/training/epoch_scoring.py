@@ -33,10 +33,10 @@ def prefer_final(best: dict[str, Any], best_state: dict[str, torch.Tensor],
     than --accept's default 80%. How far held-out data supports it (bench/README.md,
     "Validation decides, test reports"): on the fast recipe the final epoch was also the best
     on validation in all four runs of bench/recipe_validation.py, so the rule costs nothing
-    there; on the noisy few-labels curve of bench/few_labels_validation.py it kept the final
-    weights over a best-by-validation epoch once, and they scored higher on 2,000 held-out
-    images, within the noise. Returns the note that says which weights were kept and the comparison
-    behind it (None when the final epoch was the best)."""
+    there; on the noisy few-labels curve of bench/few_labels_validation.py it chose twice in
+    four runs: once the final weights scored higher on 2,000 held-out images, once the
+    best-by-validation epoch did, both within the noise. Returns the note that says which
+    weights were kept and the comparison behind it (None when the final epoch was the best)."""
     scores = {name: last.get(f"{val_prefix(name)}_top1") for name in candidates}
     scores = {name: v for name, v in scores.items() if v is not None and math.isfinite(v)}
     if not scores or best["epoch"] == last["epoch"]:
