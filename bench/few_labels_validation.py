@@ -331,7 +331,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--unlabelled-limit", type=int, default=None,
                    help="unlabelled images per class at most (a smoke run, not a result)")
     p.add_argument("--model", default="airnet_s")
-    p.add_argument("--epochs", type=int, default=36, help="each student's epochs")
+    p.add_argument("--epochs", type=int, default=36,
+                   help="each student's epochs but epochs24's (36: the setting the judged runs "
+                        "started from; bench/few_labels.py now runs 24, chosen here)")
     p.add_argument("--teacher-epochs", type=int, default=None,
                    help="the teacher's epochs (default: the recipe's)")
     p.add_argument("--default-run", default=None, metavar="DIR",
