@@ -200,12 +200,13 @@ def reused_run(folder: Path, judge, labels: np.ndarray, hw, cache: dict) -> dict
         raise SystemExit(f"--default-run {folder} is not a self-training run; pass the default "
                          "configuration's run folder from an earlier few_labels_validation run")
     preds = judge_predictions(student.model, judge, hw, cache)
+    judge_top1 = float(np.mean(preds == labels))
     config = leanvision.info(folder)["config"]
     test = student.card["metrics"]["test"]
     record = {"reused": str(folder), "pseudo_share": config["pseudo_share"],
               "epochs": config["epochs"], "pseudo_labelled": semi["rounds"][-1]["pseudo_labelled"],
-              "judge_top1": [float(np.mean(preds == labels))],
-              "judge_interval95": accuracy_interval(float(np.mean(preds == labels)), len(labels)),
+              "judge_top1": [judge_top1],
+              "judge_interval95": accuracy_interval(judge_top1, len(labels)),
               "test_top1": test["top1"], "test_n": test["n"],
               "test_interval95": accuracy_interval(test["top1"], test["n"]),
               "best_val_epoch": None, "kept_epoch": None}
