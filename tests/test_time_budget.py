@@ -13,6 +13,7 @@ from leanvision.errors import ConfigError
 from leanvision.hardware import choose_hardware
 from leanvision.models import create_model
 from leanvision.training import budget
+from leanvision.training.throughput import Rate
 
 
 def test_timing_a_step_leaves_the_model_untouched():
@@ -20,8 +21,8 @@ def test_timing_a_step_leaves_the_model_untouched():
     model = create_model("resnet8", 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hw = choose_hardware("cpu", "fp32", False)
-    per_image = budget.seconds_per_train_image(model, (16, 16), 4, hw, 3)
-    assert per_image > 0
+    rate = budget.seconds_per_train_image(model, (16, 16), 4, hw, 3)
+    assert rate.planning > 0 and rate.fastest <= rate.planning and len(rate.rounds) >= 2
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -29,7 +30,7 @@ def test_timing_a_step_leaves_the_model_untouched():
 def test_the_budget_cuts_epochs_and_says_so(tiny_folder, tmp_path, monkeypatch):
     # A fixed measured speed makes the sizing deterministic: 1 s per image, 28 train and
     # 8 validation images (3 classes x 12, 20% held out).
-    monkeypatch.setattr(budget, "seconds_per_train_image", lambda *a, **k: 1.0)
+    monkeypatch.setattr(budget, "seconds_per_train_image", lambda *a, **k: Rate([1.0, 1.0], True))
     epoch_s = budget.EPOCH_MARGIN * 1.0 * (28 + budget.VAL_SHARE_OF_STEP * 8)
     minutes = 2.5 * epoch_s / 60 / (1 - budget.FINAL_SHARE)  # room for two epochs
     out = tmp_path / "run"
@@ -42,7 +43,7 @@ def test_the_budget_cuts_epochs_and_says_so(tiny_folder, tmp_path, monkeypatch):
 
 
 def test_a_budget_below_one_epoch_is_refused_before_writing(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(budget, "seconds_per_train_image", lambda *a, **k: 60.0)
+    monkeypatch.setattr(budget, "seconds_per_train_image", lambda *a, **k: Rate([60.0, 60.0], True))
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=r"cannot fit one training epoch.*pass --time-budget "
                                           r"\d+"):
@@ -51,7 +52,7 @@ def test_a_budget_below_one_epoch_is_refused_before_writing(tiny_folder, tmp_pat
 
 
 def test_a_budget_that_holds_every_epoch_changes_nothing(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(budget, "seconds_per_train_image", lambda *a, **k: 1e-4)
+    monkeypatch.setattr(budget, "seconds_per_train_image", lambda *a, **k: Rate([1e-4, 1e-4], True))
     out = tmp_path / "run"
     lv.train(tiny_folder, out, model="resnet8", epochs=3, progress=False, time_budget=10)
     card = json.loads((out / "model.json").read_text())

@@ -55,7 +55,7 @@ from .objective import Objective, SearchContext, counted_trials, shipped_top1
 from .options import DEFAULT_RUNTIMES, check_run_settings
 from .output import finish
 from .sampler import PipelineSampler
-from .schedule import base_minutes, finish_reserve_s
+from .schedule import finish_reserve_s
 from .space import Budget, SearchSpace, default_resolutions, default_students
 from .stages import host_id, pid_alive, stage_key
 
@@ -124,7 +124,7 @@ def optimize(data: str | Path, *, base: str | Path | None = None, out: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_folder, base_id = make_base(base, data_spec, data_id, out_dir, budget, console,
-                                     skip_bad, base_minutes(time_budget))
+                                     skip_bad, time_budget)
     _, base_card = read_card(base_folder)
     base_val = shipped_top1(base_card, "torch", "val")
     if base_val is None:

@@ -4,12 +4,14 @@ it reads the data with."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.console import Console
 
 from ..artifact import read_card, require_image_only
-from ..errors import ConfigError
+from ..errors import BudgetError, ConfigError
+from .schedule import BASE_SHARE, base_minutes
 from .space import Budget
 from .stages import StageCache, artifact_identity, copy_artifact, stage_key, train_base
 
@@ -44,10 +46,11 @@ def skip_bad_setting(skip_bad_images: bool) -> dict[str, bool]:
 
 def make_base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Path,
               budget: Budget, console: Console, skip_bad_images: bool = False,
-              minutes: float | None = None) -> tuple[Path, str]:
+              time_budget: float | None = None) -> tuple[Path, str]:
     """OUT/base: a copy of --base (so that exports and measurements stay inside OUT), or a
     base trained with the default recipe; either is made once and reused on resume.
-    `minutes`: the base's time budget (not part of its key: a resumed run reuses it)."""
+    `time_budget`: optimize's minutes, of which the base gets its share (not part of its key:
+    a resumed run reuses it)."""
     folder = out_dir / "base"
     cache = StageCache(out_dir / "stages")
     if base is not None:
@@ -58,11 +61,29 @@ def make_base(base: str | Path | None, data_spec: str, data_id: str, out_dir: Pa
         return folder, run.key
     settings = {**budget.base_settings, **skip_bad_setting(skip_bad_images)}
     console.print(f"base: training with the default recipe into {folder} (once)")
-    run = cache.run("train", "data", {"data": data_id, "settings": settings},
-                    lambda f: train_base(data_spec, f, {**settings, "time_budget": minutes}),
-                    folder=folder)
+    minutes = base_minutes(time_budget)
+    try:
+        run = cache.run("train", "data", {"data": data_id, "settings": settings},
+                        lambda f: train_base(data_spec, f, {**settings, "time_budget": minutes}),
+                        folder=folder)
+    except BudgetError as exc:
+        raise _in_optimize_words(exc, time_budget) from None
     console.print(f"base: {'reused' if run.cached else f'trained in {run.seconds:.0f} s'}")
     return folder, run.key
+
+
+def _in_optimize_words(exc: BudgetError, time_budget: float | None) -> BudgetError:
+    """The base's refusal in the words of the command the user ran: optimize's --time-budget,
+    of which the base gets BASE_SHARE, and the optimize budget that would hold it."""
+    d = exc.details
+    if time_budget is None or "suggested_minutes" not in d:
+        return exc
+    suggested = math.ceil(d["suggested_minutes"] / BASE_SHARE)
+    return BudgetError(f"optimize --time-budget {time_budget:g} minutes gives the base "
+                       f"{BASE_SHARE:.0%} of it ({d['budget_minutes']:g} minutes), which cannot "
+                       f"fit {d['what']}: {d['detail']}; pass --time-budget {suggested} or "
+                       "more, or use fewer images", details={**d, "suggested_minutes": suggested,
+                                                             "budget_minutes": time_budget})
 
 
 def data_identity(spec: str, source) -> str:

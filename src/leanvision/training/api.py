@@ -32,7 +32,13 @@ from .loop import FitInputs, fit
 from .param_setup import _chain_epoch_start, finetune_groups
 from .recipe import data_stats, resolve_recipe
 from .report import print_config, print_counts
-from .transfer_run import CACHED_STRATEGIES, fit_transfer, precheck_budget, transfer_ready
+from .transfer_run import (
+    CACHED_STRATEGIES,
+    FINAL_SHARE,
+    fit_transfer,
+    precheck_budget,
+    transfer_ready,
+)
 
 
 @dataclass
@@ -193,6 +199,8 @@ def train_on(source: DataSource, cfg: TrainConfig, out_dir: Path, *,
     if semi is not None:
         extra_card = {**(extra_card or {}), "semi_supervised": semi.block}
     w = distributed.world()
+    if cfg.time_budget is not None and w.size == 1:  # ranks would not agree on when to stop
+        inputs.deadline = started + cfg.time_budget * 60 * (1 - FINAL_SHARE)
     if w.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", {"config": cfg.to_dict(), "recipe_notes": notes,

@@ -28,6 +28,7 @@ from .epoch_scoring import cpu_state, final_or_best, quick_validate, val_predict
 from .lookahead import Lookahead
 from .optim import LRController, build_optimizer
 from .report import epoch_status
+from .throughput import next_epoch_overruns
 
 METRICS_FILE = "metrics.jsonl"
 BEST_WEIGHTS = "best.safetensors"
@@ -60,16 +61,13 @@ class FitInputs:
     sample_weights: torch.Tensor | None = None
     # called at the start of every epoch (fine-tuning phases: probe, then unfreeze)
     on_epoch_start: Callable[[int], None] | None = None
-    # called after every epoch with (epoch, model); a dict it returns is logged with the epoch
-    # but never used for a decision (benchmarks use it to trace test accuracy over time)
+    # called after every epoch with (epoch, model); what it returns is logged, never decides
     on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None
-    # criterion(logits, targets, inputs, indices) -> loss replaces the cross-entropy: the
-    # distillation stage uses it (inputs are the augmented, normalised batch; indices point
-    # into `train`, so per-image caches such as teacher logits can be looked up)
+    # criterion(logits, targets, inputs, indices) -> loss replaces the cross-entropy (distill:
+    # inputs are the augmented, normalised batch; indices into `train` find cached logits)
     criterion: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                         torch.Tensor] | None = None
-    # called once with the EMA copy of the model when the recipe keeps one (semi-supervised
-    # training labels the unlabelled images with it)
+    # called once with the EMA copy when the recipe keeps one (semi-supervised labelling)
     on_ema: Callable[[torch.nn.Module], None] | None = None
     # False when the model arrives trained (a stage fine-tuning its parent): a data-dependent
     # initialisation would overwrite learned weights
@@ -78,6 +76,7 @@ class FitInputs:
     # model is then called as model(images, extra[rows]). None: model(images).
     train_extra: torch.Tensor | None = None
     val_extra: torch.Tensor | None = None
+    deadline: float | None = None  # a perf_counter value from --time-budget (throughput.py)
 
 
 def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None) -> torch.Tensor:
@@ -165,8 +164,7 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
     step = _step_function(run, inputs, cfg, hw)
     stopped: str | None = None
     scored = False  # whether this call scored an epoch (a finished run resumed scores none)
-    # Without a terminal (output to a file, a CI log, a notebook's pipe) a bar would show only
-    # its last state: one plain line per epoch instead.
+    # Without a terminal a bar would show only its last state: a plain line per epoch instead.
     plain_log = w.main and not (cfg.progress and console.is_terminal)
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} steps"),
@@ -193,9 +191,11 @@ def fit(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path,
                 append_jsonl(out / METRICS_FILE, record)
                 tracking.log_epoch(record)
                 save_checkpoint(out, run.checkpoint(epoch, cfg))
+            stopped = next_epoch_overruns(inputs.deadline, run.history, epoch + 1, cfg.epochs)
             if cfg.early_stop and inputs.val is not None and run.bad_epochs >= cfg.early_stop:
                 stopped = (f"early stop: validation top-1 did not improve for {cfg.early_stop} "
                            f"epochs (best {run.best['top1']:.4f} at epoch {run.best['epoch']})")
+            if stopped:
                 break
     return _result(run, stopped, inputs, cfg, hw, run.candidates() if scored else {})
 

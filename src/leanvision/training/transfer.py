@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DecodedImages, normalize
-from ..errors import BudgetError
 from ..hardware import Hardware
 from ..io import append_jsonl
 from ..models.split import SplitNet, probe_split, split_model
 from .config import TrainConfig
 from .epoch_scoring import cpu_state, prefer_final
 from .loop import METRICS_FILE, FitResult
+from .throughput import budget_refusal
 
 # Logistic regression's inverse regularisation on standardised features, chosen on the clothing
 # set's validation split, where the probe barely moved between 0.01 and 0.1.
@@ -272,13 +272,12 @@ def _augmented(cached: Cached, idx: torch.Tensor, g: torch.Generator) -> torch.T
 
 
 def check_budget(minutes: float | None, seconds_per_image: float, images: int) -> None:
-    """Refuse a budget that cannot even hold the frozen pass over the images."""
+    """Refuse a budget that cannot even hold the frozen pass over the images at the rate
+    given (the fastest the machine has shown: a refusal must be proven, not guessed)."""
     if minutes is None:
         return
     need = seconds_per_image * images
     if need > minutes * 60:
-        raise BudgetError(
-            f"--time-budget {minutes:g} minutes cannot fit even the frozen feature pass: "
-            f"{images} images at {1 / max(seconds_per_image, 1e-9):.1f} images/s measured here "
-            f"need {need / 60:.1f} minutes for it alone; pass --time-budget "
-            f"{math.ceil(need / 60 * 1.5)} or more, or use fewer images")
+        raise budget_refusal(minutes, "even the frozen feature pass", need,
+                             f"{images} images at {1 / max(seconds_per_image, 1e-9):.1f} "
+                             f"images/s measured here need {need / 60:.1f} minutes for it alone")

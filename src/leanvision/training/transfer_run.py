@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from .epoch_scoring import cpu_state
 from .loop import FitInputs, FitResult
 from .recipe import SMALL_IMAGE_SIDE
 from .report import epoch_status
+from .throughput import PassWatch, Rate, budget_refusal, measure_rate
 from .transfer import (
+    FEATURE_BATCH,
     Cached,
     cache_lower,
     check_budget,
@@ -36,33 +40,38 @@ from .transfer import (
 FINAL_SHARE = 0.15
 
 
-def seconds_per_image(model: torch.nn.Module, strategy: str, input_size: tuple[int, int],
-                      hw: Hardware, mean: list[float], std: list[float],
-                      top_stages: int | None = None) -> float:
-    """The frozen pass's measured cost per image, from two small batches (the first warms up)."""
+def frozen_pass_rate(model: torch.nn.Module, strategy: str, input_size: tuple[int, int],
+                     hw: Hardware, mean: list[float], std: list[float],
+                     top_stages: int | None = None) -> Rate:
+    """The frozen pass's cost per image on its real path (batch, dtype, layout), timed in
+    rounds until two agree (throughput.measure_rate)."""
     split = split_for(model, strategy, top_stages)
     split.lower.to(hw.device).eval()
+    n = 2 * FEATURE_BATCH
     # A generator of its own: timing must not move the seeded stream training draws from.
-    fake = torch.randint(0, 256, (8, 3, *input_size), dtype=torch.uint8,
+    fake = torch.randint(0, 256, (n, 3, *input_size), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(0))
-    sample = DecodedImages(fake, torch.zeros(8, dtype=torch.long), torch.arange(8))
-    cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
-    t0 = time.perf_counter()
-    cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
-    return (time.perf_counter() - t0) / 8
+    sample = DecodedImages(fake, torch.zeros(n, dtype=torch.long), torch.arange(n))
+
+    def one_round() -> int:
+        cache_lower(split, sample, mean, std, hw, mirrored=False, progress=lambda k: None)
+        return n
+
+    return measure_rate(one_round)
 
 
 def precheck_budget(cfg: TrainConfig, model: torch.nn.Module, strategy: str,
                     input_size: tuple[int, int], hw: Hardware, mean: list[float],
                     std: list[float], n_images: int,
-                    top_stages: int | None = None) -> float | None:
-    """Refuse, before decoding, a budget that cannot hold the frozen pass; returns s/image."""
+                    top_stages: int | None = None) -> Rate | None:
+    """Refuse, before decoding, a budget that cannot hold the frozen pass even at the fastest
+    rate measured; the pass itself is watched again while it runs (`fit_transfer`)."""
     if cfg.time_budget is None:
         return None
-    per_image = seconds_per_image(model, strategy, input_size, hw, mean, std, top_stages)
+    rate = frozen_pass_rate(model, strategy, input_size, hw, mean, std, top_stages)
     views = 2 if strategy == "lp-ft" else 1
-    check_budget(cfg.time_budget, per_image * views, n_images)
-    return per_image
+    check_budget(cfg.time_budget, rate.fastest * views, n_images)
+    return rate
 
 
 def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, strategy: str,
@@ -77,14 +86,16 @@ def fit_transfer(inputs: FitInputs, cfg: TrainConfig, hw: Hardware, out: Path, s
     mirrored = strategy == "lp-ft"
     n_train, n_val = len(inputs.train), len(inputs.val) if inputs.val is not None else 0
     total = n_train * (2 if mirrored else 1) + n_val
+    watch = PassWatch(total, _deadline(cfg, started))
     with _bar(console, cfg, "frozen pass", total) as advance:
         t0 = time.perf_counter()
+        watched = partial(_watched, advance, watch, cfg, total)
         train = cache_lower(split, inputs.train, inputs.mean, inputs.std, hw,
-                            mirrored=mirrored, progress=advance)
+                            mirrored=mirrored, progress=watched)
         val = (cache_lower(split, inputs.val, inputs.mean, inputs.std, hw, mirrored=False,
-                           progress=advance) if inputs.val is not None else None)
+                           progress=watched) if inputs.val is not None else None)
         cache_seconds = time.perf_counter() - t0
-    record: dict[str, Any] = {"strategy": strategy, "cut": split.where,
+    record: dict[str, Any] = {"strategy": strategy, "cut": split.where, **watch.record(),
                               "frozen_pass_seconds": round(cache_seconds, 1),
                               "frozen_pass_images_per_second": round(total / cache_seconds, 2),
                               "cache_mb": round(sum(v.nbytes for v in train.views) / 2**20, 1)}
@@ -186,6 +197,29 @@ def _timed_top_steps(split, train: Cached, batch: int, hw: Hardware) -> float:
         opt.step()
         times.append(time.perf_counter() - t0)
     return min(times[1:])
+
+
+def _deadline(cfg: TrainConfig, started: float) -> float | None:
+    """When the frozen pass must have ended (a perf_counter value): the budget less the share
+    kept for the final scoring."""
+    if cfg.time_budget is None:
+        return None
+    return started + cfg.time_budget * 60 * (1 - FINAL_SHARE)
+
+
+def _watched(advance: Callable[[int], None], watch: PassWatch, cfg: TrainConfig, total: int,
+             k: int) -> None:
+    """The frozen pass's progress: the bar moves, and the measured rate is checked against the
+    budget; refused only when the pass, at the faster of its whole and latest rates, overruns."""
+    advance(k)
+    watch.advance(k)
+    left = watch.cannot_finish()
+    if left is not None:
+        rate = 1 / max(min(watch.rates()), 1e-9)
+        elapsed = watch.marks[-1][0] - watch.started
+        raise budget_refusal(cfg.time_budget, "the frozen feature pass", elapsed + left,
+                             f"{total} images at {rate:.1f} images/s measured on the first "
+                             f"{watch.done} need {(elapsed + left) / 60:.1f} minutes for it")
 
 
 def _remaining(cfg: TrainConfig, started: float) -> float | None:
