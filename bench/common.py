@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from protocol import Run, interleave, ratio, revision, spread, start_run
+from protocol import Run, interleave, ratio, revision, spread, start_run, with_round_statistics
 from rich.console import Console
 from rich.table import Table
 
@@ -206,7 +206,9 @@ def accuracy_interval(top1: float, images: int) -> list[float]:
 
 
 def write_result(name: str, record: dict[str, Any]) -> Path:
-    path = write_json(RESULTS / f"{name}.json", record)
+    """Every record gets the one speed-up statistic beside each speed-up whose rounds it holds
+    (protocol.with_round_statistics), whichever way its script computed its own ratios."""
+    path = write_json(RESULTS / f"{name}.json", with_round_statistics(record))
     console.print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path
 
@@ -246,6 +248,7 @@ def clothing() -> Path:
     if marker.is_file() and marker.read_text() == _stamp(CLOTHING_TARBALL):
         return target
     console.print(f"extracting {CLOTHING_TARBALL} to {target} (once) ...")
+    CACHE.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache folder yet
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=CACHE))
     try:
         subprocess.run(["tar", "xzf", str(CLOTHING_TARBALL), "-C", str(staging)], check=True)

@@ -12,7 +12,8 @@ Two ways to get there, chosen from how the parent was trained:
   the candidate to beat, as the linear probe is in training). The top is one stage deeper than
   the parent's: a new size moves the statistics of every stage's input, and one more stage
   adapting to them recovers more of the parent's validation accuracy than the recipe's own
-  depth (bench/resize_stages.py; bench/README.md has the figures).
+  depth (bench/resize_stages.py measures it; its results were never committed, so this depth
+  has no stored measurement yet).
 - **fine-tune**: any other parent continues from its own weights at the new size for a few
   epochs at a gentle rate (AdamW 1e-3, no warm-up), as a pruned network is fine-tuned.
 """
