@@ -67,7 +67,7 @@ verb("compare", "training.tuning.compare:compare",
 # usual verbs (`leanvision train DATA.csv --text-columns ...`); this compares their fusions.
 FUSIONS = "multimodal.compare:CompareFusionsOptions"
 verb("compare-fusions", "multimodal:compare_fusions",
-     "Image-only, text-only and each fusion trained alike; ranked by test (else val) top-1.",
+     "Image-only, text-only and each fusion trained alike; ranked by val top-1 (test reported).",
      lambda: {**fields_of(FUSIONS), "data": ARG, "fusions": Opt(type=str), **keys(
          "batch_size", "lr", "img_size", "max_tokens", "val_fraction", "device", "seed", "out")},
      configs=(FUSIONS, "multimodal.config:MultimodalConfig", TRAIN_CONFIG),

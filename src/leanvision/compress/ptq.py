@@ -10,7 +10,10 @@ INT8 through ONNX Runtime, guarded for accuracy and checked for speed.
                batch 1 and 32 ─ card: what stayed FP32, timings, recommended runtime
 
 The guard scores the validation split the parent trained with (its seed and fraction), with the
-card's preprocessing and test-time augmentation: the numbers a user of the artifact will see."""
+card's preprocessing and test-time augmentation: the numbers a user of the artifact will see.
+Without a validation split it checks a slice of train held out of calibration, or says it has
+nothing to check on (guard_split); the test split is scored only for the card, after every
+decision."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from ..data import DataSource, ImageChecks, ImageRecords, decode_images, normali
 from ..data.partition import partition
 from ..errors import ArtifactError, ConfigError
 from ..evaluate import classification_metrics
-from ..hardware import physical_cores
+from ..hardware import physical_cores, pixel_capped_batch
 from ..io import write_atomic, write_json
 from ..paired import DEFAULT_ACCEPT, RULES
 from ..runtime.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
@@ -47,6 +50,7 @@ from ..runtime.sensitivity import node_sensitivity
 from ..runtime.stage import onnx_export_record
 from ..tta import tta_logits
 from .guard import Scores, Verdict, guard_record, judge
+from .guard_split import guard_images, reported, with_guard_images
 from .stage import child_card
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -122,6 +126,7 @@ def runner_top1(run: Callable[[np.ndarray], np.ndarray], scored: ScoringSet,
     def network(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run(np.ascontiguousarray(x.numpy(), dtype=np.float32)))
 
+    batch_size = pixel_capped_batch(batch_size, *scored.images.shape[-2:])
     logits = torch.cat([
         tta_logits(network, normalize(scored.images[i:i + batch_size], scored.mean,
                                       scored.std), scored.tta)
@@ -170,15 +175,20 @@ def scored_splits(art: Artifact, source: DataSource, pcfg: PTQConfig,
 def _ptq_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: Path,
               console: Console) -> dict[str, Any]:
     parts, seed, splits = scored_splits(art, source, pcfg)
+    checked, guard_set = guard_images(
+        parts, seed, splits, lambda r, name: scoring_set(art, r, name, pcfg.skip_bad_images),
+        console)
     copy_weights(art, out_dir)
     exported = export_onnx(art.model, art.input_size, out_dir / ONNX_FILE)
-    guard_set = splits.get("val") or splits.get("test")
-    fp32 = {name: onnx_top1(out_dir / ONNX_FILE, s) for name, s in splits.items()}
+    # Every decision below sees the guard's images only; the rest are scored for the card after.
+    fp32 = {} if guard_set is None else {guard_set.name: onnx_top1(out_dir / ONNX_FILE,
+                                                                  guard_set)}
     calibration = None
     with tempfile.TemporaryDirectory(prefix="leanvision-ptq-") as scratch:
         prepared = preprocess_onnx(out_dir / ONNX_FILE, Path(scratch) / "prepared.onnx")
         if pcfg.method == "ptq":
-            calibration = calibration_images(art, parts.train, pcfg.calibration_images, seed)
+            calibration = calibration_images(art, checked.calibration_pool,
+                                             pcfg.calibration_images, seed)
             best, guard = _guarded_static(prepared, calibration, guard_set, fp32, pcfg,
                                           Path(scratch), console)
         else:
@@ -186,13 +196,17 @@ def _ptq_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: Path,
             quantize_onnx_dynamic(prepared, best, per_channel=True, preprocessed=True)
             guard = _dynamic_guard(best, guard_set, fp32, pcfg, console)
         write_atomic(out_dir / INT8_FILE, lambda tmp: shutil.copyfile(best, tmp))
+    guard = with_guard_images(guard, checked)
     nodes = quant_node_counts(out_dir / INT8_FILE)
     if not nodes.get("QuantizeLinear") and not nodes.get("DynamicQuantizeLinear"):
         raise ArtifactError(f"{out_dir / INT8_FILE} holds no quantisation nodes ({nodes}); "
                             "ONNX Runtime found nothing to quantise in this model")
     timings = _speed_check(out_dir, art.input_size, pcfg, console)
+    scored = reported(splits, guard_set)
+    fp32 = {name: fp32[name] if name in fp32 else onnx_top1(out_dir / ONNX_FILE, s)
+            for name, s in scored.items()}
     int8 = {name: (guard["int8_top1"] if name == guard.get("split") else
-                   onnx_top1(out_dir / INT8_FILE, s)) for name, s in splits.items()}
+                   onnx_top1(out_dir / INT8_FILE, s)) for name, s in scored.items()}
     card = _card(art, out_dir, pcfg, exported, fp32, int8, guard, nodes, timings, calibration)
     write_json(out_dir / CARD_FILE, card)  # last: a folder with a card is complete
     _print_summary(console, card)

@@ -1,6 +1,6 @@
 """`leanvision quantize ARTIFACT --backend openvino`: post-training INT8 through NNCF for OpenVINO's
 CPU plugin, with the same calibration images, validation split and accuracy guard as the ONNX
-Runtime path (ptq.py).
+Runtime path (ptq.py): never the test split, which is scored for the card after every decision.
 
     artifact ─ model.onnx (parity-checked against PyTorch in ONNX Runtime, then in OpenVINO FP32)
              ─ nncf.quantize on the OpenVINO model of model.onnx (calibration: the same seeded
@@ -51,6 +51,7 @@ from ..runtime.openvino_runtime import (
 from ..runtime.stage import onnx_export_record
 from ..tta import tta_logits
 from .guard import guard_record
+from .guard_split import guard_images, reported, with_guard_images
 from .ptq import (
     ONNX_FILE,
     TIMING_BATCHES,
@@ -62,6 +63,7 @@ from .ptq import (
     quantized_card,
     runner_top1,
     scored_splits,
+    scoring_set,
     speed_check,
 )
 
@@ -83,16 +85,21 @@ def _quantize_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: 
                    console: Console) -> dict[str, Any]:
     nncf = require_nncf()
     parts, seed, splits = scored_splits(art, source, pcfg)
+    checked, guard_set = guard_images(
+        parts, seed, splits, lambda r, name: scoring_set(art, r, name, pcfg.skip_bad_images),
+        console)
     threads = pcfg.threads or physical_cores()
     copy_weights(art, out_dir)
     exported = export_onnx(art.model, art.input_size, out_dir / ONNX_FILE)
     parity = check_parity(art.model, out_dir / ONNX_FILE, art.input_size, threads=threads)
     fp32_run = openvino_runner(out_dir / ONNX_FILE, threads)
-    fp32 = {name: runner_top1(fp32_run, s) for name, s in splits.items()}
-    calibration = calibration_images(art, parts.train, pcfg.calibration_images, seed)
-    guard_set = splits.get("val") or splits.get("test")
+    # Every decision below sees the guard's images only; the rest are scored for the card after.
+    fp32 = {} if guard_set is None else {guard_set.name: runner_top1(fp32_run, guard_set)}
+    calibration = calibration_images(art, checked.calibration_pool, pcfg.calibration_images,
+                                     seed)
     best, guard = _guarded(out_dir / ONNX_FILE, calibration, guard_set, fp32, pcfg, threads,
                            console)
+    guard = with_guard_images(guard, checked)
     save_ir(best, out_dir / INT8_XML)
     quantized = quantized_ops(read_model(out_dir / INT8_XML))
     int8_run = openvino_runner(out_dir / INT8_XML, threads)
@@ -102,8 +109,11 @@ def _quantize_into(art: Artifact, source: DataSource, pcfg: PTQConfig, out_dir: 
                             f"which the CPU plugin runs {sum(executed.values())} layer(s) in "
                             "8-bit; there is no INT8 model here: keep model.onnx")
     timings = _speed_check(out_dir, art.input_size, threads, pcfg, console)
+    scored = reported(splits, guard_set)
+    fp32 = {name: fp32[name] if name in fp32 else runner_top1(fp32_run, s)
+            for name, s in scored.items()}
     int8 = {name: (guard["int8_top1"] if name == guard.get("split") else
-                   runner_top1(int8_run, s)) for name, s in splits.items()}
+                   runner_top1(int8_run, s)) for name, s in scored.items()}
     card = _card(art, out_dir, pcfg, nncf, exported, parity, fp32, int8, guard,
                  {"quantized_ops": _by_type(quantized), "executed_int8": executed}, timings,
                  len(calibration))

@@ -1,6 +1,7 @@
 """`compare_fusions`: is the text worth it, and which fusion? Trains, on the same data with the
 same recipe and budget: the image model alone, the text encoder alone, and one fused model per
-fusion strategy; ranks them on the test split (else validation) and writes compare.json."""
+fusion strategy; ranks them on validation and writes compare.json. The test split never ranks:
+it is reported once per run beside the validation figure (DESIGN.md: the test split is sealed)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..data import load_data
+from ..data.partition import partition
 from ..errors import ConfigError
 from ..io import run_folder, write_json
 from ..setting import setting
@@ -51,6 +54,7 @@ def compare_fusions(data: str | Path, text_columns: str | Sequence[str], *,
     if unknown or not fusions:
         raise ConfigError(f"--fusions {','.join(fusions) or '(none)'}: choose from early, late, "
                           "attention (comma-separated)")
+    _require_validation(data, settings)
     out_dir = Path(out) if out is not None else run_folder("compare-fusions")
     names = ([*BASELINES] if baselines else []) + list(fusions)
     image_settings = {k: v for k, v in settings.items() if k not in _TEXT_KEYS}
@@ -64,14 +68,28 @@ def compare_fusions(data: str | Path, text_columns: str | Sequence[str], *,
             summary = train(data, out_dir / name, console=console, text_columns=text_columns,
                             fusion=name, **settings)
         runs.append(_row(name, summary, time.perf_counter() - started))
-    split = "test" if all(r["test_top1"] is not None for r in runs) else "val"
-    ranking = sorted(runs, key=lambda r: -(r[f"{split}_top1"] or 0.0))
-    result = {"data": str(data), "text_columns": text_columns, "split": split,
+    # Ranked on validation only: a test figure that picked the winner no longer measures it.
+    ranking = sorted(runs, key=lambda r: -1.0 if r["val_top1"] is None else -r["val_top1"])
+    best = ranking[0]["name"] if ranking and ranking[0]["val_top1"] is not None else None
+    result = {"data": str(data), "text_columns": text_columns, "split": "val",
               "settings": settings, "runs": runs, "ranking": [r["name"] for r in ranking],
-              "best": ranking[0]["name"]}
+              "best": best}
     path = write_json(out_dir / "compare.json", result)
-    console.print(_table(runs, split))
+    console.print(_table(runs))
     return {**result, "json": str(path), "out": str(out_dir)}
+
+
+def _require_validation(data: str | Path, settings: dict[str, Any]) -> None:
+    """Refuse before any training when there is nothing to rank on but the test split."""
+    from ..training.config import TrainConfig
+
+    fraction = settings.get("val_fraction")
+    fraction = TrainConfig.val_fraction if fraction is None else float(fraction)
+    seed = int(settings.get("seed") or 0)
+    if partition(load_data(data), fraction, seed).val is None:
+        raise ConfigError("compare-fusions ranks on validation accuracy (never on test) but "
+                          "the data has no val split; pass --val-fraction 0.1 (or give rows "
+                          "the split val)")
 
 
 _TEXT_KEYS = {"text_encoder", "text_finetune", "max_tokens", "empty_text", "fusion_dim",
@@ -93,13 +111,16 @@ def _row(name: str, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
             "seconds": round(seconds, 1)}
 
 
-def _table(runs: list[dict[str, Any]], split: str) -> Table:
-    table = Table(title=f"fusion comparison ({split} top-1)")
-    for col in ("model", f"{split} top-1", "without text", "params", "seconds"):
+def _table(runs: list[dict[str, Any]]) -> Table:
+    """Ranked by val top-1; test top-1 beside it, as a report only."""
+    table = Table(title="fusion comparison (ranked by val top-1; test reported, never ranked)")
+    for col in ("model", "val top-1", "without text", "test top-1", "params", "seconds"):
         table.add_column(col, justify="left" if col == "model" else "right")
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     for r in runs:
-        fallback = r[f"{split}_top1_without_text"]
-        table.add_row(r["name"], f"{r[f'{split}_top1'] or 0:.4f}",
-                      "-" if fallback is None else f"{fallback:.4f}", f"{r['params']:,}",
-                      f"{r['seconds']:.0f}")
+        table.add_row(r["name"], cell(r["val_top1"]), cell(r["val_top1_without_text"]),
+                      cell(r["test_top1"]), f"{r['params']:,}", f"{r['seconds']:.0f}")
     return table
