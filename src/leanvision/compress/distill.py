@@ -19,7 +19,7 @@ from ..artifact import Artifact, load, save_artifact
 from ..data import DataSource, decoding_for, load_data, normalize
 from ..data.partition import partition
 from ..errors import ConfigError
-from ..hardware import Hardware, choose_hardware
+from ..hardware import Hardware, choose_hardware, pixel_capped_batch
 from ..models import model_preprocessing
 from ..setting import setting
 from ..tracking import tracked
@@ -133,6 +133,7 @@ def cache_teacher_logits(teacher: torch.nn.Module, images: torch.Tensor, student
                          batch: int = TEACHER_BATCH) -> torch.Tensor:
     """Teacher logits [N, C] for decoded uint8 images [N, 3, h, w], on hw.device."""
     chunks = []
+    batch = pixel_capped_batch(batch, images.shape[-2], images.shape[-1])
     for start in range(0, len(images), batch):
         x = normalize(images[start:start + batch].to(hw.device), student.mean, student.std)
         chunks.append(run_teacher(teacher, x, student, teacher_pre, hw))

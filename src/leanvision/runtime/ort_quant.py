@@ -43,6 +43,10 @@ CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax,
                        "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 CALIBRATION_BATCH = 32
+# Calibration batches are capped in pixels: ONNX Runtime's arena keeps the peak of the graph
+# that outputs every tensor's range, and at photo sizes a batch of 32 held GBs
+# (bench/results/memory.json).
+CALIBRATION_PIXELS = 8 * 224 * 224
 # Ops that show a model was really quantised (static QDQ or dynamic QOperator).
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
              "MatMulInteger", "QLinearConv", "QLinearMatMul")
@@ -52,6 +56,8 @@ class _ArrayReader(CalibrationDataReader):
     """Feeds the calibration images in batches (the exported batch axis is dynamic)."""
 
     def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        pixels = images.shape[-2] * images.shape[-1] if images.ndim == 4 else 1
+        batch = max(1, min(batch, CALIBRATION_PIXELS // max(1, pixels)))
         self._batches = [images[i:i + batch] for i in range(0, len(images), batch)]
         self._next = 0
 
