@@ -94,13 +94,14 @@ class Candidate:
     comparison: PairedComparison | None = None
     # The same, within each class (by name), for the worst class and --max-class-drop.
     class_comparisons: dict[str, PairedComparison] | None = None
+    val_predicted: Any = None  # per-image classes on the validation images (holdout.py)
 
     def drop_points(self, base_val: float) -> float:
         return round((base_val - self.val_top1) * 100, 4)
 
     def to_dict(self, base_val: float | None = None) -> dict[str, Any]:
         record = {k: v for k, v in asdict(self).items()
-                  if k not in ("comparison", "class_comparisons")}
+                  if k not in ("comparison", "class_comparisons", "val_predicted")}
         if base_val is not None:
             record["drop_points"] = self.drop_points(base_val)
         return record

@@ -104,12 +104,10 @@ def attach_comparisons(candidates: list[Candidate], base: Path, base_val: float,
     """Set each candidate's `comparison` with the base; returns how many got one. One whose
     predictions cannot be scored, are on other images or do not give its card's accuracy
     keeps None (its trial measured it, so the choice still has its point estimate)."""
-    reference = _predictions_or_none(base, "torch", split, threads) if candidates else None
+    reference = reference_predictions(base, base_val, split, threads) if candidates else None
     if reference is None:
         return 0
     base_pred, labels = reference
-    if abs(float(np.mean(base_pred == labels)) - base_val) > 1e-6:
-        return 0
     attached = 0
     for c in candidates:
         scored = _predictions_or_none(Path(c.artifact), c.runtime, split, threads)
@@ -121,11 +119,22 @@ def attach_comparisons(candidates: list[Candidate], base: Path, base_val: float,
             continue
         before = base_pred == labels
         c.comparison = compare(before, correct, base_pred, predicted)
+        c.val_predicted = predicted
         c.class_comparisons = {
             classes[k] if classes else str(k): compare(before[labels == k], correct[labels == k])
             for k in np.unique(labels).tolist()}
         attached += 1
     return attached
+
+
+def reference_predictions(base: Path, base_val: float, split: ValSplit,
+                          threads: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """(predicted classes, labels) of the base on the validation images, or None when they
+    cannot be scored or do not give its card's accuracy."""
+    reference = _predictions_or_none(base, "torch", split, threads)
+    if reference is None or abs(float(np.mean(reference[0] == reference[1])) - base_val) > 1e-6:
+        return None
+    return reference
 
 
 def _predictions_or_none(folder: Path, runtime: str, split: ValSplit,

@@ -24,13 +24,13 @@ from ..io import write_json
 from .constraints import (
     Candidate,
     Choice,
-    choose,
     decision_record,
     misses,
     paired_record,
     pareto_front,
 )
-from .evidence import attach_comparisons
+from .evidence import attach_comparisons, reference_predictions
+from .holdout import choose_and_confirm
 from .objective import SearchContext, measure
 from .retime import retime
 from .space import Pipeline
@@ -48,12 +48,15 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
     out = ctx.out
     trials = study.get_trials(deepcopy=False)
     candidates = [c for t in trials if (c := candidate(t, out)) is not None]
-    attach_comparisons(candidates, ctx.base, ctx.base_val, ctx.val_split(),
-                       ctx.threads or physical_cores(), read_card(ctx.base)[1]["classes"])
+    threads, classes = ctx.threads or physical_cores(), read_card(ctx.base)[1]["classes"]
+    attach_comparisons(candidates, ctx.base, ctx.base_val, ctx.val_split(), threads, classes)
     paired = {c.trial: paired_record(c, ctx.constraints) for c in candidates}
     retimed = retime(candidates, ctx.base_val, ctx.constraints, ctx.threads, console)
     front = pareto_front(candidates)
-    choice = choose(candidates, ctx.base_val, ctx.constraints)
+    reference_pred = (reference_predictions(ctx.base, ctx.base_val, ctx.val_split(), threads)
+                      if candidates else None) or (None, None)
+    choice, confirmation = choose_and_confirm(candidates, ctx.base_val, ctx.constraints,
+                                              *reference_pred, int(ctx.split["seed"]), classes)
     if choice.chosen is not None:  # one record per artifact and runtime: the front's
         key = (choice.chosen.artifact, choice.chosen.runtime)
         choice.chosen = next((c for c in front if (c.artifact, c.runtime) == key),
@@ -78,7 +81,8 @@ def finish(study: optuna.Study, ctx: SearchContext, *, storage_url: str, data: s
         "front": entries, "chosen": entry(choice.chosen, ctx, reference, True)
         if choice.chosen else None, "met": choice.met, "statement": choice.statement,
         "retimed": retimed, "base": reference, "constraints": ctx.constraints.to_dict(),
-        "decision": decision_record(candidates, ctx.constraints)})
+        "decision": decision_record(candidates, ctx.constraints),
+        "confirmation": confirmation})
     report_path = write_report(shown, ctx, bench_path, pareto_path, data, explain_images, console)
 
     skipped = left_out(trials, ctx)
